@@ -1,0 +1,29 @@
+// Structured logging: pino JSON lines, one event per line, stable keys (`peer`, `conn`, `op`, `durationMs`, `err`).
+// Key material never reaches a log: anything under a key/secret/PEM-carrying path is redacted.
+import { pino, type Logger, type LevelWithSilent } from 'pino'
+
+export type { Logger }
+
+export const LOG_LEVELS: readonly LevelWithSilent[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+const REDACT = [
+  'key', '*.key', 'privateKey', '*.privateKey', 'secret', '*.secret', 'data', '*.data',
+  'certs', '*.certs', '*.*.certs', 'section.local.certs', 'conn.local.certs',
+]
+
+export function isLogLevel(v: string): v is LevelWithSilent {
+  return (LOG_LEVELS as readonly string[]).includes(v)
+}
+
+/** A logger writing JSON lines to `fd` (stderr by default, so command output on stdout stays clean). */
+export function createLogger(level: LevelWithSilent = 'info', fd = 2): Logger {
+  return pino(
+    {
+      level,
+      base: { name: 'fabtunnel' },
+      redact: { paths: REDACT, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+    },
+    pino.destination({ fd, sync: true }),
+  )
+}
