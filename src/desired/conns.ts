@@ -1,0 +1,124 @@
+// Desired strongSwan connections (VICI `load-conn` sections) per ../shared/fabedge-compat.md §2, and which of them
+// this node initiates. Pure.
+//
+// Initiator rule between two connectors (multi-cluster community): the connector whose `name` sorts first
+// (plain code-unit order, e.g. "beijing.connector" < "shanghai.connector") initiates; the other only responds.
+// Both sides compute the same answer from their own configs, so exactly one side initiates and no duplicate
+// CHILD_SAs are created (FabEdge lets both initiate). Both sides still load `remote_addrs`.
+import { childNames, MEDIATOR_CONN } from '../fabedge.js'
+import type { Endpoint, PeerEndpoint, TunnelConfig } from '../config/schema.js'
+import type { DesiredOptions, Role, ViciSection } from './types.js'
+
+/** Dead-peer detection interval FabEdge's edge agent uses. */
+export const EDGE_DPD_DELAY = '10s'
+
+export function roleOf(config: TunnelConfig): Role {
+  return config.local.type === 'Connector' ? 'connector' : 'edge'
+}
+
+/** Whether this node initiates the connection to `peer`. */
+export function initiatesTo(config: TunnelConfig, peer: PeerEndpoint): boolean {
+  if (config.local.type === 'EdgeNode') return true
+  if (peer.type === 'EdgeNode') return false
+  return config.local.name < peer.name
+}
+
+function localAuth(local: Endpoint, opts: DesiredOptions): ViciSection {
+  const auth: ViciSection = { auth: 'pubkey', id: local.id }
+  if (opts.certPem) auth.certs = [opts.certPem]
+  return auth
+}
+
+function ports(peer: Endpoint, section: ViciSection): void {
+  if (peer.port !== null && peer.port !== 500) {
+    // A non-500 remote port needs a non-500 local port too, or charon sends IKE_SA_INIT from 500 and the reply is
+    // matched to the wrong socket; 4500 is the NAT-T port FabEdge picks.
+    section.remote_port = String(peer.port)
+    section.local_port = '4500'
+  }
+}
+
+function children(local: Endpoint, peer: Endpoint, conn: string, initiator: boolean): ViciSection {
+  const names = childNames(conn)
+  const dpdAction = initiator ? 'trap' : 'clear'
+  const out: ViciSection = {}
+  const add = (name: string, localTs: string[], remoteTs: string[]): void => {
+    // An empty selector list would make strongSwan fall back to `dynamic` (the IKE address): leave the child out.
+    if (localTs.length === 0 || remoteTs.length === 0) return
+    out[name] = { local_ts: [...localTs], remote_ts: [...remoteTs], start_action: 'none', dpd_action: dpdAction }
+  }
+  add(names.p2p, local.subnets, peer.subnets)
+  add(names.n2p, local.nodeSubnets, peer.subnets)
+  add(names.p2n, local.subnets, peer.nodeSubnets)
+  return out
+}
+
+function peerConn(config: TunnelConfig, peer: PeerEndpoint, opts: DesiredOptions): ViciSection {
+  const initiator = initiatesTo(config, peer)
+  const mediated = config.local.type === 'EdgeNode' && peer.type === 'EdgeNode' && config.mediator !== null
+  const section: ViciSection = { version: '2' }
+  if (mediated) {
+    // Through a mediator the real addresses are learned from it; configured ones would be wrong behind NAT.
+    section.mediated_by = MEDIATOR_CONN
+    // strongSwan needs mediation_peer although the docs call it optional; FabEdge sets it to the peer's name.
+    section.mediation_peer = peer.name
+  } else if (config.local.type === 'EdgeNode' || peer.type === 'Connector') {
+    if (peer.publicAddresses.length) section.remote_addrs = [...peer.publicAddresses]
+    ports(peer, section)
+  }
+  if (initiator) section.dpd_delay = EDGE_DPD_DELAY
+  section.local = localAuth(config.local, opts)
+  section.remote = { auth: 'pubkey', id: peer.id }
+  section.children = children(config.local, peer, peer.name, initiator)
+  return section
+}
+
+function mediatorConn(config: TunnelConfig, mediator: Endpoint, opts: DesiredOptions): ViciSection {
+  const section: ViciSection = { version: '2', mediation: 'yes' }
+  if (config.local.type === 'EdgeNode') {
+    section.remote_addrs = [...mediator.publicAddresses]
+    ports(mediator, section)
+    section.dpd_delay = EDGE_DPD_DELAY
+    section.local = localAuth(config.local, opts)
+    section.remote = { auth: 'pubkey', id: mediator.id }
+  } else {
+    // The connector is the mediation server: edges register with it; it never dials, and accepts any
+    // authenticated edge (no remote id).
+    section.local = localAuth(config.local, opts)
+  }
+  return section
+}
+
+export interface DesiredConns {
+  conns: Record<string, ViciSection>
+  initiate: string[]
+  initiateChildren: Record<string, string[]>
+}
+
+export function desiredConns(config: TunnelConfig, opts: DesiredOptions): DesiredConns {
+  const conns: Record<string, ViciSection> = {}
+  const initiate: string[] = []
+  const initiateChildren: Record<string, string[]> = {}
+  if (config.mediator) {
+    conns[MEDIATOR_CONN] = mediatorConn(config, config.mediator, opts)
+    // Edges register with the mediator before any mediated connection can be set up.
+    if (config.local.type === 'EdgeNode') {
+      initiate.push(MEDIATOR_CONN)
+      initiateChildren[MEDIATOR_CONN] = []
+    }
+  }
+  // The connector first, so an edge's cloud connectivity never waits behind edge-to-edge tunnels.
+  const peers = [...config.peers].sort((a, b) => (a.type === b.type ? 0 : a.type === 'Connector' ? -1 : 1))
+  for (const peer of peers) {
+    const section = peerConn(config, peer, opts)
+    conns[peer.name] = section
+    if (initiatesTo(config, peer)) {
+      const kids = Object.keys(section.children as ViciSection)
+      if (kids.length) {
+        initiate.push(peer.name)
+        initiateChildren[peer.name] = kids
+      }
+    }
+  }
+  return { conns, initiate, initiateChildren }
+}

@@ -1,0 +1,53 @@
+// Shapes of the desired state: what a node should look like, derived purely from one config snapshot.
+import type { Family } from '../fabedge.js'
+
+/** A VICI message section as sent with `load-conn`: string values, string lists and nested sections. */
+export interface ViciSection {
+  [key: string]: string | string[] | ViciSection
+}
+
+export type Role = 'connector' | 'edge'
+export type Datapath = 'xfrm' | 'libipsec'
+
+export interface DesiredRoute {
+  /** Canonical destination CIDR. */
+  dst: string
+  family: Family
+  table: number
+  /** rtm_protocol the route is written with, so only our own routes are ever changed. */
+  protocol: number
+  /**
+   * Next hop. Omitted when the default gateway is not known to the pure layer: the route goes via the family's
+   * default gateway, resolved from the main table when applied.
+   */
+  via?: string
+}
+
+export interface DesiredRule {
+  family: Family
+  priority: number
+  table: number
+}
+
+export interface DesiredOptions {
+  datapath: Datapath
+  /** The local certificate PEM; sent inline in each connection's `local.certs` as FabEdge does. */
+  certPem?: string
+  /** Known default gateways; when absent, routes carry no `via` and the applier resolves it. */
+  gateways?: { 4?: string; 6?: string }
+}
+
+export interface Desired {
+  role: Role
+  /** Connection name -> the exact `load-conn` section. */
+  conns: Record<string, ViciSection>
+  /** Connections to initiate, in order (the mediator first). */
+  initiate: string[]
+  /** Children of each initiated connection to bring up. */
+  initiateChildren: Record<string, string[]>
+  routes: DesiredRoute[]
+  rules: DesiredRule[]
+  /** FabEdge set name -> sorted canonical members; every set of the role is present, possibly empty. */
+  ipsets: Record<string, { family: Family; members: string[] }>
+  iptables: { ipv4: string; ipv6: string }
+}
