@@ -1,0 +1,128 @@
+// Pure rendering of the FabEdge ruleset (../shared/fabedge-compat.md §5) as an iptables-restore payload for
+// tables filter and nat. It declares and fills only our own chains: with `--noflush`, a `:CHAIN - [0:0]` line
+// flushes that chain and nothing else, so the whole chain is replaced atomically per table. Jumps from built-in
+// chains are not here (`-A INPUT ...` under --noflush would add a duplicate each pass); plan.ts manages them.
+//
+// Rules are written in the exact spelling iptables-save prints (`-p udp -m udp --dport 500`, prefix lengths,
+// RELATED,ESTABLISHED), so a freshly applied ruleset reads back byte-identical; parse.ts still compares semantically.
+import { CHAIN, IPSET, ipsetName, type Family } from '../fabedge.js'
+import { cidrCanonical } from './addr.js'
+import { IptablesError } from './errors.js'
+
+export type Role = 'connector' | 'edge'
+
+export interface RulesetInput {
+  role: Role
+  /** 4 -> iptables, sets named FABEDGE-X; 6 -> ip6tables, sets named FABEDGE-X6. */
+  family: Family
+  /** Edge role: own pod CIDRs of this family, canonical ("10.234.1.0/24"); connector: unused. */
+  localPodCidrs: string[]
+}
+
+/**
+ * IKE (500), NAT-T (4500), ESP and AH accepted on both roles. FabEdge's edge agent has no FABEDGE-INPUT, but an
+ * edge is a responder too: mediated edge-to-edge tunnels and peer-initiated rekeys arrive as new inbound flows,
+ * which a host firewall with a default-drop INPUT would otherwise drop. The rules only accept IPsec traffic the
+ * node's charon answers anyway. ip6tables never matches `-p ah` (AH is skipped as an extension header; ip6tables
+ * warns "never matched protocol"), so v6 uses the `ah` extension match instead.
+ */
+function inputRules(family: Family): string[] {
+  return [
+    '-p udp -m udp --dport 500 -j ACCEPT',
+    '-p udp -m udp --dport 4500 -j ACCEPT',
+    '-p esp -j ACCEPT',
+    family === 6 ? '-m ah -j ACCEPT' : '-p ah -j ACCEPT',
+  ]
+}
+
+function set(base: string, family: Family, dir: 'src' | 'dst'): string {
+  return `-m set --match-set ${ipsetName(base, family)} ${dir}`
+}
+
+function connectorChains(family: Family): Chains {
+  const localPod = IPSET.localPodCidr
+  const localNode = IPSET.localNodeCidr
+  const remotePod = IPSET.remotePodCidr
+  const remoteNode = IPSET.remoteNodeCidr
+  const both = (a: string, b: string, target: string): string =>
+    `${set(a, family, 'src')} ${set(b, family, 'dst')} -j ${target}`
+  return {
+    filter: [
+      [CHAIN.input, inputRules(family)],
+      [
+        CHAIN.forward,
+        [
+          '-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+          `${set(localPod, family, 'src')} -j ACCEPT`,
+          `${set(localPod, family, 'dst')} -j ACCEPT`,
+          `${set(localNode, family, 'src')} -j ACCEPT`,
+          `${set(localNode, family, 'dst')} -j ACCEPT`,
+        ],
+      ],
+    ],
+    nat: [
+      [
+        CHAIN.postrouting,
+        [
+          both(localPod, remotePod, 'ACCEPT'),
+          both(remotePod, localPod, 'ACCEPT'),
+          both(localPod, remoteNode, 'ACCEPT'),
+          both(remotePod, localNode, 'MASQUERADE'),
+          both(remoteNode, localPod, 'MASQUERADE'),
+        ],
+      ],
+    ],
+  }
+}
+
+function edgeChains(family: Family, podCidrs: string[]): Chains {
+  const forward: string[] = []
+  const post: string[] = []
+  for (const c of podCidrs) {
+    forward.push(`-s ${c} -j ACCEPT`, `-d ${c} -j ACCEPT`)
+    post.push(
+      `-s ${c} ${set(IPSET.remoteCidr, family, 'dst')} -j RETURN`,
+      `-s ${c} -d ${c} -j RETURN`,
+      `-s ${c} -j MASQUERADE`,
+    )
+  }
+  return {
+    filter: [
+      [CHAIN.input, inputRules(family)],
+      [CHAIN.forward, forward],
+    ],
+    nat: [[CHAIN.postrouting, post]],
+  }
+}
+
+type Chains = Record<'filter' | 'nat', Array<[chain: string, rules: string[]]>>
+
+/** Own pod CIDRs in canonical form, deduplicated in first-seen order; anything else is a typed error. */
+function podCidrsCanonical(family: Family, cidrs: string[]): string[] {
+  const out: string[] = []
+  for (const raw of cidrs) {
+    const c = cidrCanonical(raw)
+    if (!c || !raw.includes('/')) throw new IptablesError('bad-input', `not a CIDR: ${JSON.stringify(raw)}`)
+    if (c.family !== family) throw new IptablesError('bad-input', `${raw} is not an IPv${family} CIDR`)
+    if (!out.includes(c.text)) out.push(c.text)
+  }
+  return out
+}
+
+/** The iptables-restore payload (tables filter and nat) declaring and filling only our own chains. */
+export function renderRuleset(input: RulesetInput): string {
+  const { role, family } = input
+  if (family !== 4 && family !== 6) throw new IptablesError('bad-input', `bad family ${String(family)}`)
+  let chains: Chains
+  if (role === 'connector') chains = connectorChains(family)
+  else if (role === 'edge') chains = edgeChains(family, podCidrsCanonical(family, input.localPodCidrs))
+  else throw new IptablesError('bad-input', `bad role ${String(role)}`)
+  const lines: string[] = []
+  for (const table of ['filter', 'nat'] as const) {
+    lines.push(`*${table}`)
+    for (const [chain] of chains[table]) lines.push(`:${chain} - [0:0]`)
+    for (const [chain, rules] of chains[table]) for (const r of rules) lines.push(`-A ${chain} ${r}`)
+    lines.push('COMMIT')
+  }
+  return lines.join('\n') + '\n'
+}
