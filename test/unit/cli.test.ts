@@ -1,0 +1,113 @@
+import t from 'tap'
+import { join } from 'node:path'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { main } from '../../src/cli.js'
+import { execCapture } from '../harness/exec.js'
+
+const FIX = new URL('../fixtures/config/', import.meta.url).pathname
+const ROOT = new URL('../../', import.meta.url).pathname
+
+async function cli(argv: string[], env: NodeJS.ProcessEnv = {}) {
+  const out: string[] = []
+  const err: string[] = []
+  const code = await main(argv, { out: (s) => out.push(s), err: (s) => err.push(s), env: { FABTUNNEL_LOG_LEVEL: 'silent', ...env } })
+  return { code, out: out.join('\n'), err: err.join('\n') }
+}
+
+t.test('help, version, usage errors', async (t) => {
+  const h = await cli(['--help'])
+  t.equal(h.code, 0)
+  t.match(h.out, /Usage: fabtunnel <command>/)
+  t.match(h.out, /validate/)
+  t.match(h.out, /plan/)
+  t.match((await cli(['-V'])).out, /^\d+\.\d+\.\d+$/)
+  t.equal((await cli([])).code, 2, 'no command is a usage error')
+  const unknown = await cli(['frobnicate'])
+  t.equal(unknown.code, 2)
+  t.match(unknown.err, /unknown command "frobnicate"/)
+  const badFlag = await cli(['validate', '--nope'])
+  t.equal(badFlag.code, 2)
+  t.match(badFlag.err, /Unknown option '--nope'/)
+  const ph = await cli(['plan', '--help'])
+  t.equal(ph.code, 0)
+  t.match(ph.out, /--datapath KIND.*\[FABTUNNEL_DATAPATH\]/)
+  t.match(ph.out, /--config FILE.*default: \/etc\/fabedge\/tunnels\.yaml/)
+  t.equal((await cli(['plan', '--offline', '--datapath', 'gre', '--config', join(FIX, 'edge.yaml')])).code, 2)
+  t.equal((await cli(['validate', '--log-level', 'loud'])).code, 2)
+})
+
+t.test('validate: valid fixtures exit 0, invalid ones exit 1 naming line and field', async (t) => {
+  const ok = await cli(['validate', '--config', join(FIX, 'connector.yaml')])
+  t.equal(ok.code, 0)
+  t.match(ok.out, /valid \(Connector beijing\.connector, 3 peers, mediator\)/)
+  const bad = await cli(['validate', '--config', join(FIX, 'invalid-cidr.yaml')])
+  t.equal(bad.code, 1)
+  t.match(bad.err, /invalid-cidr\.yaml:4:7: error: subnets\[0\]: "10\.233\.0\.0\/33"/)
+  const json = await cli(['validate', '--json', '--config', join(FIX, 'invalid-duplicate-peer.yaml')])
+  t.equal(json.code, 1)
+  t.same(JSON.parse(json.out), {
+    valid: false,
+    file: join(FIX, 'invalid-duplicate-peer.yaml'),
+    errors: [{ line: 13, column: 13, path: 'peers[1].name', message: 'duplicate peer name "beijing.edge1" (first at peers[0].name)' }],
+    warnings: [],
+  })
+  const missing = await cli(['validate', '--json', '--config', '/nonexistent/tunnels.yaml'])
+  t.equal(missing.code, 1)
+  t.match(JSON.parse(missing.out), { valid: false, errors: [{ line: null, message: /cannot read/ }] })
+})
+
+t.test('flags come from environment twins', async (t) => {
+  const r = await cli(['validate'], { FABTUNNEL_CONFIG: join(FIX, 'edge.yaml') })
+  t.equal(r.code, 0)
+  t.match(r.out, /edge\.yaml: valid \(EdgeNode beijing\.edge1/)
+  t.equal((await cli(['validate'], { FABTUNNEL_CONFIG: join(FIX, 'edge.yaml'), FABTUNNEL_JSON: 'maybe' })).code, 2, 'a non-boolean env value is a usage error')
+})
+
+t.test('plan --offline --json on connector.yaml: the desired state', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftcli-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const cert = join(dir, 'tls.crt')
+  // A bundle that (wrongly) also holds a key: only the certificate may ever be sent.
+  writeFileSync(cert, '-----BEGIN PRIVATE KEY-----\nSECRETKEYDATA\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n')
+  const r = await cli(['plan', '--offline', '--json', '--config', join(FIX, 'connector.yaml'), '--cert', cert])
+  t.equal(r.code, 0, r.err)
+  t.notMatch(r.out, /SECRETKEYDATA/, 'private key material never leaves')
+  const plan = JSON.parse(r.out)
+  t.same(Object.keys(plan), ['role', 'conns', 'initiate', 'initiateChildren', 'routes', 'rules', 'ipsets', 'iptables'])
+  t.equal(plan.role, 'connector')
+  const p2p = plan.conns['beijing.edge1'].children['beijing.edge1-p2p']
+  t.same(p2p.local_ts, ['10.233.0.0/18', '10.233.64.0/24', '10.233.65.0/24'])
+  t.same(p2p.remote_ts, ['10.234.1.0/24'])
+  t.same(plan.conns['beijing.edge1'].local.certs, ['-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n'])
+  t.same(plan.conns['shanghai.connector'].remote_addrs, ['10.50.0.9'])
+  t.same(plan.initiate, ['shanghai.connector'])
+  t.same(plan.ipsets['FABEDGE-LOCAL-POD-CIDR'].members, ['10.233.0.0/18', '10.233.64.0/24', '10.233.65.0/24'])
+  t.same(plan.ipsets['FABEDGE-REMOTE-POD-CIDR6'].members, ['fd00:234:2::/64'])
+  t.match(plan.routes[0], { dst: '10.96.0.0/12', table: 220 })
+  t.match(plan.iptables.ipv4, /^\*filter\n:FABEDGE-INPUT - \[0:0\]/)
+  t.match(plan.iptables.ipv6, /FABEDGE-REMOTE-POD-CIDR6/)
+  const libipsec = JSON.parse((await cli(['plan', '--offline', '--json', '--datapath', 'libipsec', '--config', join(FIX, 'connector.yaml'), '--cert', cert])).out)
+  t.same(libipsec.routes, [])
+})
+
+t.test('plan: errors are clear', async (t) => {
+  const noOffline = await cli(['plan', '--config', join(FIX, 'connector.yaml')])
+  t.equal(noOffline.code, 2)
+  t.match(noOffline.err, /--offline/)
+  const badCert = await cli(['plan', '--offline', '--config', join(FIX, 'connector.yaml'), '--cert', '/nonexistent.crt'])
+  t.equal(badCert.code, 1, 'an explicitly named certificate must exist')
+  t.match(badCert.err, /nonexistent\.crt: cannot read certificate/)
+  const invalid = await cli(['plan', '--offline', '--config', join(FIX, 'invalid-cidr.yaml')])
+  t.equal(invalid.code, 1)
+  t.match(invalid.err, /invalid-cidr\.yaml:4:7/)
+  const human = await cli(['plan', '--offline', '--config', join(FIX, 'edge.yaml'), '--cert', '/dev/null'], {})
+  t.equal(human.code, 1, '/dev/null holds no certificate')
+  t.match(human.err, /no PEM CERTIFICATE block/)
+})
+
+t.test('the bin entry runs as a process', async (t) => {
+  const r = await execCapture([process.execPath, '--import', 'tsx', join(ROOT, 'src/cli.ts'), 'validate', '--config', join(FIX, 'invalid-cidr.yaml')], { cwd: ROOT, timeoutMs: 30_000 })
+  t.equal(r.code, 1)
+  t.match(r.stderr, /invalid-cidr\.yaml:4:7: error/)
+})
