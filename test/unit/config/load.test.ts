@@ -79,7 +79,7 @@ peers:
 `
 
 t.test('table of invalid documents', async (t) => {
-  const cases: Array<{ name: string; text: string; want: Array<Partial<ConfigIssue> & { message: RegExp }> }> = [
+  const cases: Array<{ name: string; text: string; want: Array<Omit<Partial<ConfigIssue>, 'message'> & { message: RegExp }> }> = [
     { name: 'empty file', text: '', want: [{ line: null, path: '', message: /config is empty/ }] },
     { name: 'only a comment', text: '# nothing\n', want: [{ message: /config is empty/ }] },
     { name: 'not a map', text: '- a\n- b\n', want: [{ line: 1, message: /top level must be a map.*got a list/ }] },
