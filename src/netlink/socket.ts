@@ -54,7 +54,11 @@ export function netnsPath(netns: string): string {
 }
 
 /** The native addon as a Transport. */
-export function nativeTransport(protocol: number, opts: SocketOptions = {}, addon: NativeAddon = loadAddon()): Transport & { handle: NativeHandle } {
+export function nativeTransport(
+  protocol: number,
+  opts: SocketOptions = {},
+  addon: NativeAddon = loadAddon(),
+): Transport & { addMembership(group: number): void } {
   let handle: NativeHandle
   try {
     handle = addon.open(protocol, opts.netns === undefined ? undefined : netnsPath(opts.netns))
@@ -67,12 +71,16 @@ export function nativeTransport(protocol: number, opts: SocketOptions = {}, addo
     // Errors then echo only the request header: replies stay small, and the seq is all we match on.
     addon.setOption(handle, 'capAck', 1)
     addon.setOption(handle, 'strictCheck', 1)
+    // Explicitly off: an overrun must surface as ENOBUFS (failed requests, a monitor resync), never be hidden.
+    addon.setOption(handle, 'noEnobufs', 0)
   } catch (e) {
     addon.close(handle)
     throw NetlinkError.fromNative(e, 'configure netlink socket')
   }
   return {
-    handle,
+    addMembership(group) {
+      addon.addMembership(handle, group)
+    },
     send(data) {
       try {
         addon.send(handle, data)
