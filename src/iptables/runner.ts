@@ -111,6 +111,7 @@ export function restoreFailure(payload: string, stderr: string): RestoreFailure 
 
 export class IptablesRunner {
   readonly counters: IptablesCounters = { saves: 0, restores: 0, tests: 0, jumpWrites: 0, chainWrites: 0, failures: 0 }
+  private readonly queues = new Map<Family, Promise<unknown>>()
 
   private constructor(
     readonly info: BackendInfo,
@@ -189,6 +190,17 @@ export class IptablesRunner {
     const p = this.binaries.get(`${this.info.backend} ${name}`)
     if (!p) throw new IptablesError('ENOENT', `${familyCmd(family)}-${this.info.backend}-${tool} not found; install the iptables package`)
     return p
+  }
+
+  /**
+   * Runs fn after every earlier exclusive fn of the same family has settled. A plan is only valid against the
+   * state it observed: two overlapping observe-plan-apply passes would both insert a missing jump.
+   */
+  exclusive<T>(family: Family, fn: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(family) ?? Promise.resolve()
+    const run = prev.then(fn, fn)
+    this.queues.set(family, run.catch(() => undefined))
+    return run
   }
 
   /** `iptables-save -t <table>` (ip6tables-save for family 6). */

@@ -33,9 +33,11 @@ export async function iptablesApply(runner: IptablesRunner, plan: IptablesPlan):
 /** One pass for one family: render, observe, plan, apply. Returns the plan that was applied (restore null: no-op). */
 export async function iptablesSync(runner: IptablesRunner, input: RulesetInput): Promise<IptablesPlan> {
   const desired = renderRuleset(input)
-  const plan = iptablesPlan(desired, await iptablesObserve(runner, input.family))
-  await iptablesApply(runner, plan)
-  return plan
+  return runner.exclusive(input.family, async () => {
+    const plan = iptablesPlan(desired, await iptablesObserve(runner, input.family))
+    await iptablesApply(runner, plan)
+    return plan
+  })
 }
 
 /**
@@ -43,7 +45,9 @@ export async function iptablesSync(runner: IptablesRunner, input: RulesetInput):
  * families before destroying the FABEDGE ipsets: the kernel refuses to destroy a set a rule still references.
  */
 export async function iptablesCleanup(runner: IptablesRunner, family: Family): Promise<IptablesPlan> {
-  const plan = iptablesCleanupPlan(await iptablesObserve(runner, family))
-  await iptablesApply(runner, plan)
-  return plan
+  return runner.exclusive(family, async () => {
+    const plan = iptablesCleanupPlan(await iptablesObserve(runner, family))
+    await iptablesApply(runner, plan)
+    return plan
+  })
 }
