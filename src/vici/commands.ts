@@ -269,7 +269,8 @@ export class Vici {
   async listSas(filter: { ike?: string; ikeId?: string | number; noblock?: boolean } = {}): Promise<IkeSa[]> {
     const { events } = await this.client.stream('list-sas', 'list-sa', {
       ike: filter.ike,
-      ike_id: filter.ikeId === undefined ? undefined : String(filter.ikeId),
+      // as for terminate: charon (vici_query.c) reads ike-id, whatever the README says
+      'ike-id': filter.ikeId === undefined ? undefined : String(filter.ikeId),
       noblock: filter.noblock ? 'yes' : undefined,
     })
     return events.flatMap(parseIkeSas)
@@ -294,8 +295,9 @@ export class Vici {
     const msg = {
       child: o.child,
       ike: o.ike,
-      child_id: o.childId === undefined ? undefined : String(o.childId),
-      ike_id: o.ikeId === undefined ? undefined : String(o.ikeId),
+      // the README says child_id/ike_id, but charon (vici_control.c) reads child-id/ike-id
+      'child-id': o.childId === undefined ? undefined : String(o.childId),
+      'ike-id': o.ikeId === undefined ? undefined : String(o.ikeId),
       force: o.force ? 'yes' : undefined,
     }
     await this.controlCall('terminate', msg, o.timeoutMs)
