@@ -481,9 +481,11 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     try {
       const evt = await this.openEventConnection()
       await Promise.all([...this.subs.keys()].map((name) => this.register(evt, name)))
+      // either connection may have died meanwhile (lost() only forgets it before we are open): start over
+      if (!this.cmd?.alive || !this.evt?.alive) throw new ViciError('closed', 'VICI connection lost while connecting')
     } catch (e) {
       const err = e instanceof ViciError ? e : new ViciError('connect', String(e), { cause: e })
-      this.cmd.kill(err)
+      this.cmd?.kill(err)
       this.evt?.kill(err)
       throw err
     }
