@@ -244,6 +244,26 @@ t.test('reconnect gives up after maxAttempts; the next call connects again', asy
   t.same(await c.call('version'), { v: '1' })
 })
 
+t.test('connect() while reconnecting waits for the outcome; close() settles it', async (t) => {
+  const f = await fake(t, { version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) })
+  const c = client(t, f, { reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  await c.connect()
+  const lost = once(c, 'disconnected')
+  await f.stop()
+  await lost
+  const waiting = c.connect()
+  await sleep(30)
+  await f.listen()
+  await waiting
+  t.equal(c.connected, true, 'resolved once reconnected')
+  const lost2 = once(c, 'disconnected')
+  await f.stop()
+  await lost2
+  const abandoned = c.connect()
+  await c.close()
+  await rejectsCode(t, abandoned, 'closed', 'close() while reconnecting')
+})
+
 t.test('events delivered after reconnect', async (t) => {
   const conns: FakeConn[] = []
   const f = await FakeVici.start(charonLike({}, ['ike-updown']))
