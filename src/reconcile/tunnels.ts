@@ -106,6 +106,12 @@ export function isOwnConn(name: string, listed: ListedConn): boolean {
   return names.length > 0 && names.every((c) => CHILD_SUFFIXES.some((s) => c === `${name}${s}`))
 }
 
+/** The same ownership test for an IKE SA whose connection is no longer loaded: judged by its CHILD_SA names. */
+export function isOwnSa(sa: ObservedIkeSa): boolean {
+  if (sa.name === MEDIATOR_CONN) return true
+  return sa.children.length > 0 && sa.children.every((c) => CHILD_SUFFIXES.some((s) => c.name === `${sa.name}${s}`))
+}
+
 function asRecord(v: unknown): Record<string, unknown> | undefined {
   return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined
 }
@@ -271,11 +277,21 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
     else for (const child of missing) ops.push({ op: 'initiate-child', conn, child })
   }
 
-  // Stale connections last: unload first so nothing re-establishes them, then terminate what is left.
+  // Stale connections last: unload first so nothing re-establishes them, then terminate what is left. SAs of an
+  // own connection that is already unloaded (an earlier terminate failed, or charon kept them) are ended too.
+  const terminating = new Set<string>()
   for (const [conn, listed] of observed.conns) {
     if (conn in desired.conns || !isOwnConn(conn, listed)) continue
     ops.push({ op: 'unload', conn })
-    for (const sa of observed.sas.filter((s) => s.name === conn)) ops.push({ op: 'terminate-ike', conn, ikeId: sa.uniqueid })
+    for (const sa of observed.sas.filter((s) => s.name === conn)) {
+      ops.push({ op: 'terminate-ike', conn, ikeId: sa.uniqueid })
+      terminating.add(sa.uniqueid)
+    }
+  }
+  for (const sa of observed.sas) {
+    if (sa.name in desired.conns || observed.conns.has(sa.name) || terminating.has(sa.uniqueid)) continue
+    if (!isOwnSa(sa)) continue
+    ops.push({ op: 'terminate-ike', conn: sa.name, ikeId: sa.uniqueid })
   }
   return { ops, waiting }
 }

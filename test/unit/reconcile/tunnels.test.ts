@@ -87,6 +87,8 @@ t.test('stale connections: ours are unloaded then terminated, foreign ones never
   const sas = [up('mediator', []), up('beijing.connector', d.initiateChildren['beijing.connector']!, '2'), up('beijing.edge2', d.initiateChildren['beijing.edge2']!, '3'), up('beijing.edge9', ['beijing.edge9-p2p'], '9'), up('operator-vpn', ['office'], '7')]
   const { ops } = planTunnels(input(d, { observed: { conns, sas } }))
   t.same(ops, [{ op: 'unload', conn: 'beijing.edge9' }, { op: 'terminate-ike', conn: 'beijing.edge9', ikeId: '9' }])
+  const orphan = planTunnels(input(d, { observed: { conns: new Map(Object.entries(d.conns).map(([n, s]) => [n, listed(s)])), sas: [...sas, up('beijing.edge8', ['beijing.edge8-p2p'], '8'), up('stranger', ['x'], '6')] } }))
+  t.same(orphan.ops.filter((o) => o.conn === 'beijing.edge8' || o.conn === 'stranger'), [{ op: 'terminate-ike', conn: 'beijing.edge8', ikeId: '8' }], 'SAs of our unloaded connection are ended, a stranger is not')
   t.ok(isOwnConn('mediator', {}))
   t.notOk(isOwnConn('operator-vpn', { children: { office: {} } }))
   t.notOk(isOwnConn('x', { children: { 'x-p2p': {}, other: {} } }), 'one foreign child makes it foreign')
