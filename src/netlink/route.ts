@@ -267,9 +267,9 @@ export async function routeApply(sock: NetlinkSocket, ops: readonly RouteOp[]): 
   return outs.map((o, i) => toResult(o, ops[i]!.op === 'del'))
 }
 
-/** The kernel's identity of a route within a table: destination and metric. */
+/** The kernel's identity of a route within a table: destination and metric (IPv6 defaults to 1024, like the kernel). */
 function routeKey(family: Family, dst: string, metric: number | undefined): string {
-  return `${family} ${dst} ${metric ?? 0}`
+  return `${family} ${dst} ${metric ?? (family === 6 ? 1024 : 0)}`
 }
 
 function sameRoute(want: Resolved, have: Route): boolean {
