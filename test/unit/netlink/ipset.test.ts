@@ -66,9 +66,9 @@ t.test('swap and destroy requests', async (t) => {
 })
 
 t.test('names and members are validated before anything is built', async (t) => {
-  for (const name of ['', 'x'.repeat(32), 'has space', 'tab\t']) t.throws(() => ipsetDestroyRequest(name), { kind: 'input' })
+  for (const name of ['', 'x'.repeat(32), 'has space', 'tab\t']) t.throws(() => ipsetDestroyRequest(name), { name: 'NetlinkError', kind: 'input' })
   for (const cidr of ['0.0.0.0/0', '10.0.0.0/40', 'example.com', '10.0.0.0/8 -exist']) {
-    t.throws(() => ipsetAdtRequest(IPSET_CMD.ADD, 'S', cidr), { kind: 'input' }, cidr)
+    t.throws(() => ipsetAdtRequest(IPSET_CMD.ADD, 'S', cidr), { name: 'NetlinkError', kind: 'input' }, cidr)
   }
 })
 

@@ -22,7 +22,7 @@ t.test('ruleAddRequest: from all lookup 220 priority 220, EXCL so it is never du
     ['0800 0f00 dc000000', 'FRA_TABLE 220'],
     ['1400 0200 20010db8000000000000000000000000', 'FRA_SRC'],
   ))
-  t.throws(() => ruleAddRequest({ family: 4, src: '2001:db8::/32' }), { kind: 'input' })
+  t.throws(() => ruleAddRequest({ family: 4, src: '2001:db8::/32' }), { name: 'NetlinkError', kind: 'input' })
 })
 
 t.test('captured rule dump: rule 220 in both families; multicast-routing families skipped', async (t) => {
