@@ -1,6 +1,7 @@
 // ipsets written through nfnetlink checked against ipset(8), and the route monitor against `ip route del`,
 // in throwaway namespaces.
 import t, { type Test } from 'tap'
+import { spawnSync } from 'node:child_process'
 import { Netns, needsRoot } from '../../harness/netns.js'
 import {
   canonicalCidr, ipsetAdd, ipsetCreate, ipsetDel, ipsetDestroy, ipsetList, ipsetSwap, ipsetSync, ipsetTest, Monitor,
@@ -109,4 +110,37 @@ t.test('the monitor sees a route deleted by `ip route del` within a bounded wait
   const latency = at - issued
   t.comment(`monitor saw the delete ${latency.toFixed(2)} ms after issuing ip route del (process ran ${(exited - issued).toFixed(2)} ms)`)
   t.ok(latency < 500, `seen within 500 ms (${latency.toFixed(2)} ms)`)
+})
+
+t.test('a monitor that falls behind gets a resync event, not silence', { skip: needsRoot }, async (t) => {
+  const ns = await nsWith(t)
+  await ns.run(['ip', 'link', 'add', 'mo0', 'type', 'veth', 'peer', 'name', 'mo1'])
+  await ns.run(['ip', 'link', 'set', 'mo0', 'up'])
+  await ns.run(['ip', 'addr', 'add', '10.9.0.1/24', 'dev', 'mo0'])
+  const mon = Monitor.open({ netns: ns.name, rcvbuf: 4096 })
+  t.teardown(() => mon.close())
+  const resync = new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no resync within 2 s')), 2000)
+    mon.on('resync', (e) => {
+      clearTimeout(timer)
+      resolve(e.code)
+    })
+  })
+  // spawnSync blocks this event loop, so the monitor cannot read while 2000 notifications pile up.
+  const lines = Array.from({ length: 2000 }, (_, i) => `route add 10.${100 + (i >> 8)}.${i & 255}.0/24 via 10.9.0.2 table 220\n`)
+  const r = spawnSync('ip', ['-n', ns.name, '-batch', '-'], { input: lines.join(''), timeout: 10_000 })
+  t.equal(r.status, 0, 'ip -batch ran')
+  t.equal(await resync, 'ENOBUFS')
+  const after = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('monitor went deaf after the overrun')), 2000)
+    mon.on('route', (action, route) => {
+      if (action === 'del' && route.dst === '10.100.0.0/24') {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+  })
+  await ns.run(['ip', 'route', 'del', '10.100.0.0/24', 'table', '220'])
+  await after
+  t.pass('still receiving after the resync')
 })

@@ -3,7 +3,7 @@ import { decodeError, decodeMsgs } from '../../../src/netlink/codec.js'
 import { errnoName } from '../../../src/netlink/errors.js'
 import {
   decodeIpsetList, IPSET_CMD, ipsetAdtBatchRequests, ipsetAdtRequest, ipsetCreateRequest, ipsetDestroyRequest,
-  ipsetPlan, ipsetSwapRequest,
+  ipsetFlushRequest, ipsetHeaderRequest, ipsetListRequest, ipsetPlan, ipsetSwapRequest, ipsetTypeRequest,
 } from '../../../src/netlink/ipset.js'
 import { fixture, hex } from './fixtures.js'
 
@@ -58,6 +58,19 @@ t.test('batched members: ADT nest with LINENO, -exist, split every 1000 members'
   ))
   const many = Array.from({ length: 2500 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`)
   t.equal(ipsetAdtBatchRequests(IPSET_CMD.DEL, 'S', many).length, 3)
+})
+
+t.test('name-only commands: flush, list, header; type query', async (t) => {
+  const name = ['0600 0200 4100 0000', 'SETNAME A'] as [string, string]
+  for (const [req, cmd] of [[ipsetFlushRequest('A'), IPSET_CMD.FLUSH], [ipsetListRequest('A'), IPSET_CMD.LIST], [ipsetHeaderRequest('A'), IPSET_CMD.HEADER]] as const) {
+    t.equal(req.type, (6 << 8) | cmd)
+    t.equal(req.payload.toString('hex'), hex(HEAD, PROTO, name))
+  }
+  t.equal(ipsetTypeRequest('hash:net', 6).payload.toString('hex'), hex(
+    HEAD, PROTO,
+    ['0d00 0300 686173683a6e657400 000000', 'TYPENAME "hash:net"'],
+    ['0500 0500 0a 000000', 'FAMILY NFPROTO_IPV6'],
+  ))
 })
 
 t.test('swap and destroy requests', async (t) => {
