@@ -331,7 +331,11 @@ export async function routeSync(
 ): Promise<RoutePlan & { results: RouteResult[] }> {
   const table = opts.table ?? ROUTE_TABLE
   const protocol = opts.protocol ?? RTPROT_FABTUNNEL
-  const want = (await routeResolveDevs(sock, desired.map((d) => ({ ...d, table }))))
+  if (opts.family) {
+    const other = desired.find((d) => parseCidr(d.dst).family !== opts.family)
+    if (other) throw NetlinkError.input(`${other.dst} is not IPv${opts.family} (routeSync limited to that family)`)
+  }
+  const want = await routeResolveDevs(sock, desired.map((d) => ({ ...d, table })))
   const observed = await routeList(sock, opts.family ? { table, family: opts.family } : { table })
   const plan = routePlan(want, observed, protocol)
   const results = await routeApply(sock, plan.ops)
