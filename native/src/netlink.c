@@ -372,10 +372,26 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   int err = 0;
   const char *syscall = "recvmsg";
   if (status < 0) {
-    err = -status;
-    syscall = "uv_poll";
+    // libuv reports POLLERR as UV_EBADF and stops the handle. On a netlink socket POLLERR means a pending socket
+    // error, above all ENOBUFS after an overrun: fetch (and clear) it, deliver it, and keep receiving.
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr != 0) {
+      err = soerr;
+      syscall = "recvmsg";
+    } else if (status != UV_EBADF) {
+      err = -status;
+      syscall = "uv_poll";
+    }
+    int r = uv_poll_start(&s->poll, UV_READABLE, on_readable);
+    if (r < 0 && !err) {
+      err = -r;
+      syscall = "uv_poll_start";
+    }
   }
-  while (!err && count < MAX_BATCH) {
+  // Datagrams queued before the error are still good: drain them too.
+  int recv_err = 0;
+  while (!recv_err && count < MAX_BATCH) {
     struct sockaddr_nl from;
     struct iovec iov = {.iov_base = recv_buf, .iov_len = sizeof recv_buf};
     struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1};
@@ -383,11 +399,11 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      err = errno;  // ENOBUFS: the kernel dropped messages for us; the socket stays usable
+      recv_err = errno;  // ENOBUFS: the kernel dropped messages for us; the socket stays usable
       break;
     }
     if (msg.msg_flags & MSG_TRUNC) {
-      err = EMSGSIZE;
+      recv_err = EMSGSIZE;
       break;
     }
     // Only the kernel (portid 0) speaks to us; a datagram from another process is not an answer.
@@ -398,6 +414,10 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     napi_set_element(env, list, count++, buf);
   }
   if (count > 0) deliver(s, null_v, list);
+  if (!err && recv_err) {
+    err = recv_err;
+    syscall = "recvmsg";
+  }
   if (err && !s->closed) {
     napi_value empty;
     napi_create_array(env, &empty);

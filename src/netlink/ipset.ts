@@ -104,6 +104,7 @@ function nameCmd(cmd: number, name: string, flags = 0): Request {
 export const ipsetDestroyRequest = (name: string): Request => nameCmd(IPSET_CMD.DESTROY, name, NLM_F_EXCL)
 export const ipsetFlushRequest = (name: string): Request => nameCmd(IPSET_CMD.FLUSH, name)
 export const ipsetListRequest = (name: string): Request => nameCmd(IPSET_CMD.LIST, name)
+export const ipsetHeaderRequest = (name: string): Request => nameCmd(IPSET_CMD.HEADER, name)
 
 export function ipsetSwapRequest(a: string, b: string): Request {
   return msg(IPSET_CMD.SWAP, [attrStr(ATTR.SETNAME, validateSetName(a)), attrStr(ATTR.SETNAME2, validateSetName(b))])
@@ -287,7 +288,33 @@ export async function ipsetCreate(
   const exist = opts.exist ?? true
   const rev = await hashNetRevision(sock, checkFamily(family))
   const req = ipsetCreateRequest(name, family, rev, { ...opts, exist })
-  return one(sock, req, `ipset create ${name}`, exist ? {} : { EEXIST: 'exists', [ERR.EXIST]: 'exists' })
+  const r = await one(sock, req, `ipset create ${name}`, exist ? {} : { EEXIST: 'exists', [ERR.EXIST]: 'exists' })
+  // The kernel's -exist check compares type and sizes but not the family, so an inet set satisfies an inet6
+  // create. Ask for the header to make "exists" mean "exists as asked".
+  if (exist) {
+    const msgs = await sock.request(ipsetHeaderRequest(name), `ipset header ${name}`)
+    const h = decodeHeader(msgs)
+    if (h.family !== family || h.type !== 'hash:net') {
+      throw new NetlinkError('kernel', 'IPSET_ERR_EXIST', `ipset create ${name}: exists as ${h.type} IPv${h.family}, not hash:net IPv${family}`)
+    }
+  }
+  return r
+}
+
+function decodeHeader(msgs: readonly NlMsg[]): { type: string; family: number } {
+  let type = ''
+  let family = 0
+  for (const m of msgs) {
+    if (m.payload.length < NFGENMSG_LEN) throw NetlinkError.decode('ipset message without nfgenmsg')
+    for (const a of decodeAttrs(m.payload.subarray(NFGENMSG_LEN))) {
+      if (a.type === ATTR.TYPENAME) type = readStr(a.data)
+      else if (a.type === ATTR.FAMILY) {
+        const f = readU8(a.data, 'IPSET_ATTR_FAMILY')
+        family = f === NFPROTO_IPV4 ? 4 : f === NFPROTO_IPV6 ? 6 : 0
+      }
+    }
+  }
+  return { type, family }
 }
 
 /** CLI: `ipset destroy NAME`. A missing set is `reason: 'missing'`; a set still referenced by iptables throws. */

@@ -24,23 +24,26 @@ const addonPath = fileURLToPath(new URL('../../native/build/Release/fabtunnel_ne
 
 let cached: NativeAddon | undefined
 
-export function loadAddon(): NativeAddon {
-  if (cached) return cached
-  if (!existsSync(addonPath)) {
+/** The addon, loaded once. `path` is for tests of the not-built message. */
+export function loadAddon(path = addonPath): NativeAddon {
+  if (cached && path === addonPath) return cached
+  if (!existsSync(path)) {
     throw new NetlinkError(
       'addon',
       'ENOADDON',
-      `fabtunnel netlink addon not built (${addonPath} missing). Run scripts/setup, or ` +
+      `fabtunnel netlink addon not built (${path} missing). Run scripts/setup, or ` +
         '`npm run build:native` (needs make, a C compiler and python3: apt-get install make g++ python3; ' +
         'with npm_config_nodedir=/usr when Node headers come from the distribution).',
     )
   }
+  let addon: NativeAddon
   try {
-    cached = createRequire(import.meta.url)(addonPath) as NativeAddon
+    addon = createRequire(import.meta.url)(path) as NativeAddon
   } catch (cause) {
-    throw new NetlinkError('addon', 'ENOADDON', `cannot load ${addonPath}; rebuild it with \`npm run build:native\``, {
+    throw new NetlinkError('addon', 'ENOADDON', `cannot load ${path}; rebuild it with \`npm run build:native\``, {
       cause,
     })
   }
-  return cached
+  if (path === addonPath) cached = addon
+  return addon
 }

@@ -267,9 +267,9 @@ export async function routeApply(sock: NetlinkSocket, ops: readonly RouteOp[]): 
   return outs.map((o, i) => toResult(o, ops[i]!.op === 'del'))
 }
 
-/** The kernel's identity of a route within a table: destination and metric. */
+/** The kernel's identity of a route within a table: destination and metric (IPv6 defaults to 1024, like the kernel). */
 function routeKey(family: Family, dst: string, metric: number | undefined): string {
-  return `${family} ${dst} ${metric ?? 0}`
+  return `${family} ${dst} ${metric ?? (family === 6 ? 1024 : 0)}`
 }
 
 function sameRoute(want: Resolved, have: Route): boolean {
@@ -331,7 +331,11 @@ export async function routeSync(
 ): Promise<RoutePlan & { results: RouteResult[] }> {
   const table = opts.table ?? ROUTE_TABLE
   const protocol = opts.protocol ?? RTPROT_FABTUNNEL
-  const want = (await routeResolveDevs(sock, desired.map((d) => ({ ...d, table }))))
+  if (opts.family) {
+    const other = desired.find((d) => parseCidr(d.dst).family !== opts.family)
+    if (other) throw NetlinkError.input(`${other.dst} is not IPv${opts.family} (routeSync limited to that family)`)
+  }
+  const want = await routeResolveDevs(sock, desired.map((d) => ({ ...d, table })))
   const observed = await routeList(sock, opts.family ? { table, family: opts.family } : { table })
   const plan = routePlan(want, observed, protocol)
   const results = await routeApply(sock, plan.ops)

@@ -1,4 +1,4 @@
-// Loads the captured kernel replies in test/fixtures/netlink (see capture.ts there): one datagram per hex line.
+// Loads the captured kernel replies in test/fixtures/netlink (captured by scripts/netlink-capture-fixtures.ts): one datagram per hex line.
 import { readFileSync } from 'node:fs'
 
 export function fixture(name: string): Buffer[] {

@@ -3,7 +3,7 @@ import { decodeError, decodeMsgs } from '../../../src/netlink/codec.js'
 import { errnoName } from '../../../src/netlink/errors.js'
 import {
   decodeIpsetList, IPSET_CMD, ipsetAdtBatchRequests, ipsetAdtRequest, ipsetCreateRequest, ipsetDestroyRequest,
-  ipsetPlan, ipsetSwapRequest,
+  ipsetFlushRequest, ipsetHeaderRequest, ipsetListRequest, ipsetPlan, ipsetSwapRequest, ipsetTypeRequest,
 } from '../../../src/netlink/ipset.js'
 import { fixture, hex } from './fixtures.js'
 
@@ -60,15 +60,28 @@ t.test('batched members: ADT nest with LINENO, -exist, split every 1000 members'
   t.equal(ipsetAdtBatchRequests(IPSET_CMD.DEL, 'S', many).length, 3)
 })
 
+t.test('name-only commands: flush, list, header; type query', async (t) => {
+  const name = ['0600 0200 4100 0000', 'SETNAME A'] as [string, string]
+  for (const [req, cmd] of [[ipsetFlushRequest('A'), IPSET_CMD.FLUSH], [ipsetListRequest('A'), IPSET_CMD.LIST], [ipsetHeaderRequest('A'), IPSET_CMD.HEADER]] as const) {
+    t.equal(req.type, (6 << 8) | cmd)
+    t.equal(req.payload.toString('hex'), hex(HEAD, PROTO, name))
+  }
+  t.equal(ipsetTypeRequest('hash:net', 6).payload.toString('hex'), hex(
+    HEAD, PROTO,
+    ['0d00 0300 686173683a6e657400 000000', 'TYPENAME "hash:net"'],
+    ['0500 0500 0a 000000', 'FAMILY NFPROTO_IPV6'],
+  ))
+})
+
 t.test('swap and destroy requests', async (t) => {
   t.equal(ipsetSwapRequest('A', 'B').payload.toString('hex'), hex(HEAD, PROTO, ['0600 0200 4100 0000', 'SETNAME A'], ['0600 0300 4200 0000', 'SETNAME2 B']))
   t.equal(ipsetDestroyRequest('A').flags, 0x200, 'EXCL so a missing set is reported')
 })
 
 t.test('names and members are validated before anything is built', async (t) => {
-  for (const name of ['', 'x'.repeat(32), 'has space', 'tab\t']) t.throws(() => ipsetDestroyRequest(name), { kind: 'input' })
+  for (const name of ['', 'x'.repeat(32), 'has space', 'tab\t']) t.throws(() => ipsetDestroyRequest(name), { name: 'NetlinkError', kind: 'input' })
   for (const cidr of ['0.0.0.0/0', '10.0.0.0/40', 'example.com', '10.0.0.0/8 -exist']) {
-    t.throws(() => ipsetAdtRequest(IPSET_CMD.ADD, 'S', cidr), { kind: 'input' }, cidr)
+    t.throws(() => ipsetAdtRequest(IPSET_CMD.ADD, 'S', cidr), { name: 'NetlinkError', kind: 'input' }, cidr)
   }
 })
 

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { decodeMsgs } from '../../../src/netlink/codec.js'
-import { decodeRule, ruleAddRequest, ruleDelRequest, RTM_NEWRULE } from '../../../src/netlink/rule.js'
+import { decodeRule, ruleAddRequest, ruleDelRequest, ruleListRequest, RTM_GETRULE, RTM_NEWRULE } from '../../../src/netlink/rule.js'
+import { decodeEvent } from '../../../src/netlink/monitor.js'
 import { decodeLink, linkListRequest, RTM_NEWLINK } from '../../../src/netlink/link.js'
 import { addrListRequest, decodeAddr, RTM_NEWADDR } from '../../../src/netlink/addr.js'
 import { fixture, hex } from './fixtures.js'
@@ -22,7 +23,7 @@ t.test('ruleAddRequest: from all lookup 220 priority 220, EXCL so it is never du
     ['0800 0f00 dc000000', 'FRA_TABLE 220'],
     ['1400 0200 20010db8000000000000000000000000', 'FRA_SRC'],
   ))
-  t.throws(() => ruleAddRequest({ family: 4, src: '2001:db8::/32' }), { kind: 'input' })
+  t.throws(() => ruleAddRequest({ family: 4, src: '2001:db8::/32' }), { name: 'NetlinkError', kind: 'input' })
 })
 
 t.test('captured rule dump: rule 220 in both families; multicast-routing families skipped', async (t) => {
@@ -43,4 +44,14 @@ t.test('link and address requests and captured dumps', async (t) => {
   t.same(addrs.filter((a) => a!.scope === 0 || a!.index === 1).map((a) => [a!.index, a!.cidr]), [
     [1, '127.0.0.1/8'], [3, '10.9.0.1/24'], [1, '::1/128'], [3, '2001:db8::1/64'],
   ])
+})
+
+t.test('rule list request, and rule/address notifications decode as monitor events', async (t) => {
+  const r = ruleListRequest(6)
+  t.equal(r.type, RTM_GETRULE)
+  t.equal(r.payload.toString('hex'), '0a0000000000000000000000', 'fib_rule_hdr AF_INET6, all else zero (strict check)')
+  const ruleMsg = fixture('rule-dump.hex').flatMap(decodeMsgs).find((m) => m.type === RTM_NEWRULE && decodeRule(m)?.table === 220)!
+  t.match(decodeEvent(ruleMsg), { kind: 'rule', action: 'new', rule: { family: 4, table: 220, priority: 220 } })
+  const addrMsg = fixture('addr-dump.hex').flatMap(decodeMsgs).find((m) => m.type === RTM_NEWADDR && decodeAddr(m)?.address === '10.9.0.1')!
+  t.match(decodeEvent(addrMsg), { kind: 'addr', action: 'new', addr: { index: 3, cidr: '10.9.0.1/24' } })
 })

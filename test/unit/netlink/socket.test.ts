@@ -87,7 +87,7 @@ t.test('ENOBUFS and garbage fail pending requests as transport/decode errors; cl
   await t.rejects(p1, { code: 'ENOBUFS' })
   const p2 = s.request({ type: 1, payload: Buffer.alloc(0) }, 'b')
   k.push(null, [Buffer.from('ffffffff', 'hex')])
-  await t.rejects(p2, { kind: 'decode' })
+  await t.rejects(p2, { name: 'NetlinkError', kind: 'decode' })
   const p3 = s.request({ type: 1, payload: Buffer.alloc(0) }, 'c')
   s.close()
   s.close()
