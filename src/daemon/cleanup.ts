@@ -62,7 +62,7 @@ export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
   await step('rules', async () => {
     for (const r of await ruleList(p.routeSock)) {
       if (r.protocol !== RTPROT_FABTUNNEL) continue
-      const res = await ruleDel(p.routeSock, { family: r.family, priority: r.priority, table: r.table })
+      const res = await ruleDel(p.routeSock, { family: r.family, priority: r.priority, table: r.table, protocol: RTPROT_FABTUNNEL })
       if (res.ok) report.rules++
     }
   })

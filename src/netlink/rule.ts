@@ -1,7 +1,7 @@
 // Policy-routing rules over rtnetlink (RTM_NEWRULE / RTM_DELRULE / RTM_GETRULE), IPv4 and IPv6, shaped for the
 // one rule FabEdge needs: `from all lookup 220 priority 220`. Spec: rtnetlink(7), linux/fib_rules.h.
 import { ROUTE_TABLE, RULE_PRIORITY } from '../fabedge.js'
-import { attr, attrMap, attrU32, NLM_F_CREATE, NLM_F_EXCL, readStr, readU32, readU8, type NlMsg } from './codec.js'
+import { attr, attrMap, attrU32, attrU8, NLM_F_CREATE, NLM_F_EXCL, readStr, readU32, readU8, type NlMsg } from './codec.js'
 import { NetlinkError } from './errors.js'
 import { afOf, familyOfAf, ipToString, parseCidr, type Family } from './ip.js'
 import type { NetlinkSocket, Request } from './socket.js'
@@ -44,6 +44,11 @@ export interface RuleSpec {
   priority?: number
   /** Default all. */
   src?: string
+  /**
+   * rtm_protocol-style owner tag (FRA_PROTOCOL, kernel >= 4.17). Unset by default, like the rule charon creates; a
+   * tagged rule can be told apart later, and a delete that carries it only matches the tagged rule.
+   */
+  protocol?: number
 }
 
 /** Result of add/del: an existing or missing rule is a value. */
@@ -66,6 +71,10 @@ function ruleRequest(type: number, flags: number, spec: RuleSpec): Request {
     if (src.family !== spec.family) throw NetlinkError.input(`rule source ${spec.src} is not IPv${spec.family}`)
     hdr[2] = src.len
     parts.push(attr(FRA_SRC, src.bytes))
+  }
+  if (spec.protocol !== undefined) {
+    if (!Number.isInteger(spec.protocol) || spec.protocol < 0 || spec.protocol > 255) throw NetlinkError.input(`invalid rule protocol ${spec.protocol}`)
+    parts.push(attrU8(FRA_PROTOCOL, spec.protocol))
   }
   return { type, flags, payload: Buffer.concat(parts) }
 }

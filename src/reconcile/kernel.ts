@@ -43,14 +43,15 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     const rules = await ruleList(this.sock)
     const missingRules: RuleSpec[] = desired.rules
       .filter((want) => !rules.some((r) => r.family === want.family && r.priority === want.priority && r.table === want.table && r.src === undefined && r.dst === undefined && r.iif === undefined && r.oif === undefined && r.fwmark === undefined))
-      .map((r) => ({ family: r.family, priority: r.priority, table: r.table }))
+      // Tagged with our protocol so cleanup removes only a rule the agent added, never charon's.
+      .map((r) => ({ family: r.family, priority: r.priority, table: r.table, protocol: RTPROT_FABTUNNEL }))
     this.last = { routes: observed.filter((r) => r.protocol === RTPROT_FABTUNNEL).length, rules: desired.rules.length - missingRules.length, conflicts: plan.conflicts.length }
     return {
       ops: plan.ops,
       rules: missingRules,
       writes: plan.ops.length + missingRules.length,
       describe: () => [
-        ...missingRules.map((r) => `ip -${r.family} rule add from all lookup ${r.table} priority ${r.priority}`),
+        ...missingRules.map((r) => `ip -${r.family} rule add from all lookup ${r.table} priority ${r.priority} protocol ${RTPROT_FABTUNNEL}`),
         ...plan.ops.map((o) => `ip route ${o.op} ${o.route.dst}${o.route.via ? ` via ${o.route.via}` : ''} table ${o.route.table ?? ROUTE_TABLE} proto ${RTPROT_FABTUNNEL}`),
       ],
     }

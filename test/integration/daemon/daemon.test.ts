@@ -144,5 +144,6 @@ t.test('connector + 2 edges driven by fabtunnel run', { skip: needsRoot, timeout
     t.match(save, /:OTHER-TOOL/, 'a foreign chain survives')
     t.equal((await conn.ns.run(['ipset', 'list', '-n'])).trim(), '', 'no set left')
     t.same(await saIds(conn), [], 'no SA left')
+    t.notMatch(await conn.ns.run(['ip', 'rule', 'show']), /proto 220/, 'the rule the agent added (tagged proto 220) is gone')
   })
 })

@@ -55,3 +55,12 @@ t.test('rule list request, and rule/address notifications decode as monitor even
   const addrMsg = fixture('addr-dump.hex').flatMap(decodeMsgs).find((m) => m.type === RTM_NEWADDR && decodeAddr(m)?.address === '10.9.0.1')!
   t.match(decodeEvent(addrMsg), { kind: 'addr', action: 'new', addr: { index: 3, cidr: '10.9.0.1/24' } })
 })
+
+t.test('ruleAddRequest with an owner protocol appends FRA_PROTOCOL (type 21, u8)', async (t) => {
+  const plain = ruleAddRequest({ family: 4 }).payload
+  const tagged = ruleAddRequest({ family: 4, protocol: 220 }).payload
+  // nla_len 5 (4 header + 1 byte), nla_type 21, value 220, 3 bytes of padding
+  t.same(tagged.subarray(plain.length), Buffer.from([0x05, 0x00, 0x15, 0x00, 0xdc, 0x00, 0x00, 0x00]))
+  t.same(tagged.subarray(0, plain.length), plain)
+  t.throws(() => ruleAddRequest({ family: 4, protocol: 256 }), { name: 'NetlinkError' })
+})
