@@ -48,7 +48,7 @@ export interface ChainRef {
 
 export interface IptablesObserved {
   family: Family
-  /** Parsed `iptables-save -t <table>`; a table the kernel does not have is absent. */
+  /** Parsed iptables-save output; a table the kernel does not have is absent. */
   tables: Partial<Record<Table, ParsedTable>>
 }
 
