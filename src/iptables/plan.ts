@@ -48,7 +48,7 @@ export interface ChainRef {
 
 export interface IptablesObserved {
   family: Family
-  /** Parsed `iptables-save -t <table>`; a table the kernel does not have is absent. */
+  /** Parsed iptables-save output; a table the kernel does not have is absent. */
   tables: Partial<Record<Table, ParsedTable>>
 }
 
@@ -80,7 +80,7 @@ const refersTo = (key: string, chain: string): boolean => {
 
 /** Parses and checks a desired payload: only tables filter/nat, only own chains, only `-A` rules. */
 export function desiredParse(payload: string, family: Family): ParsedRuleset {
-  const parsed = rulesetParse(payload, family)
+  const parsed = rulesetParse(payload, family, true)
   for (const [name, table] of parsed) {
     if (!TABLES.includes(name as Table)) throw new IptablesError('bad-payload', `desired payload has table ${name}`)
     for (const c of table.chains.values()) {

@@ -203,10 +203,10 @@ export class IptablesRunner {
     return run
   }
 
-  /** `iptables-save -t <table>` (ip6tables-save for family 6). */
-  async save(family: Family, table: string): Promise<string> {
-    if (!TABLE_NAME.test(table)) throw new IptablesError('bad-input', `bad table ${JSON.stringify(table)}`)
-    const argv = [this.binary(family, 'save'), '-t', table]
+  /** `iptables-save [-t <table>]` (ip6tables-save for family 6); without a table, every table in one exec. */
+  async save(family: Family, table?: string): Promise<string> {
+    if (table !== undefined && !TABLE_NAME.test(table)) throw new IptablesError('bad-input', `bad table ${JSON.stringify(table)}`)
+    const argv = [this.binary(family, 'save'), ...(table === undefined ? [] : ['-t', table])]
     const r = await this.exec(argv, { timeoutMs: this.timeoutMs })
     this.counters.saves++
     if (r.code !== 0) {

@@ -1,4 +1,4 @@
-// The iptables reconciler's I/O half: observe (iptables-save -t filter / -t nat, parsed), apply a plan from
+// The iptables reconciler's I/O half: observe (one iptables-save, tables filter and nat parsed), apply a plan from
 // plan.ts (a dry run, then one iptables-restore --noflush), sync (observe + plan + apply) and cleanup.
 // A plan without a payload performs no exec at all: a converged pass writes nothing.
 import type { Family } from '../fabedge.js'
@@ -7,12 +7,16 @@ import { iptablesCleanupPlan, iptablesPlan, TABLES, type IptablesObserved, type 
 import { renderRuleset, type RulesetInput } from './render.js'
 import type { IptablesRunner } from './runner.js'
 
-/** Reads tables filter and nat of one family. */
+/**
+ * Reads tables filter and nat of one family with a single `iptables-save`: one process per pass instead of one
+ * per table (the other tables it prints are small and are not parsed past their lines).
+ */
 export async function iptablesObserve(runner: IptablesRunner, family: Family): Promise<IptablesObserved> {
+  const parsed = rulesetParse(await runner.save(family), family)
   const observed: IptablesObserved = { family, tables: {} }
   for (const table of TABLES) {
-    const parsed = rulesetParse(await runner.save(family, table), family).get(table)
-    if (parsed) observed.tables[table] = parsed
+    const t = parsed.get(table)
+    if (t) observed.tables[table] = t
   }
   return observed
 }

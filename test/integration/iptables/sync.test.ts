@@ -24,9 +24,9 @@ async function nsWithRunner(t: { teardown: (fn: () => Promise<void>) => void }, 
 }
 
 async function setsCreate(ns: Netns, family: Family, names: string[] = Object.values(IPSET)): Promise<void> {
-  for (const s of names) {
-    await ns.run(['ipset', 'create', ipsetName(s, family), 'hash:net', 'family', family === 6 ? 'inet6' : 'inet', '-exist'])
-  }
+  const fam = family === 6 ? 'inet6' : 'inet'
+  const input = names.map((s) => `create ${ipsetName(s, family)} hash:net family ${fam}\n`).join('')
+  await ns.run(['ipset', 'restore', '-exist'], { input })
 }
 
 /** `iptables-save` of filter and nat without comment lines and with chain counters zeroed. */

@@ -77,21 +77,24 @@ for (const family of [4, 6] as Family[]) {
     await gw.run(['ipset', 'create', set, 'hash:net', 'family', family === 6 ? 'inet6' : 'inet', '-exist'])
     await gw.run(['ipset', 'add', set, a.peerNet])
 
-    // A reply takes well under a millisecond here; the wait only bounds the runs that expect a drop.
-    const ping = async (dst: string): Promise<boolean> =>
-      (await pod.capture(['ping', ...ipf, '-c', '1', '-W', '1', dst], { timeoutMs: 5000 })).code === 0
-    t.notOk(await ping(a.other), 'before our rules FORWARD drops the pod')
+    // Expecting a reply: resend every 200 ms until one comes (the first forwarded packet waits for neighbour
+    // discovery), up to 3 s. Expecting a drop: one probe, 1 s.
+    const reaches = async (dst: string): Promise<boolean> =>
+      (await pod.capture(['ping', ...ipf, '-c', '1', '-i', '0.2', '-w', '3', dst], { timeoutMs: 6000 })).code === 0
+    const dropped = async (dst: string): Promise<boolean> =>
+      (await pod.capture(['ping', ...ipf, '-c', '1', '-W', '1', dst], { timeoutMs: 5000 })).code !== 0
+    t.ok(await dropped(a.other), 'before our rules FORWARD drops the pod')
 
     const runner = await IptablesRunner.create({ exec: (argv, o) => execCapture(['ip', 'netns', 'exec', gw.name, ...argv], o) })
     await iptablesSync(runner, { role: 'edge', family, localPodCidrs: [a.podNet] })
 
-    t.ok(await ping(a.peer), 'pod reaches the peer subnet')
+    t.ok(await reaches(a.peer), 'pod reaches the peer subnet')
     t.equal(await replyDst(gw, family, a.peer), a.pod, 'to the peer subnet: replies go to the pod itself (no NAT)')
-    t.ok(await ping(a.other), 'pod reaches the other destination')
+    t.ok(await reaches(a.other), 'pod reaches the other destination')
     t.equal(await replyDst(gw, family, a.other), a.uplinkGw, 'elsewhere: replies go to the gateway (MASQUERADE)')
 
     await iptablesCleanup(runner, family)
     await gw.run(['conntrack', '-F', '-f', family === 6 ? 'ipv6' : 'ipv4'])
-    t.notOk(await ping(a.peer), 'after cleanup FORWARD drops the pod again')
+    t.ok(await dropped(a.peer), 'after cleanup FORWARD drops the pod again')
   })
 }

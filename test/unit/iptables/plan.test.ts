@@ -210,3 +210,11 @@ t.test('a desired payload must declare only own chains with -A rules in filter/n
   t.throws(() => iptablesPlan('*filter\n:FABEDGE-X - [0:0]\n-I INPUT 1 -j FABEDGE-X\nCOMMIT\n', obs), { code: 'bad-payload' })
   t.throws(() => iptablesPlan('*filter\n-A INPUT -j FABEDGE-X\nCOMMIT\n', obs), { code: 'bad-payload' })
 })
+
+t.test('foreign rules are not tokenized on a converged pass: one we cannot read does not stop us', async (t) => {
+  const observed = observedOf(
+    edgeSave((l) => l.flatMap((x) => (x === ':FABEDGE-POSTROUTING - [0:0]' ? [x, ':KUBE-ODD - [0:0]', '-A KUBE-ODD -m comment --comment "unterminated -j ACCEPT'] : [x]))),
+  )
+  t.equal(iptablesPlan(EDGE4, observed).restore, null)
+  t.throws(() => iptablesPlan('*nat\n:FABEDGE-X - [0:0]\n-A FABEDGE-X -m comment --comment "open\nCOMMIT\n', observed), { code: 'bad-payload' }, 'our own payload is checked strictly')
+})
