@@ -3,7 +3,7 @@
 // iptables prints back compare semantically. Grammar: iptables-save(8) / iptables-restore(8); canonical spellings
 // follow what iptables 1.8 prints (`-p udp -m udp --dport 500`, `-s 10.0.0.1/32`, `--ctstate RELATED,ESTABLISHED`).
 import type { Family } from '../fabedge.js'
-import { cidrCanonical } from './addr.js'
+import { parseCidr } from '../config/cidr.js'
 import { IptablesError } from './errors.js'
 
 export interface ParsedRule {
@@ -185,8 +185,8 @@ export function ruleNormalize(args: readonly string[], family: Family): string[]
     if (!b) continue
     let value = b.value
     if (value !== null && (name === '-s' || name === '-d')) {
-      const c = cidrCanonical(value)
-      if (c && c.family === family) value = c.text
+      const r = parseCidr(value, true)
+      if (r.ok && r.cidr.family === family) value = r.cidr.text
       if (!b.neg && (value === '0.0.0.0/0' || value === '::/0')) continue
     } else if (value !== null && name === '-p') {
       value = value.toLowerCase()
