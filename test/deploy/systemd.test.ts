@@ -89,6 +89,7 @@ t.test('hardening and ordering the issue asks for', async (t) => {
   t.equal(one('Service.ReadWritePaths'), '-/run/xtables.lock')
   t.equal(one('Service.StandardOutput'), 'journal')
   t.equal(one('Service.EnvironmentFile'), '-/etc/fabtunnel/fabtunnel.env')
+  t.equal(one('Service.SystemCallFilter'), '@system-service @pkey')
   t.notOk(u.has('Service.MemoryDenyWriteExecute'), 'V8 needs writable+executable pages')
   // SIGTERM shutdown is well under 5 s; the stop timeout must leave room for it and still catch a hang.
   const stop = Number(/^(\d+)s$/.exec(one('Service.TimeoutStopSec') ?? '')?.[1])
