@@ -202,7 +202,7 @@ export class ViciDriver implements AgentDriver {
       const sas = await a.vici.listSas()
       if (missingChildren(a.desired, sas).length === 0) return true
       // An initiate that met a peer not yet configured fails for good (no keyingtries): try again, like an agent.
-      if (performance.now() - lastKick > 1_000) {
+      if (performance.now() - lastKick > 500) {
         lastKick = performance.now()
         await initiateMissing(a.vici, a.desired, sas, stuck)
       }
