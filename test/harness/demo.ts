@@ -44,8 +44,10 @@ async function round(topo: Topology, driver: AgentDriver): Promise<string> {
   const capture = await captureUnderlay(topo, async () => {
     matrix = await runMatrix(topo)
   })
-  out.push('', `connectivity (real ping / TCP between pod, node and service namespaces):`)
-  out.push(renderMatrix(matrix!))
+  const m = matrix!
+  out.push('', `connectivity: ${m.cells.filter((c) => c.ok).length}/${m.cells.length} paths ok (real ping / TCP connect+echo between namespaces)`)
+  out.push('  e2c/c2e edge pod <-> cloud pod   p2n/n2p pod <-> node   e2e edge <-> edge   mc-* across clusters (pod, ClusterIP)')
+  out.push(renderMatrix(m))
   out.push(
     '',
     `underlay capture: ${capture.packets} packets, ${capture.esp} UDP-encapsulated ESP, ${capture.ike} IKE, ` +
@@ -88,14 +90,16 @@ async function main(): Promise<number> {
   }
   try {
     const built = performance.now() - t0
-    console.log(header(driver, topo))
+    const head = header(driver, topo)
+    console.log(head)
     const agentsMs = await startAgents(topo, driver, 60_000)
     const { ms } = await waitMatrix(topo, 30_000)
-    console.log(`\nup in ${((performance.now() - t0) / 1000).toFixed(1)} s: namespaces ${(built / 1000).toFixed(1)} s, tunnels ${(agentsMs / 1000).toFixed(1)} s, matrix ${(ms / 1000).toFixed(1)} s\n`)
+    const upLine = `up in ${((performance.now() - t0) / 1000).toFixed(1)} s: namespaces + charons ${(built / 1000).toFixed(1)} s, tunnels ${(agentsMs / 1000).toFixed(1)} s, first full matrix ${(ms / 1000).toFixed(1)} s`
+    console.log(`\n${upLine}\n`)
     for (;;) {
       const text = await round(topo, driver)
       if (stopping) break
-      if (!values.once) console.log(`\x1b[2J\x1b[H${new Date().toISOString()}  (Ctrl-C to tear down)\n`)
+      if (!values.once) console.log(`\x1b[2J\x1b[H${head}\n\n${upLine}; ${new Date().toISOString()}, refreshing every ${interval} s (Ctrl-C tears everything down)\n`)
       console.log(text)
       if (values.once) break
       await new Promise((r) => setTimeout(r, interval * 1000))
