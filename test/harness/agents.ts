@@ -47,17 +47,34 @@ export async function defaultDriver(): Promise<AgentDriver> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-/** Polls `probe` until it resolves true; resolves with the elapsed ms or rejects after timeoutMs. */
+/** Thrown by a waitFor probe to stop waiting at once (e.g. the process being waited for has exited). */
+export class WaitAborted extends Error {
+  override readonly name = 'WaitAborted'
+}
+
+/**
+ * Polls `probe` until it resolves true; resolves with the elapsed ms or rejects after timeoutMs. A probe that
+ * throws counts as "not yet", unless it throws WaitAborted.
+ */
 export async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boolean>, everyMs = 100): Promise<number> {
   const t0 = performance.now()
   for (;;) {
-    if (await probe().catch(() => false)) return performance.now() - t0
+    const ok = await probe().catch((e: unknown) => {
+      if (e instanceof WaitAborted) throw e
+      return false
+    })
+    if (ok) return performance.now() - t0
     if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
     await sleep(everyMs)
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+
+/** Where a gateway's agent writes its log (stdout and stderr, appended across restarts). */
+export function agentLog(g: Gateway): string {
+  return join(g.dir, 'agent.log')
+}
 
 export class DaemonDriver implements AgentDriver {
   readonly kind = 'daemon'
@@ -79,14 +96,10 @@ export class DaemonDriver implements AgentDriver {
     ]
   }
 
-  get logName(): string {
-    return 'agent.log'
-  }
-
   async start(g: Gateway): Promise<void> {
     if (this.procs.has(g.name)) throw new Error(`agent of ${g.name} already running`)
     await mkdir(g.dir, { recursive: true })
-    const log = await open(join(g.dir, this.logName), 'a')
+    const log = await open(agentLog(g), 'a')
     const [cmd, ...args] = this.argv(g)
     // `ip netns exec` execs the daemon, so the child's pid is the daemon's and kill -9 reaches it directly.
     const child = spawn(cmd!, args, { stdio: ['ignore', log.fd, log.fd] })
@@ -96,20 +109,19 @@ export class DaemonDriver implements AgentDriver {
       if (this.procs.get(g.name) === child) this.procs.delete(g.name)
     })
     g.ns.onDestroy(() => this.kill(g))
-    await sleep(0)
-    if (child.exitCode !== null) throw new Error(`agent of ${g.name} exited at once; see ${join(g.dir, this.logName)}`)
   }
 
   async stop(g: Gateway): Promise<void> {
-    await this.signal(g, 'SIGTERM', 5_000)
+    await this.signal(g.name, 'SIGTERM', 5_000)
   }
 
   async kill(g: Gateway): Promise<void> {
-    await this.signal(g, 'SIGKILL', 5_000)
+    await this.signal(g.name, 'SIGKILL', 5_000)
   }
 
-  private async signal(g: Gateway, sig: NodeJS.Signals, graceMs: number): Promise<void> {
-    const child = this.procs.get(g.name)
+  /** Sends sig; SIGKILL when the agent is still there after graceMs. */
+  private async signal(name: string, sig: NodeJS.Signals, graceMs: number): Promise<void> {
+    const child = this.procs.get(name)
     if (!child || child.exitCode !== null || child.signalCode !== null) return
     const exited = once(child, 'exit')
     child.kill(sig)
@@ -118,11 +130,15 @@ export class DaemonDriver implements AgentDriver {
       child.kill('SIGKILL')
       await Promise.race([exited, sleep(5_000)])
     }
-    this.procs.delete(g.name)
+    this.procs.delete(name)
   }
 
   async waitReady(g: Gateway, timeoutMs: number): Promise<number> {
     return waitFor(`/readyz of ${g.name}`, timeoutMs, async () => {
+      if (!this.procs.has(g.name)) {
+        const tail = (await readFile(agentLog(g), 'utf8').catch(() => '')).trimEnd().split('\n').slice(-5).join('\n')
+        throw new WaitAborted(`agent of ${g.name} is not running; last log lines:\n${tail}`)
+      }
       const r = await g.ns.capture(['curl', '-sf', '-o', '/dev/null', '-m', '1', `http://${g.listen}/readyz`], { timeoutMs: 3_000 })
       return r.code === 0
     }, 150)
@@ -145,7 +161,7 @@ export class DaemonDriver implements AgentDriver {
   }
 
   async stopAll(): Promise<void> {
-    await Promise.all([...this.procs.keys()].map((name) => this.signal({ name } as Gateway, 'SIGTERM', 3_000)))
+    await Promise.all([...this.procs.keys()].map((name) => this.signal(name, 'SIGTERM', 3_000)))
   }
 }
 
