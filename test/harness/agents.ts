@@ -105,6 +105,8 @@ export class DaemonDriver implements AgentDriver {
     const child = spawn(cmd!, args, { stdio: ['ignore', log.fd, log.fd] })
     await log.close()
     this.procs.set(g.name, child)
+    // A spawn failure (e.g. no `ip`) must not crash the harness: the agent simply is not running.
+    child.once('error', () => this.procs.delete(g.name))
     child.once('exit', () => {
       if (this.procs.get(g.name) === child) this.procs.delete(g.name)
     })

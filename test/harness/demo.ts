@@ -77,9 +77,11 @@ async function main(): Promise<number> {
   console.log('building namespaces, certificates and charons ...')
   const topo = await Topology.create()
   let stopping = false
-  const teardown = async (): Promise<void> => {
-    await driver.stopAll()
-    await topo.destroy()
+  let done: Promise<void> | null = null
+  // One teardown, whoever asks first (a signal or the end of main); process.exit only after it finished.
+  const teardown = (): Promise<void> => {
+    done ??= driver.stopAll().finally(() => topo.destroy())
+    return done
   }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
@@ -107,7 +109,7 @@ async function main(): Promise<number> {
     }
     return 0
   } finally {
-    if (!stopping) await teardown()
+    await teardown()
   }
 }
 
