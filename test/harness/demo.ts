@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util'
 import { defaultDriver, startAgents, type AgentDriver } from './agents.js'
 import { captureUnderlay, renderMatrix, runMatrix, waitMatrix, type MatrixResult } from './matrix.js'
-import { isRoot } from './netns.js'
+import { destroyAll, isRoot } from './netns.js'
 import { Topology } from './topology.js'
 
 const USAGE = `usage: scripts/demo [--once] [--interval SECONDS]
@@ -74,22 +74,25 @@ async function main(): Promise<number> {
   }
   const driver = await defaultDriver()
   const t0 = performance.now()
-  console.log('building namespaces, certificates and charons ...')
-  const topo = await Topology.create()
+  let topo: Topology | null = null
   let stopping = false
   let done: Promise<void> | null = null
-  // One teardown, whoever asks first (a signal or the end of main); process.exit only after it finished.
+  // One teardown, whoever asks first (a signal or the end of main); process.exit only after it finished. Before
+  // the topology exists, whatever namespaces were already made are removed through netns.ts's registry.
   const teardown = (): Promise<void> => {
-    done ??= driver.stopAll().finally(() => topo.destroy())
+    const t = topo
+    done ??= t ? driver.stopAll().finally(() => t.destroy()) : destroyAll()
     return done
   }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
       stopping = true
       console.log('\ntearing down ...')
-      void teardown().finally(() => process.exit(0))
+      void teardown().finally(() => process.exit(130))
     })
   }
+  console.log('building namespaces, certificates and charons ...')
+  topo = await Topology.create()
   try {
     const built = performance.now() - t0
     const head = header(driver, topo)
