@@ -9,7 +9,9 @@ import { ConfigError, formatIssue, type ConfigIssue } from './config/errors.js'
 import { desiredState, type Datapath, type Desired } from './desired/index.js'
 import { CertError, readCertPem } from './cert.js'
 import { createLogger, isLogLevel, type Logger } from './log.js'
-import { formatFlags, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
+import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
+import { parseListen } from './daemon/http.js'
+import { formatStatus } from './daemon/status-format.js'
 
 export interface Io {
   out: (text: string) => void
@@ -23,6 +25,21 @@ const COMMON: Record<string, FlagSpec> = {
 }
 
 const CONFIG: FlagSpec = { type: 'string', arg: 'FILE', default: DEFAULTS.config, help: 'FabEdge tunnels.yaml' }
+const DATAPATH: FlagSpec = { type: 'string', arg: 'KIND', default: 'xfrm', help: 'xfrm (kernel ESP, agent owns table-220 routes) or libipsec (charon routes via ipsec0)' }
+const LIVE: Record<string, FlagSpec> = {
+  config: CONFIG,
+  vici: { type: 'string', arg: 'URI', default: DEFAULTS.vici, help: "charon's VICI socket" },
+  cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM' },
+  key: { type: 'string', arg: 'FILE', default: DEFAULTS.key, help: 'private key PEM (sent to charon only, never logged)' },
+  ca: { type: 'string', arg: 'FILE', default: DEFAULTS.ca, help: 'CA certificate PEM' },
+  datapath: DATAPATH,
+}
+
+function datapathOf(p: Parsed): Datapath {
+  const d = String(p.values.datapath)
+  if (d !== 'xfrm' && d !== 'libipsec') throw new UsageError(`--datapath must be xfrm or libipsec, got "${d}"`)
+  return d
+}
 
 interface Command {
   summary: string
@@ -48,10 +65,39 @@ const COMMANDS: Record<string, Command> = {
       config: CONFIG,
       offline: { type: 'boolean', help: 'compute from the config alone, without reading the live node' },
       json: { type: 'boolean', help: 'print the desired state as JSON' },
-      datapath: { type: 'string', arg: 'KIND', default: 'xfrm', help: 'xfrm (kernel ESP, agent owns table-220 routes) or libipsec (charon routes via ipsec0)' },
+      datapath: DATAPATH,
       cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM sent in local.certs' },
+      vici: LIVE.vici!,
     },
     run: plan,
+  },
+  run: {
+    summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec]',
+    flags: {
+      ...LIVE,
+      listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
+      'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
+    },
+    run: runCommand,
+  },
+  status: {
+    summary: "print the running agent's per-peer tunnel state (from its /status)",
+    usage: 'fabtunnel status [--listen HOST:PORT] [--json]',
+    flags: {
+      listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'where the agent serves /status' },
+      json: { type: 'boolean', help: 'print the raw /status JSON' },
+    },
+    run: statusCommand,
+  },
+  cleanup: {
+    summary: 'remove everything the agent owns (connections, SAs, chains, ipsets, routes, rules) and nothing else',
+    usage: 'fabtunnel cleanup [--vici URI] [--json]',
+    flags: {
+      ...LIVE,
+      json: { type: 'boolean', help: 'print the report as JSON' },
+    },
+    run: cleanupCommand,
   },
 }
 
@@ -125,12 +171,8 @@ function renderPlanText(d: Desired): string {
 }
 
 async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
-  if (!p.values.offline) {
-    io.err('fabtunnel plan: diffing against the live node comes with `fabtunnel run` (the daemon); use --offline to print the desired state')
-    return 2
-  }
-  const datapath = String(p.values.datapath)
-  if (datapath !== 'xfrm' && datapath !== 'libipsec') throw new UsageError(`--datapath must be xfrm or libipsec, got "${datapath}"`)
+  const datapath = datapathOf(p)
+  if (!p.values.offline) return planLive(p, io, log, datapath)
   const file = String(p.values.config)
   let loaded
   try {
@@ -154,9 +196,111 @@ async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
     }
     log.warn({ file: certFile, err: err.message }, 'certificate not readable; connections are shown without local.certs')
   }
-  const desired = desiredState(loaded.config, { datapath: datapath as Datapath, ...(certPem ? { certPem } : {}) })
+  const desired = desiredState(loaded.config, { datapath, ...(certPem ? { certPem } : {}) })
   io.out(p.values.json ? JSON.stringify(desired, null, 2) : renderPlanText(desired))
   return 0
+}
+
+async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Promise<number> {
+  const { buildNode } = await import('./daemon/node.js')
+  const node = await buildNode({
+    config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: DEFAULTS.key, ca: DEFAULTS.ca,
+    datapath, resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+  })
+  try {
+    const outcome = await node.agent.reloadConfig()
+    if (outcome === 'rejected' || outcome === 'missing') {
+      io.err(`fabtunnel plan: ${node.agent.configState.rejected?.message ?? 'no config'}`)
+      return 1
+    }
+    const plans = await node.agent.planAll()
+    if (p.values.json) {
+      io.out(JSON.stringify(Object.fromEntries(plans.map((x) => [x.subsystem, x.error ? { error: x.error } : { writes: x.plan!.writes, ops: x.plan!.describe() }])), null, 2))
+    } else {
+      for (const x of plans) {
+        io.out(`${x.subsystem}: ${x.error ? `ERROR ${x.error}` : x.plan!.writes === 0 ? 'converged (nothing to do)' : `${x.plan!.writes} write(s)`}`)
+        for (const line of x.plan?.describe() ?? []) io.out(`  ${line}`)
+      }
+    }
+    return plans.some((x) => x.error) ? 1 : 0
+  } finally {
+    await node.close()
+  }
+}
+
+async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
+  const { startDaemon } = await import('./daemon/run.js')
+  let listen
+  try {
+    listen = parseListen(String(p.values.listen))
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
+  const running = await startDaemon({
+    config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
+    ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log,
+  })
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      log.info({ signal: sig }, 'stopping')
+      process.off('SIGTERM', onTerm)
+      process.off('SIGINT', onInt)
+      resolve()
+    }
+    const onTerm = (): void => stop('SIGTERM')
+    const onInt = (): void => stop('SIGINT')
+    process.on('SIGTERM', onTerm)
+    process.on('SIGINT', onInt)
+  })
+  await running.stop()
+  io.out('fabtunnel: stopped')
+  return 0
+}
+
+async function statusCommand(p: Parsed, io: Io): Promise<number> {
+  let addr
+  try {
+    addr = parseListen(String(p.values.listen))
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host === '0.0.0.0' ? '127.0.0.1' : addr.host
+  let body: unknown
+  try {
+    const res = await fetch(`http://${host}:${addr.port}/status`, { signal: AbortSignal.timeout(5000) })
+    if (!res.ok) throw new Error(`HTTP ${res.status}`)
+    body = await res.json()
+  } catch (err) {
+    io.err(`fabtunnel status: cannot read http://${host}:${addr.port}/status: ${(err as Error).message} (is \`fabtunnel run\` running with this --listen?)`)
+    return 1
+  }
+  io.out(p.values.json ? JSON.stringify(body, null, 2) : formatStatus(body as Parameters<typeof formatStatus>[0]))
+  return 0
+}
+
+async function cleanupCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
+  const { buildNode } = await import('./daemon/node.js')
+  const { cleanupNode } = await import('./daemon/cleanup.js')
+  const node = await buildNode({
+    config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key), ca: String(p.values.ca),
+    datapath: datapathOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+  })
+  try {
+    const r = await cleanupNode(node)
+    if (p.values.json) io.out(JSON.stringify(r, null, 2))
+    else {
+      io.out(`connections unloaded: ${r.conns.join(', ') || '(none)'} (${r.sasTerminated} IKE SA(s) terminated)`)
+      for (const f of r.iptables) io.out(`iptables IPv${f.family}: removed ${f.chains.join(', ') || '(nothing)'}`)
+      io.out(`ipsets destroyed: ${r.ipsets.join(', ') || '(none)'}`)
+      io.out(`routes deleted (table 220, proto 220): ${r.routes.length}`)
+      io.out(`rules deleted: ${r.rules}`)
+      for (const e of r.errors) io.err(`error: ${e}`)
+    }
+    return r.errors.length ? 1 : 0
+  } finally {
+    await node.close()
+  }
 }
 
 export async function main(argv: string[], io: Io): Promise<number> {

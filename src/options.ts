@@ -79,3 +79,11 @@ export function formatFlags(specs: Record<string, FlagSpec>): string {
   const width = Math.max(...rows.map((r) => r[0].length)) + 2
   return rows.map(([l, r]) => `  ${l.padEnd(width)}${r}`).join('\n')
 }
+
+/** `500ms`, `10s`, `5m`, `1h`, or a plain number of seconds; returns milliseconds. */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim())
+  if (!m) throw new UsageError(`${flag} must be a duration like 500ms, 30s, 5m or 1h, got "${text}"`)
+  const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h']
+  return Math.round(Number(m[1]) * mult)
+}

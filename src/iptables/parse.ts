@@ -3,14 +3,30 @@
 // iptables prints back compare semantically. Grammar: iptables-save(8) / iptables-restore(8); canonical spellings
 // follow what iptables 1.8 prints (`-p udp -m udp --dport 500`, `-s 10.0.0.1/32`, `--ctstate RELATED,ESTABLISHED`).
 import type { Family } from '../fabedge.js'
-import { cidrCanonical } from './addr.js'
+import { parseCidr } from '../config/cidr.js'
 import { IptablesError } from './errors.js'
 
 export interface ParsedRule {
-  /** The rule as written after `-A CHAIN `, for payloads and messages. */
-  text: string
+  /** The rule as written after `-A CHAIN `, quoting kept, for payloads and messages. */
+  readonly text: string
   /** Canonical form: equal keys mean the kernel holds the same rule. */
-  key: string
+  readonly key: string
+}
+
+/**
+ * Normalizes on first use of `key`: a converged pass compares only our chains and the built-in ones, so the
+ * thousands of rules kube-proxy keeps in nat are split into lines and never tokenized.
+ */
+class LazyRule implements ParsedRule {
+  private canonical: string | undefined
+  constructor(
+    readonly text: string,
+    private readonly family: Family,
+  ) {}
+  get key(): string {
+    this.canonical ??= tokensJoin(ruleNormalize(lineTokenize(this.text), this.family))
+    return this.canonical
+  }
 }
 
 export interface ParsedChain {
@@ -169,8 +185,8 @@ export function ruleNormalize(args: readonly string[], family: Family): string[]
     if (!b) continue
     let value = b.value
     if (value !== null && (name === '-s' || name === '-d')) {
-      const c = cidrCanonical(value)
-      if (c && c.family === family) value = c.text
+      const r = parseCidr(value, true)
+      if (r.ok && r.cidr.family === family) value = r.cidr.text
       if (!b.neg && (value === '0.0.0.0/0' || value === '::/0')) continue
     } else if (value !== null && name === '-p') {
       value = value.toLowerCase()
@@ -203,11 +219,15 @@ export function tokensJoin(tokens: readonly string[]): string {
   return tokens.map((t) => (t === '' || /[\s"'\\]/.test(t) ? JSON.stringify(t) : t)).join(' ')
 }
 
+/** `[pkts:bytes] -A CHAIN rest`: counters optional, the rest kept verbatim. */
+const APPEND = /^(?:\[\d+:\d+\]\s+)?(?:-A|--append)\s+(\S+)\s*(.*)$/
+
 /**
  * Parses iptables-save output or a restore payload made only of table headers, chain declarations, `-A` rules
- * and COMMIT. Comments, blank lines and packet counters are ignored. Anything else is a typed error naming the line.
+ * and COMMIT. Comments, blank lines and packet counters are ignored. Anything else is a typed error naming the
+ * line; with `strict`, a rule that cannot be tokenized is one too (rules are otherwise normalized on first use).
  */
-export function rulesetParse(text: string, family: Family): ParsedRuleset {
+export function rulesetParse(text: string, family: Family, strict = false): ParsedRuleset {
   const tables: ParsedRuleset = new Map()
   let table: ParsedTable | null = null
   const lines = text.split('\n')
@@ -236,13 +256,13 @@ export function rulesetParse(text: string, family: Family): ParsedRuleset {
       if (!t.chains.has(name!)) t.chains.set(name!, { name: name!, policy: policy!, rules: [] })
       continue
     }
-    let tokens = lineTokenize(line)
-    if (/^\[\d+:\d+\]$/.test(tokens[0] ?? '')) tokens = tokens.slice(1)
-    if (tokens[0] !== '-A' && tokens[0] !== '--append') fail('only -A rules are understood here')
-    const chain = t.chains.get(tokens[1] ?? '')
-    if (!chain) fail(`rule for undeclared chain ${tokens[1] ?? ''}`)
-    const args = tokens.slice(2)
-    chain!.rules.push({ text: tokensJoin(args), key: tokensJoin(ruleNormalize(args, family)) })
+    const m = APPEND.exec(line)
+    if (!m) fail('only -A rules are understood here')
+    const chain = t.chains.get(m![1]!)
+    if (!chain) fail(`rule for undeclared chain ${m![1]!}`)
+    const rule = new LazyRule(m![2]!, family)
+    if (strict) void rule.key
+    chain!.rules.push(rule)
   }
   if (table) throw new IptablesError('bad-payload', `table ${table.name} not committed`)
   return tables

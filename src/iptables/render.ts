@@ -6,7 +6,7 @@
 // Rules are written in the exact spelling iptables-save prints (`-p udp -m udp --dport 500`, prefix lengths,
 // RELATED,ESTABLISHED), so a freshly applied ruleset reads back byte-identical; parse.ts still compares semantically.
 import { CHAIN, IPSET, ipsetName, type Family } from '../fabedge.js'
-import { cidrCanonical } from './addr.js'
+import { parseCidr } from '../config/cidr.js'
 import { IptablesError } from './errors.js'
 
 export type Role = 'connector' | 'edge'
@@ -101,8 +101,9 @@ type Chains = Record<'filter' | 'nat', Array<[chain: string, rules: string[]]>>
 function podCidrsCanonical(family: Family, cidrs: string[]): string[] {
   const out: string[] = []
   for (const raw of cidrs) {
-    const c = cidrCanonical(raw)
-    if (!c || !raw.includes('/')) throw new IptablesError('bad-input', `not a CIDR: ${JSON.stringify(raw)}`)
+    const r = parseCidr(raw)
+    if (!r.ok) throw new IptablesError('bad-input', `not a CIDR: ${JSON.stringify(raw)}`)
+    const c = r.cidr
     if (c.family !== family) throw new IptablesError('bad-input', `${raw} is not an IPv${family} CIDR`)
     if (!out.includes(c.text)) out.push(c.text)
   }

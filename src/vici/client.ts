@@ -261,6 +261,8 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
   private evtConnecting: Promise<Connection> | null = null
   private reconnectTimer: NodeJS.Timeout | undefined
   private readonly subs = new Map<string, Set<ViciEventHandler>>()
+  /** connect() calls made while reconnecting: settled by the reconnect outcome or close(). */
+  private reconnectWaiters: Array<{ resolve: () => void; reject: (e: ViciError) => void }> = []
 
   constructor(opts: ViciClientOptions = {}) {
     super()
@@ -297,18 +299,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
       case 'connecting':
         return this.connecting!
       case 'reconnecting':
-        return new Promise((resolve, reject) => {
-          const ok = (): void => {
-            this.off('reconnect-failed', bad)
-            resolve()
-          }
-          const bad = (e: ViciError): void => {
-            this.off('reconnected', ok)
-            reject(e)
-          }
-          this.once('reconnected', ok)
-          this.once('reconnect-failed', bad)
-        })
+        return new Promise((resolve, reject) => this.reconnectWaiters.push({ resolve, reject }))
       case 'idle':
         this.state = 'connecting'
         this.connecting = this.open().then(
@@ -438,6 +429,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     this.state = 'closed'
     clearTimeout(this.reconnectTimer)
     const err = new ViciError('closed', 'VICI client closed')
+    this.settleWaiters(err)
     this.cmd?.kill(err)
     this.evt?.kill(err)
     this.cmd = null
@@ -481,9 +473,11 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     try {
       const evt = await this.openEventConnection()
       await Promise.all([...this.subs.keys()].map((name) => this.register(evt, name)))
+      // either connection may have died meanwhile (lost() only forgets it before we are open): start over
+      if (!this.cmd?.alive || !this.evt?.alive) throw new ViciError('closed', 'VICI connection lost while connecting')
     } catch (e) {
       const err = e instanceof ViciError ? e : new ViciError('connect', String(e), { cause: e })
-      this.cmd.kill(err)
+      this.cmd?.kill(err)
       this.evt?.kill(err)
       throw err
     }
@@ -543,10 +537,18 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     this.scheduleReconnect(0, err)
   }
 
+  private settleWaiters(err: ViciError | null): void {
+    for (const w of this.reconnectWaiters.splice(0)) {
+      if (err) w.reject(err)
+      else w.resolve()
+    }
+  }
+
   private scheduleReconnect(attempt: number, last: ViciError): void {
     const o = this.reconnectOpts as Required<ReconnectOptions>
     if (attempt >= o.maxAttempts) {
       this.state = 'idle'
+      this.settleWaiters(last)
       this.emit('reconnect-failed', last)
       return
     }
@@ -556,6 +558,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
         () => {
           if (this.state !== 'reconnecting') return
           this.state = 'open'
+          this.settleWaiters(null)
           this.emit('reconnected')
         },
         (e: unknown) => {

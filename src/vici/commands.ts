@@ -1,7 +1,7 @@
 // Typed VICI commands on top of ViciClient: what the agent needs from charon, with replies mapped into typed
 // objects (the raw message kept alongside). Spec: the "Client-initiated commands" and "Server-issued events"
 // sections of strongSwan's vici plugin README. Blocking initiate/terminate (timeout >= 0) hold a charon worker
-// thread each and enough of them deadlock charon, so they pass through a small semaphore; the default is async.
+// thread each and enough of them deadlock charon, so they run on a small bounded pool; the default is async.
 import type { ViciInput, ViciMessage, ViciValue } from './codec.js'
 import { ViciClient, type ViciClientOptions } from './client.js'
 import { ViciError } from './errors.js'
@@ -91,7 +91,10 @@ export interface UpdownWatch {
 }
 
 export interface ViciOptions extends ViciClientOptions {
-  /** Blocking initiate/terminate calls allowed in flight at once. Default 4 (charon has ~16 workers). */
+  /**
+   * Blocking initiate/terminate calls allowed in flight at once, each on its own extra connection (opened on
+   * first use). Default 4: charon has ~16 workers and ~49 parked ones deadlocked it (strongswan-netns.md).
+   */
   maxBlocking?: number
 }
 
@@ -157,23 +160,42 @@ function namedSections(events: ViciMessage[]): ConnInfo[] {
   return out
 }
 
-/** A counting semaphore, FIFO. */
-class Semaphore {
-  private free: number
-  private readonly waiters: Array<() => void> = []
-  constructor(n: number) {
-    this.free = n
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.free > 0) this.free--
-    else await new Promise<void>((r) => this.waiters.push(r))
+/**
+ * Up to `max` extra connections for blocking initiate/terminate, handed out FIFO. Each holds at most one
+ * blocking call (one request in flight per connection), so charon never has more than `max` workers parked by
+ * us, and a blocking call never delays the main connection's queue.
+ */
+class BlockingPool {
+  private readonly idle: ViciClient[] = []
+  private readonly all: ViciClient[] = []
+  private readonly waiters: Array<(c: ViciClient) => void> = []
+  private closed = false
+
+  constructor(
+    private readonly max: number,
+    private readonly make: () => ViciClient,
+  ) {}
+
+  async run<T>(fn: (c: ViciClient) => Promise<T>): Promise<T> {
+    if (this.closed) throw new ViciError('closed', 'VICI session closed')
+    let c = this.idle.pop()
+    if (!c && this.all.length < this.max) {
+      c = this.make()
+      this.all.push(c)
+    }
+    c ??= await new Promise<ViciClient>((r) => this.waiters.push(r))
     try {
-      return await fn()
+      return await fn(c)
     } finally {
       const next = this.waiters.shift()
-      if (next) next()
-      else this.free++
+      if (next) next(c)
+      else this.idle.push(c)
     }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    await Promise.all(this.all.map((c) => c.close()))
   }
 }
 
@@ -184,21 +206,25 @@ function saSelector(t: SaTarget, what: string): void {
 /** A VICI session with typed commands. `client` gives raw access (`call`, `stream`, `subscribe`, events). */
 export class Vici {
   readonly client: ViciClient
-  private readonly blocking: Semaphore
+  private readonly blocking: BlockingPool
 
+  /** Options (a new client) or an existing client (blocking calls then use default options on its socket). */
   constructor(opts: ViciOptions | ViciClient = {}) {
     this.client = opts instanceof ViciClient ? opts : new ViciClient(opts)
-    const max = opts instanceof ViciClient ? 4 : (opts.maxBlocking ?? 4)
+    const o: ViciOptions = opts instanceof ViciClient ? { uri: opts.socketPath } : opts
+    const max = o.maxBlocking ?? 4
     if (!Number.isInteger(max) || max < 1) throw new ViciError('invalid', `maxBlocking must be >= 1, got ${max}`)
-    this.blocking = new Semaphore(max)
+    // Pool connections reconnect on demand (next call), not in the background: they hold no subscriptions.
+    this.blocking = new BlockingPool(max, () => new ViciClient({ ...o, reconnect: false }))
   }
 
   connect(): Promise<void> {
     return this.client.connect()
   }
 
-  close(): Promise<void> {
-    return this.client.close()
+  /** Closes the main client and the blocking-call connections. */
+  async close(): Promise<void> {
+    await Promise.all([this.client.close(), this.blocking.close()])
   }
 
   /** `swanctl --version --daemon` */
@@ -243,7 +269,8 @@ export class Vici {
   async listSas(filter: { ike?: string; ikeId?: string | number; noblock?: boolean } = {}): Promise<IkeSa[]> {
     const { events } = await this.client.stream('list-sas', 'list-sa', {
       ike: filter.ike,
-      ike_id: filter.ikeId === undefined ? undefined : String(filter.ikeId),
+      // as for terminate: charon (vici_query.c) reads ike-id, whatever the README says
+      'ike-id': filter.ikeId === undefined ? undefined : String(filter.ikeId),
       noblock: filter.noblock ? 'yes' : undefined,
     })
     return events.flatMap(parseIkeSas)
@@ -268,8 +295,9 @@ export class Vici {
     const msg = {
       child: o.child,
       ike: o.ike,
-      child_id: o.childId === undefined ? undefined : String(o.childId),
-      ike_id: o.ikeId === undefined ? undefined : String(o.ikeId),
+      // the README says child_id/ike_id, but charon (vici_control.c) reads child-id/ike-id
+      'child-id': o.childId === undefined ? undefined : String(o.childId),
+      'ike-id': o.ikeId === undefined ? undefined : String(o.ikeId),
       force: o.force ? 'yes' : undefined,
     }
     await this.controlCall('terminate', msg, o.timeoutMs)
@@ -404,6 +432,6 @@ export class Vici {
     if (!Number.isInteger(timeoutMs) || timeoutMs < 0) throw new ViciError('invalid', `${command} timeoutMs must be an integer >= 0`)
     // Our own timeout a little later than charon's, so charon's answer (with its errmsg) normally wins.
     const callTimeout = timeoutMs === 0 ? undefined : timeoutMs + 2_000
-    await this.blocking.run(() => this.client.call(command, { ...msg, timeout: String(timeoutMs) }, { timeoutMs: callTimeout }))
+    await this.blocking.run((c) => c.call(command, { ...msg, timeout: String(timeoutMs) }, { timeoutMs: callTimeout }))
   }
 }

@@ -88,9 +88,15 @@ export class Charon {
       owners.delete(ns.name)
       await rm(dir, { recursive: true, force: true })
     })
-    await mkdir(join(dir, 'run'), { recursive: true })
-    await writeFile(c.confPath, renderConf(dir, c.opts.logLevel, opts.extraConf ?? ''))
-    await c.spawn()
+    try {
+      await mkdir(join(dir, 'run'), { recursive: true })
+      await writeFile(c.confPath, renderConf(dir, c.opts.logLevel, opts.extraConf ?? ''))
+      await c.spawn()
+    } catch (e) {
+      // spawn() already stopped whatever it started; the namespace is free for another attempt
+      owners.delete(ns.name)
+      throw e
+    }
     return c
   }
 

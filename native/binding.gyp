@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "fabtunnel_netlink",
+      "sources": ["src/netlink.c"],
+      "cflags_c": ["-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

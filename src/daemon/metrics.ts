@@ -1,0 +1,22 @@
+// Prometheus metrics of the agent (prom-client, own registry so library users never see globals).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly passes = new Counter({ name: 'fabtunnel_passes_total', help: 'Reconcile passes by result (converged: wrote nothing; applied: wrote; error: a subsystem failed)', labelNames: ['result'], registers: [this.registry] })
+  readonly passDuration = new Histogram({ name: 'fabtunnel_pass_duration_seconds', help: 'Duration of reconcile passes', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry] })
+  readonly opsApplied = new Counter({ name: 'fabtunnel_ops_applied_total', help: 'Write operations applied, per subsystem', labelNames: ['subsystem'], registers: [this.registry] })
+  readonly subsystemErrors = new Counter({ name: 'fabtunnel_subsystem_errors_total', help: 'Failed plan or apply steps, per subsystem', labelNames: ['subsystem'], registers: [this.registry] })
+  readonly peers = new Gauge({ name: 'fabtunnel_peers', help: 'Peers by state: desired (in config), loaded (connection in charon), up (every child SA installed)', labelNames: ['state'], registers: [this.registry] })
+  readonly childSasUp = new Gauge({ name: 'fabtunnel_child_sas_up', help: 'CHILD_SAs installed for desired connections', registers: [this.registry] })
+  readonly configReloadErrors = new Counter({ name: 'fabtunnel_config_reload_errors_total', help: 'Config reads rejected (the last good config stays in force)', registers: [this.registry] })
+  readonly configGeneration = new Gauge({ name: 'fabtunnel_config_generation', help: 'Generation of the config in force (increments on each accepted change)', registers: [this.registry] })
+  readonly configValid = new Gauge({ name: 'fabtunnel_config_valid', help: '1 when the config file on disk is valid, 0 when it is rejected', registers: [this.registry] })
+  readonly lastSuccess = new Gauge({ name: 'fabtunnel_last_successful_pass_timestamp_seconds', help: 'Unix time of the last pass that ended without error', registers: [this.registry] })
+  readonly ready = new Gauge({ name: 'fabtunnel_ready', help: '1 when the last pass converged without error', registers: [this.registry] })
+  readonly viciReconnects = new Counter({ name: 'fabtunnel_vici_reconnects_total', help: 'Reconnections to charon (each is followed by a full reload)', registers: [this.registry] })
+
+  constructor(opts: { processMetrics?: boolean } = {}) {
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'fabtunnel_' })
+  }
+}

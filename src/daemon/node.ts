@@ -1,0 +1,110 @@
+// Assembles the agent for a real node: netlink sockets, the iptables runner, the VICI client, the four
+// subsystems in their apply order, and the status document. Used by `fabtunnel run`, `plan` and `cleanup`.
+import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
+import { readCertPem } from '../cert.js'
+import type { Datapath } from '../desired/types.js'
+import { IptablesRunner } from '../iptables/runner.js'
+import type { Logger } from '../log.js'
+import { openNetfilter, openRoute, type NetlinkSocket } from '../netlink/index.js'
+import { FirewallSubsystem } from '../reconcile/firewall.js'
+import { IpsetsSubsystem, RoutesSubsystem } from '../reconcile/kernel.js'
+import { ViciTunnels } from '../reconcile/tunnels-vici.js'
+import { Vici } from '../vici/index.js'
+import { VERSION } from '../version.js'
+import { Agent } from './agent.js'
+import { Metrics } from './metrics.js'
+
+export interface NodeOptions {
+  config: string
+  vici: string
+  cert: string
+  key: string
+  ca: string
+  datapath: Datapath
+  resyncMs: number
+  coalesceMs?: number
+  log: Logger
+  /** Load credentials into charon (the daemon does; `plan` only reports). */
+  credentials?: boolean
+  viciTimeoutMs?: number
+}
+
+export interface NodeParts {
+  agent: Agent
+  metrics: Metrics
+  tunnels: ViciTunnels
+  routes: RoutesSubsystem
+  ipsets: IpsetsSubsystem
+  firewall: FirewallSubsystem
+  vici: Vici
+  iptables: IptablesRunner
+  routeSock: NetlinkSocket
+  nfSock: NetlinkSocket
+  close(): Promise<void>
+}
+
+export async function buildNode(o: NodeOptions): Promise<NodeParts> {
+  const metrics = new Metrics()
+  const iptables = await IptablesRunner.create()
+  const routeSock = openRoute()
+  const nfSock = openNetfilter()
+  const vici = new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
+  let agent: Agent | undefined
+  const tunnels = new ViciTunnels(vici, {
+    credentials: o.credentials === false ? null : { cert: o.cert, key: o.key, ca: o.ca },
+    log: o.log.child({ subsystem: 'tunnels' }),
+    trigger: (r) => agent?.trigger(r),
+    triggerAt: (t, r) => agent?.triggerAt(t, r),
+  })
+  const routes = new RoutesSubsystem(routeSock, o.log.child({ subsystem: 'routes' }))
+  const ipsets = new IpsetsSubsystem(nfSock, o.log.child({ subsystem: 'ipsets' }))
+  const firewall = new FirewallSubsystem(iptables)
+  agent = new Agent({
+    configPath: o.config,
+    datapath: o.datapath,
+    subsystems: [ipsets, firewall, routes, tunnels],
+    certPem: () => readCertPem(o.cert).catch(() => undefined),
+    gateways: () => routes.gateways(),
+    log: o.log,
+    metrics,
+    resyncMs: o.resyncMs,
+    ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
+    onPass: () => {
+      const peers = tunnels.peers().filter((p) => p.name !== 'mediator')
+      metrics.peers.set({ state: 'desired' }, peers.length)
+      metrics.peers.set({ state: 'loaded' }, peers.filter((p) => p.loaded).length)
+      metrics.peers.set({ state: 'up' }, peers.filter((p) => p.state === 'up').length)
+      metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
+    },
+  })
+  o.log.info({ backend: iptables.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
+  return {
+    agent, metrics, tunnels, routes, ipsets, firewall, vici, iptables, routeSock, nfSock,
+    close: async () => {
+      await agent.stop()
+      await vici.close().catch(() => undefined)
+      routeSock.close()
+      nfSock.close()
+    },
+  }
+}
+
+/** The /status document. */
+export function statusDocument(p: NodeParts, datapath: Datapath): Record<string, unknown> {
+  const cfg = p.agent.configInForce
+  const types = new Map(cfg?.peers.map((x) => [x.name, x.type]) ?? [])
+  return {
+    version: VERSION,
+    node: cfg ? { name: cfg.local.name, type: cfg.local.type, role: cfg.local.type === 'Connector' ? 'connector' : 'edge' } : null,
+    ready: p.agent.ready,
+    datapath,
+    config: p.agent.configState,
+    lastPass: p.agent.lastPass,
+    peers: p.tunnels.peers().map((x) => ({ ...x, type: x.name === 'mediator' ? 'Mediator' : types.get(x.name) ?? 'unknown' })),
+    routes: { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...p.routes.summary() },
+    ipsets: p.ipsets.summary(),
+    iptables: p.firewall.summary(),
+    tunnels: p.tunnels.summary(),
+    counters: p.agent.counters,
+  }
+}

@@ -1,0 +1,43 @@
+// Renders the /status document as the table `fabtunnel status` prints: one row per peer.
+
+export interface StatusDoc {
+  version?: string
+  node?: { name: string; type: string } | null
+  ready?: boolean
+  datapath?: string
+  config?: { path: string; generation: number; rejected: { message: string } | null }
+  lastPass?: { startedAt: string; durationMs: number; writes: Record<string, number>; errors: Record<string, string>; converged: boolean } | null
+  peers?: Array<{ name: string; type: string; state: string; since: string; childrenUp: number; childrenDesired: number; initiator: boolean; lastError: string | null; waiting: string | null }>
+  iptables?: { backend?: string }
+}
+
+function ago(iso: string, now: number): string {
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000))
+  if (s < 120) return `${s}s`
+  if (s < 7200) return `${Math.round(s / 60)}m`
+  return `${Math.round(s / 3600)}h`
+}
+
+export function formatStatus(doc: StatusDoc, now = Date.now()): string {
+  const lines: string[] = []
+  const node = doc.node ? `${doc.node.name} (${doc.node.type})` : '(no config yet)'
+  lines.push(`node ${node}  ready=${doc.ready ? 'yes' : 'no'}  datapath=${doc.datapath ?? '?'}  iptables=${doc.iptables?.backend ?? '?'}  fabtunnel ${doc.version ?? ''}`.trimEnd())
+  if (doc.config) {
+    lines.push(`config ${doc.config.path} generation ${doc.config.generation}${doc.config.rejected ? `  REJECTED: ${doc.config.rejected.message.split('\n').slice(0, 3).join(' | ')}` : ''}`)
+  }
+  if (doc.lastPass) {
+    const errs = Object.entries(doc.lastPass.errors)
+    lines.push(`last pass ${ago(doc.lastPass.startedAt, now)} ago, ${doc.lastPass.durationMs.toFixed(1)} ms, writes ${JSON.stringify(doc.lastPass.writes)}${errs.length ? `, errors: ${errs.map(([k, v]) => `${k}: ${v}`).join('; ')}` : ''}`)
+  }
+  const rows = (doc.peers ?? []).map((p) => [
+    p.name, p.type, p.initiator ? 'initiator' : 'responder', p.state, ago(p.since, now),
+    p.childrenDesired ? `${p.childrenUp}/${p.childrenDesired}` : '-', p.lastError ?? p.waiting ?? '',
+  ])
+  const header = ['PEER', 'TYPE', 'ROLE', 'STATE', 'SINCE', 'CHILDREN', 'LAST ERROR']
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
+  lines.push('')
+  lines.push(header.map((h, i) => h.padEnd(widths[i]!)).join('  ').trimEnd())
+  for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd())
+  if (!rows.length) lines.push('(no peers)')
+  return lines.join('\n')
+}

@@ -1,0 +1,115 @@
+import t, { type Test } from 'tap'
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, renameSync } from 'node:fs'
+import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { Agent } from '../../../src/daemon/agent.js'
+import { Metrics } from '../../../src/daemon/metrics.js'
+import { createLogger } from '../../../src/log.js'
+import type { Desired } from '../../../src/desired/types.js'
+import type { PassContext, Subsystem, SubsystemName, SubsystemPlan } from '../../../src/reconcile/subsystem.js'
+
+const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
+
+/** A fake subsystem holding a "live" state that converges to the members of one desired set. */
+class FakeSubsystem implements Subsystem {
+  live = new Set<string>()
+  applied: string[][] = []
+  failPlan: Error | null = null
+  calls: string[] = []
+  constructor(readonly name: SubsystemName, private readonly pick: (d: Desired) => string[], private readonly log: string[]) {}
+  async plan(d: Desired, _ctx: PassContext): Promise<SubsystemPlan & { add: string[] }> {
+    this.log.push(`${this.name}:plan`)
+    if (this.failPlan) throw this.failPlan
+    const add = this.pick(d).filter((x) => !this.live.has(x))
+    return { add, writes: add.length, describe: () => add.map((a) => `add ${a}`) }
+  }
+  async apply(p: SubsystemPlan & { add: string[] }): Promise<number> {
+    this.log.push(`${this.name}:apply`)
+    for (const a of p.add) this.live.add(a)
+    this.applied.push(p.add)
+    return p.add.length
+  }
+}
+
+function setup(t: Test) {
+  const dir = mkdtempSync(join(tmpdir(), 'ftagent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const configPath = join(dir, 'tunnels.yaml')
+  const order: string[] = []
+  const ipsets = new FakeSubsystem('ipsets', (d) => Object.entries(d.ipsets).flatMap(([n, s]) => s.members.map((m) => `${n}:${m}`)), order)
+  const tunnels = new FakeSubsystem('tunnels', (d) => Object.keys(d.conns), order)
+  const metrics = new Metrics({ processMetrics: false })
+  const agent = new Agent({ configPath, datapath: 'libipsec', subsystems: [ipsets, tunnels], log: createLogger('silent'), metrics, coalesceMs: 1, resyncMs: 0 })
+  t.teardown(() => agent.stop())
+  return { dir, configPath, agent, ipsets, tunnels, order, metrics }
+}
+
+t.test('converges from config, in subsystem order, then a pass writes nothing', async (t) => {
+  const { configPath, agent, ipsets, tunnels, order } = setup(t)
+  writeFileSync(configPath, readFileSync(join(FIX, 'connector.yaml')))
+  agent.start()
+  await agent.idle()
+  t.ok(agent.ready)
+  t.same(order.slice(0, 4), ['ipsets:plan', 'ipsets:apply', 'tunnels:plan', 'tunnels:apply'], 'ipsets before tunnels')
+  t.same([...tunnels.live].sort(), ['beijing.edge1', 'beijing.edge2', 'mediator', 'shanghai.connector'])
+  t.ok(ipsets.live.has('FABEDGE-LOCAL-POD-CIDR:10.233.0.0/18'))
+  t.equal(agent.lastPass?.reasons.includes('verify'), true, 'a pass that wrote is followed by a verification pass')
+  t.same(agent.lastPass?.writes, {}, 'the verification pass wrote nothing')
+  const writes = agent.counters.writes
+  agent.trigger('resync')
+  await agent.idle()
+  t.equal(agent.counters.writes, writes, 'converged: zero writes')
+})
+
+t.test('bad config keeps the last good one and recovers when fixed', async (t) => {
+  const { configPath, agent, tunnels, metrics } = setup(t)
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  agent.start()
+  await agent.idle()
+  const before = [...tunnels.live].sort()
+  t.equal(agent.configState.generation, 1)
+  writeFileSync(configPath, 'id: x\nname: [broken\n')
+  agent.trigger('config')
+  await agent.idle()
+  t.equal(agent.configState.generation, 1, 'still the last good config')
+  t.match(agent.configState.rejected, { errors: [{ message: /YAML syntax/ }] })
+  t.same([...tunnels.live].sort(), before, 'nothing changed on the node')
+  t.ok(agent.ready, 'still serving and converged on the last good config')
+  t.match(await metrics.registry.getSingleMetricAsString('fabtunnel_config_reload_errors_total'), /fabtunnel_config_reload_errors_total 1/)
+  // kubelet-style atomic replace with a fixed file
+  writeFileSync(`${configPath}.new`, readFileSync(join(FIX, 'connector.yaml')))
+  renameSync(`${configPath}.new`, configPath)
+  agent.trigger('config')
+  await agent.idle()
+  t.equal(agent.configState.generation, 2)
+  t.equal(agent.configState.rejected, null)
+  t.ok(tunnels.live.has('shanghai.connector'))
+})
+
+t.test('missing config: not ready, waits, converges when the file appears', async (t) => {
+  const { configPath, agent } = setup(t)
+  agent.start()
+  await agent.idle()
+  t.notOk(agent.ready)
+  t.match(agent.configState.rejected, { message: /does not exist yet/ })
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  // the agent looks again within about a second without any trigger
+  const deadline = Date.now() + 3000
+  while (!agent.ready && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+  t.ok(agent.ready, 'ready once the file exists')
+})
+
+t.test('a failing subsystem is reported, the others still converge, and it is retried with backoff', async (t) => {
+  const { configPath, agent, ipsets, tunnels } = setup(t)
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  ipsets.failPlan = new Error('netlink down')
+  agent.start()
+  await agent.idle()
+  t.notOk(agent.ready)
+  t.match(agent.lastPass?.errors, { ipsets: 'netlink down' })
+  t.ok(tunnels.live.size > 0, 'tunnels converged regardless')
+  ipsets.failPlan = null
+  const deadline = Date.now() + 3000
+  while (!agent.ready && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  t.ok(agent.ready, 'the retry converged without any external trigger')
+})

@@ -1,0 +1,354 @@
+import { once } from 'node:events'
+import t, { type Test } from 'tap'
+import { ViciClient, ViciError, Vici, encodeFrame, type ViciMessage } from '../../../src/vici/index.js'
+import { FakeVici, charonLike, type FakeConn } from '../../harness/vici-fake.js'
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+async function fake(t: Test, ...args: Parameters<typeof charonLike>): Promise<FakeVici> {
+  const f = await FakeVici.start(charonLike(...args))
+  t.teardown(() => f.destroy())
+  return f
+}
+
+function client(t: Test, f: FakeVici, opts: ConstructorParameters<typeof ViciClient>[0] = {}): ViciClient {
+  const c = new ViciClient({ uri: f.uri, ...opts })
+  t.teardown(() => c.close())
+  return c
+}
+
+async function rejectsCode(t: Test, p: Promise<unknown>, code: string, what: string): Promise<ViciError | undefined> {
+  try {
+    await p
+    t.fail(`${what}: resolved, expected ${code}`)
+  } catch (e) {
+    t.ok(e instanceof ViciError, `${what}: a ViciError`)
+    t.equal((e as ViciError).code, code, `${what}: code ${code}`)
+    return e as ViciError
+  }
+  return undefined
+}
+
+t.test('uri parsing: unix:// and plain paths, other schemes refused', async (t) => {
+  t.equal(new ViciClient({ uri: 'unix:///var/run/charon.vici' }).socketPath, '/var/run/charon.vici')
+  t.equal(new ViciClient({ uri: '/tmp/x.vici' }).socketPath, '/tmp/x.vici')
+  t.throws(() => new ViciClient({ uri: 'tcp://127.0.0.1:4502' }), { code: 'invalid' })
+})
+
+t.test('one request in flight, answers paired in order', async (t) => {
+  let inFlight = 0
+  let maxInFlight = 0
+  const f = await fake(t, {
+    echo: (c, p) => {
+      inFlight++
+      maxInFlight = Math.max(maxInFlight, inFlight)
+      // later requests answered faster: pairing must still follow request order
+      setTimeout(() => {
+        inFlight--
+        c.send({ type: 'CMD_RESPONSE', message: { n: p.message.n! } })
+      }, 30 - Number(p.message.n) * 5)
+    },
+  })
+  const c = client(t, f)
+  const answers = await Promise.all([0, 1, 2, 3, 4].map((n) => c.call('echo', { n: String(n) })))
+  t.same(answers.map((a) => a.n), ['0', '1', '2', '3', '4'])
+  t.equal(maxInFlight, 1, 'never two requests outstanding on one connection')
+})
+
+t.test('daemon refusals are typed apart from transport failures', async (t) => {
+  const f = await fake(t, {
+    'load-conn': (c) => c.send({ type: 'CMD_RESPONSE', message: { success: 'no', errmsg: 'invalid value for: certs' } }),
+    ok: (c) => c.send({ type: 'CMD_RESPONSE', message: { success: 'yes' } }),
+  })
+  const c = client(t, f)
+  const failed = await rejectsCode(t, c.call('load-conn', { x: {} }), 'failed', 'success = no')
+  t.match(failed?.message, /invalid value for: certs/)
+  t.equal(failed?.isDaemonRefusal, true)
+  t.equal(failed?.isTransport, false)
+  t.same(failed?.response, { success: 'no', errmsg: 'invalid value for: certs' })
+  const unknown = await rejectsCode(t, c.call('nope'), 'CMD_UNKNOWN', 'unknown command')
+  t.equal(unknown?.isDaemonRefusal, true)
+  await rejectsCode(t, c.subscribe('no-such-event', () => undefined), 'EVENT_UNKNOWN', 'unknown event')
+  t.same(await c.call('ok'), { success: 'yes' }, 'connection still usable after refusals')
+})
+
+t.test('connect failures carry the errno code', async (t) => {
+  const f = await fake(t, {})
+  const missing = new ViciClient({ uri: `${f.path}.missing` })
+  const e = await rejectsCode(t, missing.call('version'), 'ENOENT', 'no socket file')
+  t.equal(e?.isTransport, true)
+  await f.stop()
+  // a socket file nobody listens on
+  const net = await import('node:net')
+  const srv = net.createServer()
+  await new Promise<void>((r) => srv.listen(f.path, () => r()))
+  await new Promise<void>((r) => srv.close(() => r()))
+  const refused = new ViciClient({ uri: f.uri })
+  const { writeFile } = await import('node:fs/promises')
+  await writeFile(f.path, '')
+  await rejectsCode(t, refused.call('version'), 'ECONNREFUSED', 'nobody listening')
+})
+
+t.test('timeouts: in-flight and queued requests; a late answer is not given to the next request', async (t) => {
+  let slowAnswered = false
+  const f = await fake(t, {
+    slow: (c) =>
+      setTimeout(() => {
+        slowAnswered = true
+        c.send({ type: 'CMD_RESPONSE', message: { which: 'slow' } })
+      }, 400),
+    fast: (c) => c.send({ type: 'CMD_RESPONSE', message: { which: 'fast' } }),
+  })
+  const c = client(t, f)
+  const slow = c.call('slow', {}, { timeoutMs: 50 })
+  const queuedTimeout = c.call('fast', { tag: 'queued' }, { timeoutMs: 20 })
+  queuedTimeout.catch(() => undefined) // awaited below, after it has already rejected
+  const fast = c.call('fast', {}, { timeoutMs: 2000 })
+  await rejectsCode(t, slow, 'timeout', 'in-flight request')
+  t.notOk(slowAnswered, 'timeout fires before the late answer')
+  await rejectsCode(t, queuedTimeout, 'timeout', 'queued request')
+  t.same(await fast, { which: 'fast' }, 'next request gets its own answer, not the late one')
+  t.notOk(
+    f.received.some((r) => r.packet.type === 'CMD_REQUEST' && r.packet.message.tag === 'queued'),
+    'a request that timed out in the queue is never sent',
+  )
+})
+
+t.test('stream: events before the response are collected; registration wraps the command', async (t) => {
+  const f = await fake(
+    t,
+    {
+      'list-sas': (c) => {
+        c.send({ type: 'EVENT', name: 'list-sa', message: { a: { uniqueid: '1' } } })
+        c.send({ type: 'EVENT', name: 'other', message: { stray: 'yes' } })
+        c.send({ type: 'EVENT', name: 'list-sa', message: { b: { uniqueid: '2' } } })
+        c.send({ type: 'CMD_RESPONSE', message: {} })
+      },
+    },
+    ['list-sa'],
+  )
+  const c = client(t, f)
+  const r = await c.stream('list-sas', 'list-sa', { noblock: 'yes' })
+  t.same(r.events, [{ a: { uniqueid: '1' } }, { b: { uniqueid: '2' } }])
+  t.same(r.response, {})
+  t.same(
+    f.received.map((x) => x.packet.type),
+    ['EVENT_REGISTER', 'CMD_REQUEST', 'EVENT_UNREGISTER'],
+  )
+})
+
+t.test('events arrive on their own connection while a command is pending', async (t) => {
+  let release: (() => void) | undefined
+  let evtConn: FakeConn | undefined
+  const f = await FakeVici.start(
+    charonLike({ hold: (c) => (release = () => c.send({ type: 'CMD_RESPONSE', message: {} })) }, ['ike-updown']),
+  )
+  t.teardown(() => f.destroy())
+  const script = f.script
+  f.script = (conn, p) => {
+    if (p.type === 'EVENT_REGISTER') evtConn = conn
+    script(conn, p)
+  }
+  const c = client(t, f)
+  const seen: ViciMessage[] = []
+  await c.subscribe('ike-updown', (_, m) => seen.push(m))
+  const pending = c.call('hold')
+  await sleep(20)
+  t.ok(evtConn, 'registration went to a connection')
+  t.not(f.received.find((r) => r.packet.type === 'CMD_REQUEST')?.conn, evtConn!.id, 'commands use another connection')
+  evtConn!.send({ type: 'EVENT', name: 'ike-updown', message: { up: 'yes' } })
+  evtConn!.send({ type: 'EVENT', name: 'ike-updown', message: { up: 'no' } })
+  await sleep(20)
+  t.same(seen, [{ up: 'yes' }, { up: 'no' }], 'both events delivered while the command is still pending')
+  release!()
+  t.same(await pending, {})
+  await c.unsubscribe('ike-updown')
+  t.equal(f.received.at(-1)?.packet.type, 'EVENT_UNREGISTER', 'last handler gone: event unregistered')
+})
+
+t.test('server closes mid-frame: pending call fails fast with closed', async (t) => {
+  const f = await fake(t, {
+    half: (c) => {
+      const frame = encodeFrame({ type: 'CMD_RESPONSE', message: { k: 'v'.repeat(100) } })
+      c.sendRaw(frame.subarray(0, 50))
+      setTimeout(() => c.destroy(), 10)
+    },
+  })
+  const c = client(t, f, { reconnect: false })
+  const disconnected = once(c, 'disconnected')
+  const t0 = Date.now()
+  const e = await rejectsCode(t, c.call('half', {}, { timeoutMs: 5000 }), 'closed', 'mid-frame close')
+  t.match(e?.message, /unfinished frame/)
+  t.ok(Date.now() - t0 < 1000, 'fails fast, not at the timeout')
+  await disconnected
+  t.equal(c.connected, false)
+})
+
+t.test('oversized and malformed frames from the server are transport errors', async (t) => {
+  const f = await fake(t, {
+    big: (c) => c.send({ type: 'CMD_RESPONSE', message: { k: 'v'.repeat(2000) } }),
+    garbage: (c) => c.sendRaw(Buffer.from([0, 0, 0, 3, 1, 9, 9])),
+    stray: (c) => {
+      c.send({ type: 'CMD_RESPONSE', message: {} })
+      setTimeout(() => c.send({ type: 'CMD_RESPONSE', message: {} }), 20)
+    },
+  })
+  const c1 = client(t, f, { maxFrameBytes: 1000, reconnect: false })
+  await rejectsCode(t, c1.call('big'), 'frame-too-large', 'frame over maxFrameBytes')
+  const c2 = client(t, f, { reconnect: false })
+  const e = await rejectsCode(t, c2.call('garbage'), 'malformed', 'unknown element type')
+  t.equal(e?.isTransport, true)
+  const c3 = client(t, f, { reconnect: false })
+  const lost = once(c3, 'disconnected')
+  t.same(await c3.call('stray'), {})
+  const [err] = (await lost) as [ViciError]
+  t.equal(err.code, 'protocol', 'a response nobody asked for kills the connection')
+})
+
+t.test('reconnect: pending calls fail fast, subscriptions re-registered, reconnected emitted', async (t) => {
+  const f = await fake(t, { hold: () => undefined, version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) }, ['child-updown'])
+  const c = client(t, f, { reconnect: { initialDelayMs: 20, maxDelayMs: 100 } })
+  const seen: string[] = []
+  await c.subscribe('child-updown', (_, m) => seen.push(String(m.up)))
+  const pending = c.call('hold', {}, { timeoutMs: 10_000 })
+  pending.catch(() => undefined) // rejects during f.stop(), checked below
+  await sleep(20)
+  const disconnected = once(c, 'disconnected')
+  const t0 = Date.now()
+  await f.stop()
+  await rejectsCode(t, pending, 'closed', 'pending call when charon goes away')
+  t.ok(Date.now() - t0 < 1000, 'pending call failed fast')
+  await disconnected
+  await rejectsCode(t, c.call('version'), 'closed', 'call while reconnecting fails fast')
+  await sleep(150) // a few failed attempts with backoff
+  const reconnected = once(c, 'reconnected')
+  const registeredBefore = f.received.filter((r) => r.packet.type === 'EVENT_REGISTER').length
+  await f.listen()
+  await reconnected
+  t.equal(c.connected, true)
+  const registrations = f.received.filter((r) => r.packet.type === 'EVENT_REGISTER')
+  t.equal(registrations.length, registeredBefore + 1, 'subscription re-registered on the new connection')
+  t.same(await c.call('version'), { v: '1' }, 'calls work again')
+  t.equal(f.connections, 2, 'one command and one event connection')
+})
+
+t.test('reconnect gives up after maxAttempts; the next call connects again', async (t) => {
+  const f = await fake(t, { version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) })
+  const c = client(t, f, { reconnect: { initialDelayMs: 5, maxDelayMs: 10, maxAttempts: 3 } })
+  await c.connect()
+  const failed = once(c, 'reconnect-failed')
+  await f.stop()
+  const [err] = (await failed) as [ViciError]
+  t.equal(err.code, 'ENOENT', 'last attempt error reported')
+  await f.listen()
+  t.same(await c.call('version'), { v: '1' })
+})
+
+t.test('connect() while reconnecting waits for the outcome; close() settles it', async (t) => {
+  const f = await fake(t, { version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) })
+  const c = client(t, f, { reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  await c.connect()
+  const lost = once(c, 'disconnected')
+  await f.stop()
+  await lost
+  const waiting = c.connect()
+  await sleep(30)
+  await f.listen()
+  await waiting
+  t.equal(c.connected, true, 'resolved once reconnected')
+  const lost2 = once(c, 'disconnected')
+  await f.stop()
+  await lost2
+  const abandoned = c.connect()
+  await c.close()
+  await rejectsCode(t, abandoned, 'closed', 'close() while reconnecting')
+})
+
+t.test('events delivered after reconnect', async (t) => {
+  const conns: FakeConn[] = []
+  const f = await FakeVici.start(charonLike({}, ['ike-updown']))
+  t.teardown(() => f.destroy())
+  const base = f.script
+  f.script = (conn, p) => {
+    if (p.type === 'EVENT_REGISTER') conns.push(conn)
+    base(conn, p)
+  }
+  const c = client(t, f, { reconnect: { initialDelayMs: 10 } })
+  const seen: string[] = []
+  await c.subscribe('ike-updown', (_, m) => seen.push(String(m.n)))
+  conns.at(-1)!.send({ type: 'EVENT', name: 'ike-updown', message: { n: 'before' } })
+  await sleep(20)
+  const reconnected = once(c, 'reconnected')
+  conns.at(-1)!.destroy() // charon drops only the event connection: the client resets both
+  await reconnected
+  t.equal(conns.length, 2, 're-registered')
+  conns.at(-1)!.send({ type: 'EVENT', name: 'ike-updown', message: { n: 'after' } })
+  await sleep(20)
+  t.same(seen, ['before', 'after'])
+})
+
+t.test('close rejects pending calls and refuses new ones', async (t) => {
+  const f = await fake(t, { hold: () => undefined })
+  const c = new ViciClient({ uri: f.uri })
+  const pending = c.call('hold')
+  await sleep(10)
+  await c.close()
+  await rejectsCode(t, pending, 'closed', 'pending call on close')
+  await rejectsCode(t, c.call('hold'), 'closed', 'call after close')
+  await sleep(20)
+  t.equal(f.connections, 0, 'socket closed')
+})
+
+t.test('Vici: blocking initiates are bounded and never block the main connection', async (t) => {
+  let active = 0
+  let maxActive = 0
+  const f = await fake(t, {
+    initiate: (c, p) => {
+      if (p.message.timeout === '-1') return c.send({ type: 'CMD_RESPONSE', message: { success: 'yes' } })
+      active++
+      maxActive = Math.max(maxActive, active)
+      setTimeout(() => {
+        active--
+        c.send({ type: 'CMD_RESPONSE', message: { success: 'yes' } })
+      }, 100)
+    },
+    version: (c) => c.send({ type: 'CMD_RESPONSE', message: { daemon: 'charon', version: '5.9.8', active: String(active) } }),
+  })
+  const v = new Vici({ uri: f.uri, maxBlocking: 3 })
+  t.teardown(() => v.close())
+  const blocking = Array.from({ length: 10 }, (_, i) => v.initiate({ child: `c${i}`, timeoutMs: 5000 }))
+  await sleep(20)
+  t.equal((await v.client.call('version')).active, '3', 'main connection answers while blocking initiates run')
+  await Promise.all(blocking)
+  t.equal(maxActive, 3, 'at most maxBlocking blocking initiates in charon at once')
+  await v.initiate({ child: 'async' })
+  const last = f.received.at(-1)!.packet
+  t.same(last.type === 'CMD_REQUEST' && last.message, { child: 'async', timeout: '-1' }, 'default is async (timeout -1)')
+})
+
+t.test('Vici: watchUpdown resolves on the matching child-updown, times out otherwise', async (t) => {
+  const regs: FakeConn[] = []
+  const f = await FakeVici.start(
+    charonLike({ initiate: (c) => c.send({ type: 'CMD_RESPONSE', message: { success: 'yes' } }) }, ['child-updown', 'ike-updown']),
+  )
+  t.teardown(() => f.destroy())
+  const base = f.script
+  f.script = (conn, p) => {
+    if (p.type === 'EVENT_REGISTER') regs.push(conn)
+    base(conn, p)
+  }
+  const v = new Vici({ uri: f.uri })
+  t.teardown(() => v.close())
+  const w = await v.watchUpdown({ child: 'p2p' })
+  const ev = (child: string, up: string): ViciMessage => ({
+    up,
+    'gw-a': { uniqueid: '3', state: 'ESTABLISHED', 'child-sas': { [`${child}-7`]: { name: child, uniqueid: '7', state: 'INSTALLED', 'local-ts': ['10.1.0.0/24'], 'remote-ts': ['10.2.0.0/24'] } } },
+  })
+  regs[0]!.send({ type: 'EVENT', name: 'child-updown', message: ev('other', 'yes') })
+  regs[0]!.send({ type: 'EVENT', name: 'child-updown', message: ev('p2p', 'no') })
+  regs[0]!.send({ type: 'EVENT', name: 'child-updown', message: ev('p2p', 'yes') })
+  const sa = await w.wait(1000)
+  t.equal(sa.name, 'gw-a')
+  t.same(sa.children.map((c) => [c.name, c.uniqueid, c.state, c.localTs, c.remoteTs]), [['p2p', '7', 'INSTALLED', ['10.1.0.0/24'], ['10.2.0.0/24']]])
+  await rejectsCode(t, v.initiateAndWait({ child: 'never' }, 50), 'timeout', 'no event')
+})
