@@ -13,7 +13,8 @@ import { Vici } from '../../src/vici/index.js'
 const CONVERGE_MS = 30_000
 const SPARE = 'beijing.edge3'
 
-const driver: AgentDriver | null = needsRoot ? null : await defaultDriver()
+const RESYNC = '5s'
+const driver: AgentDriver | null = needsRoot ? null : await defaultDriver({ resyncInterval: RESYNC })
 const needsDaemon = driver?.kind === 'daemon' ? false : 'needs the daemon (`fabtunnel run`); the VICI fallback driver has no watch, reconnect or kernel state'
 const convergence: Array<[string, number]> = []
 
@@ -98,13 +99,16 @@ t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {
     await converge('agent kill -9 + restart', t, topo, t0)
   })
 
+  // An edge's charon: its agent must notice, reload credentials and connections and initiate again. A connector's
+  // charon is a different matter: it only responds to edges, so they notice through DPD (dpd_delay 10 s plus
+  // charon's retransmission schedule, minutes), which is strongSwan's timing rather than the agent's.
   await chaos(t, 'kill -9 a charon and restart it', async (t) => {
-    const g = topo.gateway('beijing.connector')
+    const g = topo.gateway('beijing.edge1')
     process.kill(g.charon.pid!, 'SIGKILL')
     await waitFor('charon to die', 5_000, async () => !g.charon.running, 20)
     const t0 = performance.now()
     await g.charon.restart()
-    await converge('charon kill -9 + restart (connector)', t, topo, t0)
+    await converge('charon kill -9 + restart (edge1)', t, topo, t0)
   })
 
   await chaos(t, 'add an edge node to the configuration at runtime', async (t) => {
@@ -120,8 +124,8 @@ t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {
     const t0 = performance.now()
     await topo.removeEdge(SPARE)
     await driver!.stop(topo.gateway(SPARE))
-    const ms = await waitFor(`${SPARE} unloaded on the connector`, CONVERGE_MS, async () => !(await conns(connector)).includes(SPARE))
-    t.comment(`connector unloaded ${SPARE} after ${(ms / 1000).toFixed(2)} s`)
+    await waitFor(`${SPARE} unloaded on the connector`, CONVERGE_MS, async () => !(await conns(connector)).includes(SPARE))
+    t.pass(`connector unloaded ${SPARE} within ${((performance.now() - t0) / 1000).toFixed(2)} s of the config swap`)
     await converge('edge removed', t, topo, t0)
   })
 
@@ -141,22 +145,25 @@ t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {
   })
 
   await chaos(t, 'state deleted by hand (rule 220, ipset member, iptables jumps) comes back', async (t) => {
-    const g = topo.gateway('beijing.edge1')
-    const ns = g.ns
+    const ns = topo.gateway('beijing.edge1').ns
+    const member = topo.plan.clusters[0]!.serviceCidr
+    const has = {
+      rule: async () => /lookup 220/.test(await ns.run(['ip', 'rule', 'show', 'priority', '220'])),
+      member: async () => (await ns.capture(['ipset', 'test', 'FABEDGE-REMOTE-CIDR', member])).code === 0,
+      natJump: async () => (await ns.capture(['iptables', '-t', 'nat', '-C', 'POSTROUTING', '-j', 'FABEDGE-POSTROUTING'])).code === 0,
+      fwdJump: async () => (await ns.capture(['iptables', '-t', 'filter', '-C', 'FORWARD', '-j', 'FABEDGE-FORWARD'])).code === 0,
+    }
+    for (const [what, probe] of Object.entries(has)) t.ok(await probe(), `before: ${what} present`)
     const t0 = performance.now()
     await ns.run(['ip', 'rule', 'del', 'priority', '220'])
-    const member = topo.plan.clusters[0]!.serviceCidr
     await ns.run(['ipset', 'del', 'FABEDGE-REMOTE-CIDR', member])
     await ns.run(['iptables', '-t', 'nat', '-D', 'POSTROUTING', '-j', 'FABEDGE-POSTROUTING'])
     await ns.run(['iptables', '-t', 'filter', '-D', 'FORWARD', '-j', 'FABEDGE-FORWARD'])
-    await waitFor('rule, set member and jumps restored', CONVERGE_MS, async () => {
-      const rule = /lookup 220/.test(await ns.run(['ip', 'rule', 'show', 'priority', '220']))
-      const set = (await ns.capture(['ipset', 'test', 'FABEDGE-REMOTE-CIDR', member])).code === 0
-      const nat = (await ns.capture(['iptables', '-t', 'nat', '-C', 'POSTROUTING', '-j', 'FABEDGE-POSTROUTING'])).code === 0
-      const fwd = (await ns.capture(['iptables', '-t', 'filter', '-C', 'FORWARD', '-j', 'FABEDGE-FORWARD'])).code === 0
-      return rule && set && nat && fwd
-    })
-    t.pass('rule 220, FABEDGE-REMOTE-CIDR member and both jumps restored')
+    // The rule comes back on its netlink event; set members and jumps raise no event and wait for the resync.
+    for (const [what, probe] of Object.entries(has)) {
+      await waitFor(`${what} restored`, CONVERGE_MS, probe)
+      t.pass(`${what} restored ${((performance.now() - t0) / 1000).toFixed(2)} s after the deletion (resync every ${RESYNC})`)
+    }
     await converge('hand-deleted state restored', t, topo, t0)
   })
 

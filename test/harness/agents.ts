@@ -40,9 +40,9 @@ export interface AgentDriver {
 }
 
 /** Picks the driver: the real daemon once `fabtunnel run` exists in dist/cli.js, else the VICI fallback. */
-export async function defaultDriver(): Promise<AgentDriver> {
+export async function defaultDriver(opts: DaemonOptions = {}): Promise<AgentDriver> {
   const help = await execCapture(['node', CLI, 'run', '--help'], { timeoutMs: 10_000 }).catch(() => null)
-  return help?.code === 0 && /fabtunnel run/.test(help.stdout + help.stderr) ? new DaemonDriver() : new ViciDriver()
+  return help?.code === 0 && /fabtunnel run/.test(help.stdout + help.stderr) ? new DaemonDriver(opts) : new ViciDriver()
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -76,11 +76,24 @@ export function agentLog(g: Gateway): string {
   return join(g.dir, 'agent.log')
 }
 
+export interface DaemonOptions {
+  /** `--log-level`. Default info. */
+  logLevel?: string
+  /**
+   * `--resync-interval` (e.g. `5s`). Default: the daemon's own (60s). Hand-deleted ipset members and iptables
+   * jumps raise no event, so tests that delete them shorten the safety-net resync.
+   */
+  resyncInterval?: string
+}
+
 export class DaemonDriver implements AgentDriver {
   readonly kind = 'daemon'
   private readonly procs = new Map<string, ChildProcess>()
 
-  constructor(private readonly logLevel = 'info') {}
+  constructor(private readonly opts: DaemonOptions = {}) {
+    if (opts.resyncInterval !== undefined && !/^\d+(ms|s|m)$/.test(opts.resyncInterval)) throw new Error(`bad resyncInterval ${opts.resyncInterval}`)
+    if (opts.logLevel !== undefined && !/^[a-z]+$/.test(opts.logLevel)) throw new Error(`bad logLevel ${opts.logLevel}`)
+  }
 
   argv(g: Gateway): string[] {
     return [
@@ -92,7 +105,8 @@ export class DaemonDriver implements AgentDriver {
       '--ca', g.caPath,
       '--listen', g.listen,
       '--datapath', 'libipsec',
-      '--log-level', this.logLevel,
+      '--log-level', this.opts.logLevel ?? 'info',
+      ...(this.opts.resyncInterval ? ['--resync-interval', this.opts.resyncInterval] : []),
     ]
   }
 
