@@ -192,7 +192,12 @@ export async function desiredOf(g: Gateway): Promise<Desired> {
 interface ViciAgent {
   vici: Vici
   desired: Desired
+  timer: NodeJS.Timeout | null
+  stopped: boolean
 }
+
+/** How often the fallback agent re-initiates what is down (an initiate that met an unready peer fails for good). */
+const VICI_RETRY_MS = 500
 
 export class ViciDriver implements AgentDriver {
   readonly kind = 'vici'
@@ -206,8 +211,10 @@ export class ViciDriver implements AgentDriver {
       const desired = await desiredOf(g)
       await loadCredentials(vici, g)
       for (const [name, conn] of Object.entries(desired.conns)) await vici.loadConn(name, conn)
-      this.agents.set(g.name, { vici, desired })
+      const agent: ViciAgent = { vici, desired, timer: null, stopped: false }
+      this.agents.set(g.name, agent)
       await initiateMissing(vici, desired)
+      this.schedule(agent, new Set())
     } catch (e) {
       this.agents.delete(g.name)
       await vici.close()
@@ -215,10 +222,33 @@ export class ViciDriver implements AgentDriver {
     }
   }
 
+  /** Like an agent's resync: every VICI_RETRY_MS, initiate what is down; one round at a time. */
+  private schedule(a: ViciAgent, stuck: Set<string>): void {
+    a.timer = setTimeout(() => {
+      void (async () => {
+        try {
+          const sas = await a.vici.listSas()
+          if (missingChildren(a.desired, sas).length) await initiateMissing(a.vici, a.desired, sas, stuck)
+        } catch {
+          // charon gone or busy: the next round tries again; this driver has no reconnect (the daemon does)
+        }
+        if (!a.stopped) this.schedule(a, stuck)
+      })()
+    }, VICI_RETRY_MS)
+    a.timer.unref()
+  }
+
+  private async close(a: ViciAgent | undefined): Promise<void> {
+    if (!a) return
+    a.stopped = true
+    if (a.timer) clearTimeout(a.timer)
+    await a.vici.close()
+  }
+
   async stop(g: Gateway): Promise<void> {
     const a = this.agents.get(g.name)
     this.agents.delete(g.name)
-    await a?.vici.close()
+    await this.close(a)
   }
 
   kill(g: Gateway): Promise<void> {
@@ -228,18 +258,7 @@ export class ViciDriver implements AgentDriver {
   async waitReady(g: Gateway, timeoutMs: number): Promise<number> {
     const a = this.agents.get(g.name)
     if (!a) throw new Error(`agent of ${g.name} not running`)
-    let lastKick = performance.now()
-    const stuck = new Set<string>()
-    return waitFor(`tunnels of ${g.name}`, timeoutMs, async () => {
-      const sas = await a.vici.listSas()
-      if (missingChildren(a.desired, sas).length === 0) return true
-      // An initiate that met a peer not yet configured fails for good (no keyingtries): try again, like an agent.
-      if (performance.now() - lastKick > 500) {
-        lastKick = performance.now()
-        await initiateMissing(a.vici, a.desired, sas, stuck)
-      }
-      return false
-    })
+    return waitFor(`tunnels of ${g.name}`, timeoutMs, async () => missingChildren(a.desired, await a.vici.listSas()).length === 0, 50)
   }
 
   async statusText(g: Gateway): Promise<string> {
@@ -253,8 +272,9 @@ export class ViciDriver implements AgentDriver {
   }
 
   async stopAll(): Promise<void> {
-    await Promise.all([...this.agents.values()].map((a) => a.vici.close()))
+    const all = [...this.agents.values()]
     this.agents.clear()
+    await Promise.all(all.map((a) => this.close(a)))
   }
 }
 
