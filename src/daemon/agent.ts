@@ -174,12 +174,23 @@ export class Agent {
     return 'rejected'
   }
 
-  /** The desired state for the config in force, or null without one. */
+  private desiredMemo: { key: string; desired: Desired } | null = null
+
+  /**
+   * The desired state for the config in force, or null without one. Pure in its inputs, so it is recomputed only
+   * when one of them (config generation, certificate, default gateways) changes; unchanged connection sections
+   * then stay the same objects from pass to pass.
+   */
   async desired(): Promise<Desired | null> {
     if (!this.config) return null
     const certPem = await this.opts.certPem?.()
     const gateways = this.opts.datapath === 'xfrm' ? await this.opts.gateways?.() : undefined
-    return desiredState(this.config, { datapath: this.opts.datapath, ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}) })
+    const key = `${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
+    if (this.desiredMemo?.key !== key) {
+      const desired = desiredState(this.config, { datapath: this.opts.datapath, ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}) })
+      this.desiredMemo = { key, desired }
+    }
+    return this.desiredMemo.desired
   }
 
   /** Plans of every subsystem against the live node, without applying anything (`fabtunnel plan`). */

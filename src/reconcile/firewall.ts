@@ -20,8 +20,8 @@ export class FirewallSubsystem implements Subsystem<FirewallPlan> {
 
   async plan(desired: Desired, ctx: PassContext): Promise<FirewallPlan> {
     const payloads = `${desired.iptables.ipv4}\0${desired.iptables.ipv6}`
-    // Event-only passes cannot have changed iptables, and our rendered payload is the same as last time.
-    if (!ctx.full && payloads === this.lastPayloads) return { plans: [], writes: 0, describe: () => [] }
+    // Only a deep pass re-reads iptables when what we render is unchanged (see PassContext).
+    if (!ctx.deep && payloads === this.lastPayloads) return { plans: [], writes: 0, describe: () => [] }
     this.lastPayloads = payloads
     const plans: IptablesPlan[] = []
     for (const family of this.families) {

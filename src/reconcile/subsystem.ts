@@ -13,21 +13,26 @@ export interface SubsystemPlan {
 }
 
 /**
- * Why a pass runs. `full` passes (start, config or credential change, resync, SIGHUP, retry, verification, a
- * charon reconnect, a netlink overrun) observe everything. Passes triggered only by VICI SA events or netlink
- * route/rule events cannot have changed iptables or the credential files, so a subsystem may skip observations
- * that cost process spawns or file reads (iptables-save is ~25-70 ms per table and family); what others change
- * behind our back there is repaired by the next full pass (resync timer, default 60 s, or SIGHUP).
+ * Why a pass runs, and so how deep it looks. A `deep` pass (start, resync, SIGHUP, retry, verification, a charon
+ * reconnect, a netlink overrun, `fabtunnel plan`) observes everything from scratch. Other passes are triggered by
+ * VICI SA events, netlink route/rule events, a backoff expiring, or a config / credential file change; those
+ * cannot have changed iptables or what charon has loaded behind our back, so a subsystem may reuse an expensive
+ * observation it made itself (iptables-save costs ~25-70 ms per family; list-conns of 1,000 connections ~250 ms)
+ * and is only required to look at what the trigger could have changed. Whatever others change meanwhile is
+ * repaired by the next deep pass (the resync timer, default 60 s, or SIGHUP).
  */
 export interface PassContext {
   reasons: readonly string[]
-  full: boolean
+  deep: boolean
+  /** The credential files may have changed: read them again. */
+  credentials: boolean
 }
 
-const EVENT_ONLY = /^(vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|backoff:.*)$/
+const SHALLOW = /^(vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|backoff:.*|config.*|credentials)$/
 
 export function passContext(reasons: readonly string[]): PassContext {
-  return { reasons, full: reasons.length === 0 || reasons.some((r) => !EVENT_ONLY.test(r)) }
+  const deep = reasons.length === 0 || reasons.some((r) => !SHALLOW.test(r))
+  return { reasons, deep, credentials: deep || reasons.includes('credentials') }
 }
 
 export interface Subsystem<P extends SubsystemPlan = SubsystemPlan> {

@@ -3,7 +3,7 @@
 // loaded at start, after every charon restart and when the files change. VICI `ike-updown` / `child-updown` and
 // reconnects trigger passes, so a tunnel that went down is re-initiated at once (with per-peer backoff when it
 // keeps failing).
-import type { Desired } from '../desired/types.js'
+import type { Desired, ViciSection } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import type { Vici } from '../vici/index.js'
 import type { ViciMessage } from '../vici/codec.js'
@@ -74,6 +74,7 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
     vici.client.on('reconnected', () => {
       // charon may have restarted and forgotten everything: forget what we believe it holds, then resync.
       this.loaded.clear()
+      this.listedConns = null
       this.credsLoaded = null
       this.counters.reconnects++
       opts.log.warn({ op: 'vici-reconnected' }, 'reconnected to charon; reloading connections and credentials')
@@ -101,17 +102,22 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
   }
 
   private credentials: Credentials | null = null
+  private listedConns: Map<string, ListedConn> | null = null
 
   async plan(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
     this.lastDesired = desired
-    // The files only change with a `credentials` trigger (directory watch) or are re-checked by full passes.
-    if (this.opts.credentials && (ctx.full || !this.credentials)) this.credentials = await readCredentials(this.opts.credentials)
+    if (this.opts.credentials && (ctx.credentials || !this.credentials)) this.credentials = await readCredentials(this.opts.credentials)
     const credentials = this.credentials
+    // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
+    // last listing as amended by our own applied ops (see PassContext).
+    if (ctx.deep || !this.listedConns) {
+      this.listedConns = new Map((await this.vici.listConns()).map((c) => [c.name, c.raw as ListedConn]))
+    }
     // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out, look missing, and be
     // initiated a second time.
-    const [conns, sas] = await Promise.all([this.vici.listConns(), this.vici.listSas()])
+    const sas = await this.vici.listSas()
     const observed: ObservedTunnels = {
-      conns: new Map(conns.map((c) => [c.name, c.raw as ListedConn])),
+      conns: this.listedConns,
       sas: sas.map((s) => ({ name: s.name, uniqueid: s.uniqueid, state: s.state, children: s.children.map((c) => ({ name: c.name, uniqueid: c.uniqueid, state: c.state })) })),
     }
     this.lastObserved = observed
@@ -172,11 +178,13 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
           case 'load':
             await this.vici.loadConn(op.conn, op.section)
             this.loaded.set(op.conn, op.hash)
+            this.listedConns?.set(op.conn, listedFromSection(op.section))
             this.counters.loads++
             break
           case 'unload':
             await this.vici.unloadConn(op.conn)
             this.loaded.delete(op.conn)
+            this.listedConns?.delete(op.conn)
             this.initiate.delete(op.conn)
             this.counters.unloads++
             break
@@ -263,6 +271,24 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
   summary(): Record<string, unknown> {
     return { loadedThisInstance: this.loaded.size, credentialsLoaded: this.credsLoaded !== null, counters: { ...this.counters } }
   }
+}
+
+/** What `list-conns` will show for a section we just loaded (the projection's fields), for the cached listing. */
+export function listedFromSection(section: ViciSection): ListedConn {
+  const children: Record<string, unknown> = {}
+  for (const [name, c] of Object.entries((section.children ?? {}) as Record<string, ViciSection>)) {
+    children[name] = { 'local-ts': c.local_ts, 'remote-ts': c.remote_ts, dpd_action: c.dpd_action }
+  }
+  const local = (section.local ?? {}) as ViciSection
+  const remote = (section.remote ?? {}) as ViciSection
+  const out: ListedConn = {
+    remote_addrs: section.remote_addrs ?? ['%any'],
+    'local-1': { id: local.id },
+    'remote-1': remote.id === undefined ? {} : { id: remote.id },
+    children,
+  }
+  if (section.dpd_delay !== undefined) out.dpd_delay = section.dpd_delay
+  return out
 }
 
 export function describeOp(op: TunnelOp): string {

@@ -85,8 +85,27 @@ export function backoffDelay(failures: number, p: BackoffPolicy = DEFAULT_BACKOF
   return Math.min(p.maxMs, p.baseMs * 2 ** (failures - 1))
 }
 
+// Desired sections are recomputed only when the config changes and listed entries only when re-listed, so
+// per-object memos make a pass over 1,000 unchanged connections cost lookups instead of hashing.
+const hashMemo = new WeakMap<object, string>()
+const projectionMemo = new WeakMap<object, string>()
+
 export function sectionHash(section: ViciSection): string {
-  return createHash('sha256').update(stableJson(section)).digest('hex').slice(0, 16)
+  let h = hashMemo.get(section)
+  if (h === undefined) {
+    h = createHash('sha256').update(stableJson(section)).digest('hex').slice(0, 16)
+    hashMemo.set(section, h)
+  }
+  return h
+}
+
+function memoProjection<T extends object>(obj: T, project: (o: T) => Projection): string {
+  let p = projectionMemo.get(obj)
+  if (p === undefined) {
+    p = stableJson(project(obj))
+    projectionMemo.set(obj, p)
+  }
+  return p
 }
 
 function stableJson(v: unknown): string {
@@ -187,7 +206,7 @@ export function projectListed(l: ListedConn): Projection {
 }
 
 export function connDiffers(desired: ViciSection, listed: ListedConn): boolean {
-  return stableJson(projectDesired(desired)) !== stableJson(projectListed(listed))
+  return memoProjection(desired, projectDesired) !== memoProjection(listed, projectListed)
 }
 
 /** Child names whose selectors or DPD action differ between desired and listed (or that only one side has). */

@@ -25,7 +25,16 @@ export class Netns {
   private destroyed = false
   private readonly cleanups: Array<() => Promise<void> | void> = []
 
-  private constructor(readonly name: string) {}
+  private constructor(readonly name: string, private readonly owned = true) {}
+
+  /**
+   * A handle on a namespace another process created (e.g. a script that re-runs itself inside it): runs
+   * commands and cleanups, but destroy() leaves the namespace itself to its creator.
+   */
+  static adopt(name: string): Netns {
+    if (!/^[a-z][a-z0-9]{0,14}$/.test(name)) throw new Error(`bad namespace name ${name}`)
+    return new Netns(name, false)
+  }
 
   /** `ip netns add <unique>`, loopback up. */
   static async create(prefix = 'ft'): Promise<Netns> {
@@ -62,7 +71,7 @@ export class Netns {
         // teardown keeps going: a failed cleanup must not leave the namespace behind
       }
     }
-    await execCapture(['ip', 'netns', 'del', this.name], { timeoutMs: 10_000 }).catch(() => undefined)
+    if (this.owned) await execCapture(['ip', 'netns', 'del', this.name], { timeoutMs: 10_000 }).catch(() => undefined)
   }
 }
 

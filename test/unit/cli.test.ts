@@ -92,9 +92,9 @@ t.test('plan --offline --json on connector.yaml: the desired state', async (t) =
 })
 
 t.test('plan: errors are clear', async (t) => {
-  const noOffline = await cli(['plan', '--config', join(FIX, 'connector.yaml')])
-  t.equal(noOffline.code, 2)
-  t.match(noOffline.err, /--offline/)
+  const badDatapath = await cli(['plan', '--datapath', 'gre', '--config', join(FIX, 'connector.yaml')])
+  t.equal(badDatapath.code, 2, 'usage errors come before touching the live node')
+  t.match(badDatapath.err, /--datapath must be xfrm or libipsec/)
   const badCert = await cli(['plan', '--offline', '--config', join(FIX, 'connector.yaml'), '--cert', '/nonexistent.crt'])
   t.equal(badCert.code, 1, 'an explicitly named certificate must exist')
   t.match(badCert.err, /nonexistent\.crt: cannot read certificate/)

@@ -52,6 +52,22 @@ t.test('connector + 2 edges driven by fabtunnel run', { skip: needsRoot, timeout
     t.match(await conn.ns.run(['ipset', 'list', 'FABEDGE-REMOTE-POD-CIDR']), new RegExp(`${e1.podCidr.replace(/\./g, '\\.')}`))
   })
 
+  await t.test('`fabtunnel plan` against the converged live node finds nothing to do', async (t) => {
+    const { execCapture } = await import('../../harness/exec.js')
+    const root = new URL('../../../', import.meta.url).pathname
+    const o = e1.agent.opts
+    const r = await execCapture(['ip', 'netns', 'exec', e1.ns.name, process.execPath, '--import', 'tsx', `${root}src/cli.ts`, 'plan', '--json',
+      '--config', o.config, '--vici', o.vici, '--cert', o.cert, '--datapath', 'libipsec', '--log-level', 'silent'], { cwd: root, timeoutMs: 30_000 })
+    t.equal(r.code, 0, r.stderr)
+    const plan = JSON.parse(r.stdout)
+    t.same(Object.keys(plan), ['ipsets', 'iptables', 'routes', 'tunnels'])
+    for (const [name, p] of Object.entries<any>(plan)) t.same(p, { writes: 0, ops: [] }, `${name}: converged`)
+    const bad = await execCapture(['ip', 'netns', 'exec', e1.ns.name, process.execPath, '--import', 'tsx', `${root}src/cli.ts`, 'plan',
+      '--config', o.config, '--vici', 'unix:///nonexistent/charon.vici', '--datapath', 'libipsec', '--log-level', 'silent'], { cwd: root, timeoutMs: 30_000 })
+    t.equal(bad.code, 1, 'a dead charon is an error, not a crash')
+    t.match(bad.stdout, /tunnels: ERROR .*nonexistent/)
+  })
+
   await t.test('restarting an agent with unchanged config flaps nothing and writes nothing', async (t) => {
     const before = await saIds(e1)
     await e1.agent.stop()

@@ -61,11 +61,13 @@ t.test('triggerAt: the earliest request wins; stop cancels pending work', async 
   t.same(seen, [['early']], 'nothing runs after stop')
 })
 
-t.test('event-only passes are not full passes', async (t) => {
-  t.equal(passContext(['vici:child-updown', 'netlink:route-del']).full, false)
-  t.equal(passContext(['backoff:peer']).full, false)
-  for (const r of ['start', 'config', 'resync', 'sighup', 'retry', 'verify', 'credentials', 'vici:reconnected', 'netlink:resync', 'manual']) {
-    t.equal(passContext([r]).full, true, r)
+t.test('only deep passes observe everything from scratch', async (t) => {
+  t.equal(passContext(['vici:child-updown', 'netlink:route-del']).deep, false)
+  t.equal(passContext(['backoff:peer']).deep, false)
+  t.same(passContext(['config']), { reasons: ['config'], deep: false, credentials: false }, 'a config change: re-read config, reuse expensive observations')
+  t.same(passContext(['credentials']), { reasons: ['credentials'], deep: false, credentials: true })
+  for (const r of ['start', 'resync', 'sighup', 'retry', 'verify', 'vici:reconnected', 'netlink:resync', 'manual']) {
+    t.same(passContext([r]), { reasons: [r], deep: true, credentials: true }, r)
   }
-  t.equal(passContext(['vici:child-updown', 'config']).full, true, 'any full reason makes the pass full')
+  t.equal(passContext(['vici:child-updown', 'resync']).deep, true, 'any deep reason makes the pass deep')
 })

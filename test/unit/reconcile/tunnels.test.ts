@@ -2,6 +2,7 @@ import t from 'tap'
 import { join } from 'node:path'
 import { loadConfig } from '../../../src/config/load.js'
 import { desiredConns } from '../../../src/desired/conns.js'
+import { listedFromSection } from '../../../src/reconcile/tunnels-vici.js'
 import {
   backoffDelay, connDiffers, isOwnConn, planTunnels, sectionHash, type ListedConn, type ObservedIkeSa, type TunnelPlanInput,
 } from '../../../src/reconcile/tunnels.js'
@@ -142,5 +143,8 @@ t.test('projection matches what real charon lists for every desired connection (
     const child = Object.keys(changed[some].children)[0]!
     changed[some].children[child]['remote-ts'] = ['192.0.2.0/24']
     t.ok(connDiffers(d.conns[some]!, changed[some]), `${f}/${some}: a changed selector is detected`)
+    for (const [name, section] of Object.entries(d.conns)) {
+      t.notOk(connDiffers(section, listedFromSection(section)), `${f}/${name}: the cached listing of a loaded section equals charon's`)
+    }
   }
 })
