@@ -36,7 +36,7 @@ function header(driver: AgentDriver, topo: Topology): string {
   return lines.join('\n')
 }
 
-async function round(topo: Topology, driver: AgentDriver): Promise<string> {
+async function round(topo: Topology, driver: AgentDriver): Promise<{ text: string; ok: boolean }> {
   const out: string[] = []
   out.push('tunnels (per gateway, as `fabtunnel status` prints them):')
   for (const g of topo.activeGateways()) out.push(await driver.statusText(g))
@@ -54,7 +54,7 @@ async function round(topo: Topology, driver: AgentDriver): Promise<string> {
       `${capture.plaintext.length} plaintext ${capture.plaintext.length === 0 ? '(pod traffic never crosses the underlay in clear)' : 'LEAKED:'}`,
   )
   for (const l of capture.plaintext.slice(0, 5)) out.push(`  ${l}`)
-  return out.join('\n')
+  return { text: out.join('\n'), ok: m.ok && capture.plaintext.length === 0 }
 }
 
 async function main(): Promise<number> {
@@ -102,11 +102,12 @@ async function main(): Promise<number> {
     const upLine = `up in ${((performance.now() - t0) / 1000).toFixed(1)} s: namespaces + charons ${(built / 1000).toFixed(1)} s, tunnels ${(agentsMs / 1000).toFixed(1)} s, first full matrix ${(ms / 1000).toFixed(1)} s`
     console.log(`\n${upLine}\n`)
     for (;;) {
-      const text = await round(topo, driver)
+      const { text, ok } = await round(topo, driver)
       if (stopping) break
       if (!values.once) console.log(`\x1b[2J\x1b[H${head}\n\n${upLine}; ${new Date().toISOString()}, refreshing every ${interval} s (Ctrl-C tears everything down)\n`)
       console.log(text)
-      if (values.once) break
+      // --once is also a smoke test: a failed path or a plaintext leak is a failure.
+      if (values.once) return ok ? 0 : 1
       await new Promise((r) => setTimeout(r, interval * 1000))
       if (stopping) break
     }
