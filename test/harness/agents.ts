@@ -41,7 +41,7 @@ export interface AgentDriver {
 
 /** Picks the driver: the real daemon once `fabtunnel run` exists in dist/cli.js, else the VICI fallback. */
 export async function defaultDriver(opts: DaemonOptions = {}): Promise<AgentDriver> {
-  const help = await execCapture(['node', CLI, 'run', '--help'], { timeoutMs: 10_000 }).catch(() => null)
+  const help = await execCapture([process.execPath, CLI, 'run', '--help'], { timeoutMs: 10_000 }).catch(() => null)
   return help?.code === 0 && /fabtunnel run/.test(help.stdout + help.stderr) ? new DaemonDriver(opts) : new ViciDriver()
 }
 
@@ -307,8 +307,7 @@ async function initiateMissing(vici: Vici, desired: Desired, known?: IkeSa[], st
   const pending = sas.filter((s) => s.state !== 'ESTABLISHED')
   const busy = new Set<string>()
   for (const s of pending) {
-    // Raw call: Vici.terminate sends `ike_id`, which charon ignores (its key is `ike-id`; reported to the vici owner).
-    if (stuck?.has(s.uniqueid)) await vici.client.call('terminate', { 'ike-id': s.uniqueid, force: 'yes', timeout: '-1' })
+    if (stuck?.has(s.uniqueid)) await vici.terminate({ ikeId: s.uniqueid, force: true })
     else busy.add(s.name)
   }
   if (stuck) {
