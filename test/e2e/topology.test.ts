@@ -1,0 +1,179 @@
+// End to end: the default two-cluster topology (plus a spare edge for runtime add/remove) with real charon and the
+// agent in every gateway namespace; the FabEdge-style connectivity matrix, the underlay capture, then chaos, each
+// step followed by the full matrix and its convergence time. Chaos needs the daemon (`fabtunnel run`): with the
+// VICI fallback driver those steps are reported as TODO, never skipped.
+import t, { type Test } from 'tap'
+import { defaultDriver, saSnapshot, startAgents, waitFor, DaemonDriver, type AgentDriver } from '../harness/agents.js'
+import { defaultTopology } from '../harness/addressing.js'
+import { captureUnderlay, defaultChecks, renderMatrix, runMatrix, waitMatrix } from '../harness/matrix.js'
+import { needsRoot } from '../harness/netns.js'
+import { Topology, type Gateway } from '../harness/topology.js'
+import { Vici } from '../../src/vici/index.js'
+
+const CONVERGE_MS = 30_000
+const SPARE = 'beijing.edge3'
+
+const RESYNC = '5s'
+const driver: AgentDriver | null = needsRoot ? null : await defaultDriver({ resyncInterval: RESYNC })
+const needsDaemon = driver?.kind === 'daemon' ? false : 'needs the daemon (`fabtunnel run`); the VICI fallback driver has no watch, reconnect or kernel state'
+const convergence: Array<[string, number]> = []
+
+/** A chaos step: runs with the daemon, reported as TODO (body not run, nothing hidden) with the fallback. */
+async function chaos(parent: Test, name: string, fn: (t: Test) => Promise<void>): Promise<void> {
+  if (needsDaemon) await parent.todo(name, { todo: needsDaemon }, () => {})
+  else await parent.test(name, fn)
+}
+
+async function converge(step: string, t: Test, topo: Topology, t0: number): Promise<void> {
+  const { result } = await waitMatrix(topo, CONVERGE_MS)
+  // Converged no later than the start of the first matrix round that passed completely.
+  const ms = performance.now() - t0 - result.durationMs
+  convergence.push([step, ms])
+  t.ok(result.ok, `${step}: converged within ${(ms / 1000).toFixed(2)} s of the fault (full matrix, ${result.cells.length} cells, passed)`)
+}
+
+async function conns(g: Gateway): Promise<string[]> {
+  const v = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
+  try {
+    await v.connect()
+    return await v.getConns()
+  } finally {
+    await v.close()
+  }
+}
+
+t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {
+  const spec = defaultTopology()
+  spec.clusters[0]!.nodes.push({ name: 'edge3', role: 'edge' })
+  const topo = await Topology.create({ spec, inactiveEdges: [SPARE] })
+  t.teardown(async () => {
+    await driver!.stopAll()
+    await topo.destroy()
+  })
+
+  const upMs = await startAgents(topo, driver!, CONVERGE_MS)
+  t.comment(`driver ${driver!.kind}: every agent ready ${(upMs / 1000).toFixed(2)} s after start`)
+
+  await t.test('connectivity matrix (e2c, c2e, p2n, n2p, e2e, multi-cluster pod and service)', async (t) => {
+    const { result, ms } = await waitMatrix(topo, CONVERGE_MS)
+    t.comment(`matrix passed ${(ms / 1000).toFixed(2)} s after agents were ready\n${renderMatrix(result)}`)
+    const tags = new Set(result.cells.map((c) => c.check.tag))
+    for (const tag of ['e2c', 'c2e', 'p2n', 'n2p', 'e2e', 'mc-pod', 'mc-svc']) t.ok(tags.has(tag), `matrix covers ${tag}`)
+    t.ok(result.cells.some((c) => c.check.proto === 'tcp'), 'matrix has TCP exchanges')
+    for (const c of result.cells) t.ok(c.ok, `${c.check.tag} ${c.check.from.label} -> ${c.check.to.label} ${c.check.proto}`)
+  })
+
+  await t.test('the underlay carries only IKE and UDP-encapsulated ESP', async (t) => {
+    let ok = false
+    const report = await captureUnderlay(topo, async () => {
+      ok = (await runMatrix(topo)).ok
+    })
+    t.ok(ok, 'matrix passed during the capture')
+    t.ok(report.esp > 0, `ESP-in-UDP packets seen (${report.esp} of ${report.packets})`)
+    t.same(report.plaintext, [], 'no plaintext pod, node or service packet on the underlay')
+  })
+
+  await t.test('a stopped (SIGTERM) agent leaves the data plane up; starting it again flaps nothing', async (t) => {
+    const g = topo.gateway('beijing.edge2')
+    const before = await saSnapshot(g)
+    await driver!.stop(g)
+    const r = await runMatrix(topo)
+    t.ok(r.ok, 'matrix passes with the edge2 agent stopped')
+    t.same(await saSnapshot(g), before, 'no SA of edge2 changed')
+    const t0 = performance.now()
+    await driver!.start(g)
+    await driver!.waitReady(g, CONVERGE_MS)
+    t.same(await saSnapshot(g), before, 'restarted agent kept every SA (no flap)')
+    await converge('agent SIGTERM + start', t, topo, t0)
+  })
+
+  await chaos(t, 'kill -9 an agent and restart it: no SA flap', async (t) => {
+    const g = topo.gateway('beijing.edge1')
+    const others = topo.activeGateways()
+    const before = await Promise.all(others.map(saSnapshot))
+    await driver!.kill(g)
+    const t0 = performance.now()
+    await driver!.start(g)
+    await driver!.waitReady(g, CONVERGE_MS)
+    const after = await Promise.all(others.map(saSnapshot))
+    others.forEach((o, i) => t.same(after[i], before[i], `${o.name}: IKE and CHILD SA unique ids unchanged`))
+    await converge('agent kill -9 + restart', t, topo, t0)
+  })
+
+  // An edge's charon: its agent must notice, reload credentials and connections and initiate again. A connector's
+  // charon is a different matter: it only responds to edges, so they notice through DPD (dpd_delay 10 s plus
+  // charon's retransmission schedule, minutes), which is strongSwan's timing rather than the agent's.
+  await chaos(t, 'kill -9 a charon and restart it', async (t) => {
+    const g = topo.gateway('beijing.edge1')
+    process.kill(g.charon.pid!, 'SIGKILL')
+    await waitFor('charon to die', 5_000, async () => !g.charon.running, 20)
+    const t0 = performance.now()
+    await g.charon.restart()
+    await converge('charon kill -9 + restart (edge1)', t, topo, t0)
+  })
+
+  // Known gap, reported rather than hidden: run it by hand with the body of the step above on the connector.
+  await t.todo('kill -9 the connector\'s charon: edges recover only after their DPD declares the old IKE_SAs dead', {
+    todo: 'measured: not recovered within 30 s; the connector only responds to edges, so recovery waits for the edges\' DPD (dpd_delay 10 s + charon retransmissions)',
+  }, () => {})
+
+  await chaos(t, 'add an edge node to the configuration at runtime', async (t) => {
+    const t0 = performance.now()
+    await topo.addEdge(SPARE)
+    await driver!.start(topo.gateway(SPARE))
+    t.ok(defaultChecks(topo).some((c) => c.from.label.startsWith(SPARE)), 'matrix now includes the new edge')
+    await converge('edge added', t, topo, t0)
+  })
+
+  await chaos(t, 'remove an edge node from the configuration', async (t) => {
+    const connector = topo.gateway('beijing.connector')
+    const t0 = performance.now()
+    await topo.removeEdge(SPARE)
+    await driver!.stop(topo.gateway(SPARE))
+    await waitFor(`${SPARE} unloaded on the connector`, CONVERGE_MS, async () => !(await conns(connector)).includes(SPARE))
+    t.pass(`connector unloaded ${SPARE} within ${((performance.now() - t0) / 1000).toFixed(2)} s of the config swap`)
+    await converge('edge removed', t, topo, t0)
+  })
+
+  await chaos(t, 'a broken config changes nothing, is reported, and fixing it converges', async (t) => {
+    const g = topo.gateway('beijing.connector')
+    const d = driver as DaemonDriver
+    const before = await saSnapshot(g)
+    await topo.writeConfig(g.name, 'id: C=CN, O=fabedge.io, CN=beijing.connector\npeers:\n    - name: [unclosed\n')
+    await waitFor('/status to report the config error', CONVERGE_MS, async () => /error|invalid|yaml/i.test(JSON.stringify(await d.statusJson(g))))
+    t.pass('/status reports the error')
+    t.ok((await runMatrix(topo)).ok, 'matrix still passes with the broken file')
+    t.same(await saSnapshot(g), before, 'no SA changed')
+    const t0 = performance.now()
+    await topo.restoreConfig(g.name)
+    await d.waitReady(g, CONVERGE_MS)
+    await converge('broken config fixed', t, topo, t0)
+  })
+
+  await chaos(t, 'state deleted by hand (rule 220, ipset member, iptables jumps) comes back', async (t) => {
+    const ns = topo.gateway('beijing.edge1').ns
+    const member = topo.plan.clusters[0]!.serviceCidr
+    const has = {
+      rule: async () => /lookup 220/.test(await ns.run(['ip', 'rule', 'show', 'priority', '220'])),
+      member: async () => (await ns.capture(['ipset', 'test', 'FABEDGE-REMOTE-CIDR', member])).code === 0,
+      natJump: async () => (await ns.capture(['iptables', '-t', 'nat', '-C', 'POSTROUTING', '-j', 'FABEDGE-POSTROUTING'])).code === 0,
+      fwdJump: async () => (await ns.capture(['iptables', '-t', 'filter', '-C', 'FORWARD', '-j', 'FABEDGE-FORWARD'])).code === 0,
+    }
+    for (const [what, probe] of Object.entries(has)) t.ok(await probe(), `before: ${what} present`)
+    const t0 = performance.now()
+    await ns.run(['ip', 'rule', 'del', 'priority', '220'])
+    await ns.run(['ipset', 'del', 'FABEDGE-REMOTE-CIDR', member])
+    await ns.run(['iptables', '-t', 'nat', '-D', 'POSTROUTING', '-j', 'FABEDGE-POSTROUTING'])
+    await ns.run(['iptables', '-t', 'filter', '-D', 'FORWARD', '-j', 'FABEDGE-FORWARD'])
+    // The rule comes back on its netlink event; set members and jumps raise no event and wait for the resync.
+    for (const [what, probe] of Object.entries(has)) {
+      await waitFor(`${what} restored`, CONVERGE_MS, probe)
+      t.pass(`${what} restored ${((performance.now() - t0) / 1000).toFixed(2)} s after the deletion (resync every ${RESYNC})`)
+    }
+    await converge('hand-deleted state restored', t, topo, t0)
+  })
+
+  t.teardown(() => {
+    if (convergence.length) t.comment(`convergence (fault to the start of the first fully passing matrix):\n${convergence.map(([s, ms]) => `  ${s.padEnd(40)} ${(ms / 1000).toFixed(2)} s`).join('\n')}`)
+  })
+})

@@ -1,0 +1,262 @@
+// Builds a FabEdge-shaped network out of namespaces from a TopologySpec (addressing.ts has the plan): a hub
+// "underlay" namespace with a bridge, one namespace per node (connectors and edges run a real charon; cloud nodes
+// sit behind their connector on a cluster LAN), pod namespaces behind every node, per-node certificates with
+// FabEdge DNs, and each gateway's tunnels.yaml in a kubelet-style ConfigMap directory. Running the agents is
+// agents.ts's job. Everything is torn down by destroy(), also after a failure or Ctrl-C (teardownOnSignals).
+// Recipe and libipsec rules: ../shared/strongswan-netns.md.
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Charon } from './charon.js'
+import { ConfigMapDir } from './configmap.js'
+import { exec } from './exec.js'
+import { Netns, vethPair } from './netns.js'
+import { TestPki, type NodeCert } from './pki.js'
+import {
+  defaultTopology,
+  planTopology,
+  renderTunnelsYaml,
+  tunnelsView,
+  type NodePlan,
+  type TopologyPlan,
+  type TopologySpec,
+} from './addressing.js'
+
+/** Every agent listens here inside its own namespace (each namespace has its own loopback). */
+export const AGENT_LISTEN = '127.0.0.1:30306'
+
+export interface TopologyOptions {
+  spec?: TopologySpec
+  /** Edges (full names) that exist as namespaces but are left out of every tunnels.yaml until addEdge(). */
+  inactiveEdges?: string[]
+  /** charon filelog level. Default 1. */
+  charonLogLevel?: number
+}
+
+export interface Pod {
+  name: string
+  ip: string
+  ns: Netns
+  node: NodePlan
+}
+
+export class Gateway {
+  constructor(
+    readonly plan: NodePlan,
+    readonly ns: Netns,
+    readonly charon: Charon,
+    readonly cert: NodeCert,
+    readonly config: ConfigMapDir,
+    /** Instance dir of this node: agent log, generated swanctl files. */
+    readonly dir: string,
+    readonly caPath: string,
+  ) {}
+
+  get name(): string {
+    return this.plan.fullName
+  }
+
+  /** The path the agent is given (`<configmap>/tunnels.yaml`, through the `..data` symlink). */
+  get configPath(): string {
+    return this.config.path('tunnels.yaml')
+  }
+
+  get listen(): string {
+    return AGENT_LISTEN
+  }
+}
+
+export class Topology {
+  readonly gateways = new Map<string, Gateway>()
+  /** Node namespaces by full name, cloud nodes included. */
+  readonly nodes = new Map<string, Netns>()
+  readonly pods = new Map<string, Pod>()
+  private readonly activeEdges: Set<string>
+  private destroyed = false
+
+  private constructor(
+    readonly plan: TopologyPlan,
+    readonly dir: string,
+    readonly hub: Netns,
+    readonly pki: TestPki,
+    inactive: ReadonlySet<string>,
+  ) {
+    this.activeEdges = new Set(plan.gateways.filter((g) => g.role === 'edge' && !inactive.has(g.fullName)).map((g) => g.fullName))
+  }
+
+  /** Creates the whole topology (without agents). On any failure everything created so far is removed. */
+  static async create(opts: TopologyOptions = {}): Promise<Topology> {
+    const plan = planTopology(opts.spec ?? defaultTopology())
+    const inactive = new Set(opts.inactiveEdges ?? [])
+    for (const name of inactive) {
+      if (!plan.gateways.some((g) => g.fullName === name && g.role === 'edge')) throw new Error(`inactiveEdges: no edge ${name}`)
+    }
+    const dir = await mkdtemp(join(tmpdir(), 'ft-topo-'))
+    let pki: TestPki
+    let hub: Netns
+    try {
+      pki = await TestPki.create()
+      hub = await Netns.create('fthb')
+    } catch (e) {
+      await rm(dir, { recursive: true, force: true })
+      throw e
+    }
+    const topo = new Topology(plan, dir, hub, pki, inactive)
+    hub.onDestroy(async () => {
+      await pki.destroy()
+      await rm(dir, { recursive: true, force: true })
+    })
+    try {
+      await topo.build(opts.charonLogLevel ?? 1)
+    } catch (e) {
+      await topo.destroy()
+      throw e
+    }
+    return topo
+  }
+
+  private async build(charonLogLevel: number): Promise<void> {
+    await this.hub.run(['ip', 'link', 'add', 'ul', 'type', 'bridge'])
+    await this.hub.run(['ip', 'link', 'set', 'ul', 'up'])
+    const all = this.plan.clusters.flatMap((c) => c.nodes)
+    await settleAll(
+      all.map(async (n) => {
+        const ns = await Netns.create(n.role === 'connector' ? 'ftc' : n.role === 'edge' ? 'fte' : 'ftk')
+        this.nodes.set(n.fullName, ns)
+      }),
+    )
+    // Connectors first: they own the LAN bridge their cloud nodes plug into.
+    await settleAll(all.filter((n) => n.role === 'connector').map((n) => this.wireNode(n)))
+    await settleAll(all.filter((n) => n.role !== 'connector').map((n) => this.wireNode(n)))
+    await settleAll(all.flatMap((n) => n.pods.map((p) => this.addPod(n, p.name, p.ip))))
+    await settleAll(this.plan.gateways.map((g) => this.startGateway(g, charonLogLevel)))
+  }
+
+  private async wireNode(n: NodePlan): Promise<void> {
+    const ns = this.nodes.get(n.fullName)!
+    const batch: string[] = []
+    if (n.publicIp) {
+      const [inHub, inNode] = await vethPair(this.hub, ns, 'vu')
+      await this.hub.run(['ip', 'link', 'set', inHub, 'master', 'ul'])
+      batch.push(`addr add ${n.publicIp}/16 dev ${inNode}`)
+    }
+    if (n.role === 'connector' && n.lanCidr) await addBridge(ns, 'lanbr', [n.lanCidr])
+    if (n.role === 'cloud') {
+      const connector = this.plan.clusters.find((c) => c.name === n.cluster)!.connector
+      const cns = this.nodes.get(connector.fullName)!
+      const [inConnector, inCloud] = await vethPair(cns, ns, 'vl')
+      await cns.run(['ip', 'link', 'set', inConnector, 'master', 'lanbr'])
+      batch.push(`addr add ${n.lanCidr!} dev ${inCloud}`)
+    }
+    await addBridge(ns, 'podbr', n.podbrAddrs)
+    // A connector's routes to cloud pods need the cloud end of the LAN up: added in startGateway.
+    if (n.role !== 'connector') for (const r of n.routes) batch.push(`route replace ${r.dst} via ${r.via}`)
+    if (batch.length) await exec(['ip', '-n', ns.name, '-batch', '-'], { input: batch.join('\n') + '\n' })
+    await ns.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0'])
+  }
+
+  private async addPod(node: NodePlan, name: string, ip: string): Promise<void> {
+    const host = this.nodes.get(node.fullName)!
+    const ns = await Netns.create('ftp')
+    this.pods.set(name, { name, ip, ns, node })
+    const [inHost, inPod] = await vethPair(host, ns, 'vp')
+    await host.run(['ip', 'link', 'set', inHost, 'master', 'podbr'])
+    await exec(['ip', '-n', ns.name, '-batch', '-'], {
+      input: `addr add ${ip}/24 dev ${inPod}\nroute add default via ${node.podGateway}\n`,
+    })
+  }
+
+  private async startGateway(n: NodePlan, charonLogLevel: number): Promise<void> {
+    const ns = this.nodes.get(n.fullName)!
+    if (n.role === 'connector' && n.routes.length) {
+      await exec(['ip', '-n', ns.name, '-batch', '-'], { input: n.routes.map((r) => `route replace ${r.dst} via ${r.via}\n`).join('') })
+    }
+    const dir = join(this.dir, n.fullName)
+    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel }), this.pki.issue(n.cluster, n.name)])
+    const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': this.tunnelsYaml(n) })
+    this.gateways.set(n.fullName, new Gateway(n, ns, charon, cert, config, dir, this.pki.caCertPath))
+  }
+
+  /** The tunnels.yaml the operator would write for this gateway now (active edges only). */
+  tunnelsYaml(n: NodePlan): string {
+    return renderTunnelsYaml(tunnelsView(this.plan, n, this.activeEdges))
+  }
+
+  gateway(name: string): Gateway {
+    const g = this.gateways.get(name)
+    if (!g) throw new Error(`no gateway ${name} (have ${[...this.gateways.keys()].join(', ')})`)
+    return g
+  }
+
+  pod(name: string): Pod {
+    const p = this.pods.get(name)
+    if (!p) throw new Error(`no pod ${name}`)
+    return p
+  }
+
+  node(name: string): Netns {
+    const ns = this.nodes.get(name)
+    if (!ns) throw new Error(`no node ${name}`)
+    return ns
+  }
+
+  /** Gateways whose agent should run: connectors and the edges present in the configuration. */
+  activeGateways(): Gateway[] {
+    return [...this.gateways.values()].filter((g) => g.plan.role === 'connector' || this.activeEdges.has(g.name))
+  }
+
+  isActive(name: string): boolean {
+    return this.gateway(name).plan.role === 'connector' || this.activeEdges.has(name)
+  }
+
+  /** Puts an edge into the configuration and rewrites (..data swap) every affected tunnels.yaml. */
+  async addEdge(name: string): Promise<Gateway[]> {
+    if (this.gateway(name).plan.role !== 'edge') throw new Error(`${name} is not an edge`)
+    this.activeEdges.add(name)
+    return this.rewriteCluster(this.gateway(name).plan.cluster)
+  }
+
+  /** Takes an edge out of the configuration of its cluster and rewrites every affected tunnels.yaml. */
+  async removeEdge(name: string): Promise<Gateway[]> {
+    if (!this.activeEdges.delete(name)) throw new Error(`${name} is not an active edge`)
+    return this.rewriteCluster(this.gateway(name).plan.cluster)
+  }
+
+  /** Rewrites the config of every gateway of a cluster (and of the edge set's own files); returns those changed. */
+  private async rewriteCluster(cluster: string): Promise<Gateway[]> {
+    const touched = [...this.gateways.values()].filter((g) => g.plan.cluster === cluster)
+    await Promise.all(touched.map((g) => g.config.update({ 'tunnels.yaml': this.tunnelsYaml(g.plan) })))
+    return touched
+  }
+
+  /** Writes arbitrary text (e.g. a broken file) as a gateway's tunnels.yaml, with the kubelet swap. */
+  async writeConfig(name: string, text: string): Promise<void> {
+    await this.gateway(name).config.update({ 'tunnels.yaml': text })
+  }
+
+  /** Restores the operator's tunnels.yaml for a gateway. */
+  async restoreConfig(name: string): Promise<void> {
+    await this.writeConfig(name, this.tunnelsYaml(this.gateway(name).plan))
+  }
+
+  /** Removes every namespace, daemon and file of the topology. Idempotent, never throws. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return
+    this.destroyed = true
+    const spaces = [...[...this.pods.values()].map((p) => p.ns), ...this.nodes.values()]
+    await Promise.all(spaces.map((ns) => ns.destroy()))
+    await this.hub.destroy()
+  }
+}
+
+/** Like Promise.all, but waits for every branch so nothing is still being created when cleanup starts. */
+async function settleAll(work: Array<Promise<unknown>>): Promise<void> {
+  const results = await Promise.allSettled(work)
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (failed) throw failed.reason
+}
+
+async function addBridge(ns: Netns, name: string, addrs: string[]): Promise<void> {
+  const lines = [`link add ${name} type bridge`, `link set ${name} up`, ...addrs.map((a) => `addr add ${a} dev ${name}`)]
+  await exec(['ip', '-n', ns.name, '-batch', '-'], { input: lines.join('\n') + '\n' })
+}
