@@ -2,6 +2,7 @@
 // iptables-wrapper decides), `iptables-save -t <table>` reads and `iptables-restore -w 5 --noflush` writes, for
 // both families. Argument arrays only, never a shell; the exec function is injectable so unit tests use a fake.
 // Counts every read and write so the daemon and tests can assert that a converged pass writes nothing.
+import { readFile } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'
@@ -77,6 +78,18 @@ export interface IptablesRunnerOptions {
   /** Seconds iptables-restore waits for the xtables lock (`-w`). */
   waitSeconds?: number
   timeoutMs?: number
+  /**
+   * Names of the legacy (x_tables) tables in use in this network namespace, as /proc/net/ip_tables_names and
+   * ip6_tables_names list them. Injected by tests; the default reads /proc.
+   */
+  legacyTables?: () => Promise<string[]>
+}
+
+/** Legacy tables exist in a namespace only once iptables-legacy has been used there (nft never creates them). */
+async function procLegacyTables(): Promise<string[]> {
+  const read = (f: string): Promise<string> => readFile(f, 'utf8').catch(() => '')
+  const text = (await read('/proc/net/ip_tables_names')) + (await read('/proc/net/ip6_tables_names'))
+  return text.split('\n').filter(Boolean)
 }
 
 type Tool = 'save' | 'restore'
@@ -154,7 +167,12 @@ export class IptablesRunner {
     if (opts.backend) {
       info = { backend: opts.backend, reason: `${opts.backend} chosen by configuration` }
     } else if (has.nft && has.legacy) {
-      info = await detect(exec, binaries, timeoutMs)
+      // No legacy table in this namespace: nothing can live there, so no save needs to run (4 process spawns
+      // saved at every start). Otherwise compare both backends like kube-proxy's iptables-wrapper.
+      const legacyTables = await (opts.legacyTables ?? procLegacyTables)()
+      info = legacyTables.length === 0
+        ? { backend: 'nft', reason: 'no legacy xtables table in this network namespace; nft is the default' }
+        : await detect(exec, binaries, timeoutMs)
     } else if (has.nft || has.legacy) {
       const b: Backend = has.nft ? 'nft' : 'legacy'
       info = { backend: b, reason: `only iptables-${b} is installed` }

@@ -49,8 +49,12 @@ t.test('a family whose tools are missing fails with ENOENT when used, not at sta
 t.test('backend detection like iptables-wrapper', async (t) => {
   const dir = binDir(t, ALL)
   const detect = async (answers: Record<string, Partial<ExecResult>>): Promise<string> =>
-    (await IptablesRunner.create({ searchPath: [dir], exec: fakeExec(answers).exec })).backend
+    (await IptablesRunner.create({ searchPath: [dir], exec: fakeExec(answers).exec, legacyTables: async () => ['filter'] })).backend
   t.equal(await detect({}), 'nft', 'empty host: nft')
+  const spawned: string[] = []
+  const quick = await IptablesRunner.create({ searchPath: [dir], exec: async (argv) => { spawned.push(argv[0]!); return { code: 0, signal: null, stdout: '', stderr: '' } }, legacyTables: async () => [] })
+  t.same(quick.info, { backend: 'nft', reason: 'no legacy xtables table in this network namespace; nft is the default' })
+  t.same(spawned, [], 'no legacy table: nothing spawned to decide')
   t.equal(await detect({ 'iptables-legacy-save': { stdout: rules(3) }, 'iptables-nft-save': { stdout: rules(2) } }), 'legacy', 'more legacy rules')
   t.equal(await detect({ 'ip6tables-legacy-save': { stdout: rules(1) } }), 'legacy', 'ip6tables rules count too')
   t.equal(await detect({ 'iptables-legacy-save': { stdout: rules(2) }, 'iptables-nft-save': { stdout: rules(2) } }), 'nft', 'tie: nft')
