@@ -5,8 +5,8 @@
 // one peer added -> converged, timed from the kubelet-style `..data` rename; no-op passes (event-triggered and
 // full resync) with their write counts; idle CPU; RSS. Baseline in the same run: the same N connections loaded by
 // `swanctl --load-conns` from a generated swanctl.conf; FabEdge's fixed delays are printed beside ours.
-import { spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -152,13 +152,39 @@ async function inside(nsName: string): Promise<void> {
     const startCpu = process.cpuUsage(cpu0)
 
     await d.stop()
+
+    // The agent as its own process (compiled dist/, as deployed), restarted onto the converged node: time to
+    // ready, writes (must be 0: adoption), and its RSS without this script's own modules.
+    const port = 30000 + (process.pid % 20000)
+    const r0 = performance.now()
+    const child = spawn(process.execPath, [new URL('../../dist/cli.js', import.meta.url).pathname, 'run', '--config', join(configDir, 'tunnels.yaml'),
+      '--vici', charon.uri, '--cert', cert.certPath, '--key', cert.keyPath, '--ca', pki.caCertPath, '--listen', `127.0.0.1:${port}`,
+      '--datapath', 'libipsec', '--resync-interval', '0', '--log-level', 'warn'], { stdio: 'inherit' })
+    let restart: { ms: number; writes: number; rssMiB: number } | null = null
+    try {
+      const deadline = performance.now() + 120_000
+      while (performance.now() < deadline) {
+        const st = await fetch(`http://127.0.0.1:${port}/status`).then((x) => x.json() as Promise<any>, () => null)
+        if (st?.ready) {
+          const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) / 1024
+          restart = { ms: performance.now() - r0, writes: st.counters.writes, rssMiB: rss }
+          break
+        }
+        await new Promise((r) => setTimeout(r, 20))
+      }
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((r) => child.once('exit', r))
+    }
     const rows: Array<[string, string, string, string]> = [
       [`cold start, ${PEERS} peers -> converged`, `${coldMs.toFixed(0)} ms (${loaded} conns, ${coldWrites} writes)`, `swanctl --load-conns: ${swanctlMs.toFixed(0)} ms (conns only)`, `${(coldMs / swanctlMs).toFixed(2)}x`],
       ['one peer added -> converged (from ..data rename)', `${oneMs.toFixed(1)} ms (writes ${JSON.stringify(oneWrites)})`, 'FabEdge: 5 s debounce (+ resync 1-5 min)', `${(5000 / oneMs).toFixed(0)}x faster`],
       ['no-op pass on an SA event (median of 7)', `${median(ev).toFixed(1)} ms, ${evWrites} writes`, 'FabEdge: full rewrite every pass', ''],
       ['no-op full resync pass (median of 7)', `${median(full).toFixed(1)} ms, ${fullWrites} writes`, 'FabEdge: full rewrite every 1-5 min', ''],
       [`idle CPU over ${IDLE_S} s`, `${idlePct.toFixed(2)} %`, 'FabEdge: polls every 5 s', ''],
-      ['RSS after the run', `${rss.toFixed(0)} MiB`, '', ''],
+      [`agent process restarted onto the converged node -> ready`, restart ? `${restart.ms.toFixed(0)} ms, ${restart.writes} writes` : 'did not become ready', 'FabEdge: reloads every conn', ''],
+      ['agent process RSS (dist/, ready)', restart ? `${restart.rssMiB.toFixed(0)} MiB` : '-', 'bare node: ~42 MiB', ''],
+      ['this benchmark process RSS (tsx, harness, in-process agent)', `${rss.toFixed(0)} MiB`, '', ''],
       ['CPU during the whole run (user+sys)', `${((startCpu.user + startCpu.system) / 1e6).toFixed(1)} s`, '', ''],
     ]
     const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)))
