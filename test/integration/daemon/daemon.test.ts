@@ -3,7 +3,7 @@
 import t from 'tap'
 import { Vici } from '../../../src/vici/index.js'
 import { needsRoot } from '../../harness/netns.js'
-import { Cluster, type ClusterNode } from './cluster.js'
+import { Cluster, type ClusterNode } from '../../harness/cluster.js'
 
 async function saIds(node: ClusterNode): Promise<string[]> {
   const v = new Vici({ uri: node.charon.uri, reconnect: false })

@@ -3,7 +3,7 @@
 // but what the agent writes to the kernel can be checked exactly, with `ip` as the oracle.
 import t from 'tap'
 import { needsRoot } from '../../harness/netns.js'
-import { Cluster } from './cluster.js'
+import { Cluster } from '../../harness/cluster.js'
 
 const peers = (subnets: string[][]) => subnets.map((s, i) => [
   `    - id: C=CN, O=fabedge.io, CN=test.far${i}`,

@@ -7,11 +7,11 @@
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Charon } from '../../harness/charon.js'
-import { exec } from '../../harness/exec.js'
-import { Netns, uniqueName, vethPair } from '../../harness/netns.js'
-import { TestPki, type NodeCert } from '../../harness/pki.js'
-import { AgentProc } from '../../harness/agent-proc.js'
+import { Charon } from './charon.js'
+import { exec } from './exec.js'
+import { Netns, uniqueName, vethPair } from './netns.js'
+import { TestPki, type NodeCert } from './pki.js'
+import { AgentProc } from './agent-proc.js'
 
 let instances = 0
 
