@@ -66,6 +66,9 @@ export class Gateway {
   }
 }
 
+/** The sidecar's retransmission settings (deploy/image/strongswan/strongswan.conf): DPD failure in ~15 s. */
+export const CHARON_RETRANSMIT = 'retransmit_timeout = 2.0\nretransmit_base = 1.4\nretransmit_tries = 3'
+
 export class Topology {
   readonly gateways = new Map<string, Gateway>()
   /** Node namespaces by full name, cloud nodes included. */
@@ -172,7 +175,7 @@ export class Topology {
       await exec(['ip', '-n', ns.name, '-batch', '-'], { input: n.routes.map((r) => `route replace ${r.dst} via ${r.via}\n`).join('') })
     }
     const dir = join(this.dir, n.fullName)
-    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel }), this.pki.issue(n.cluster, n.name)])
+    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel, extraConf: CHARON_RETRANSMIT }), this.pki.issue(n.cluster, n.name)])
     const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': this.tunnelsYaml(n) })
     this.gateways.set(n.fullName, new Gateway(n, ns, charon, cert, config, dir, this.pki.caCertPath))
   }
