@@ -43,9 +43,8 @@ export async function startDaemon(o: RunOptions): Promise<Running> {
   log.info({ listen: `${http.address.address}:${http.address.port}` }, 'HTTP endpoints up (/healthz /readyz /is-leader /metrics /status)')
 
   await node.tunnels.subscribe().catch((err: unknown) => {
-    // charon not up yet: the client reconnects on its own and re-registers; passes retry with backoff meanwhile.
-    log.warn({ err: (err as Error).message }, 'cannot subscribe to charon events yet')
-    node.vici.client.once('reconnected', () => void node.tunnels.subscribe().catch(() => undefined))
+    // charon not up yet: every pass tries again (with the retry backoff) until it can subscribe.
+    log.warn({ err: (err as Error).message }, 'cannot reach charon yet; retrying with every pass')
   })
 
   const monitor = Monitor.open({ ref: false })

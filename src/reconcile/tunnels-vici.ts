@@ -106,6 +106,9 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
 
   async plan(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
     this.lastDesired = desired
+    // charon was not up when we started (a failed first connect is not retried by the client, so no `reconnected`
+    // will come): subscribe as soon as a pass can reach it, or SA events would never trigger passes.
+    if (!this.subscribed) await this.subscribe()
     if (this.opts.credentials && (ctx.credentials || !this.credentials)) this.credentials = await readCredentials(this.opts.credentials)
     const credentials = this.credentials
     // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
