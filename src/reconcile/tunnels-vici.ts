@@ -7,7 +7,7 @@ import type { Desired, ViciSection } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import type { Vici } from '../vici/index.js'
 import type { ViciMessage } from '../vici/codec.js'
-import { type CredentialPaths, type Credentials, readCredentials } from './credentials.js'
+import { CredentialsError, type CredentialPaths, type Credentials, readCredentials } from './credentials.js'
 import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
 import {
   connUp,
@@ -23,6 +23,8 @@ import {
 export interface TunnelsPlan extends SubsystemPlan {
   ops: TunnelOp[]
   credentials: Credentials | null
+  /** Broken credential files seen by this plan: reported after the ops are applied. */
+  credentialError: Error | null
   observed: ObservedTunnels
   waiting: Array<{ conn: string; until: number; reason: string }>
 }
@@ -109,7 +111,18 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
     // charon was not up when we started (a failed first connect is not retried by the client, so no `reconnected`
     // will come): subscribe as soon as a pass can reach it, or SA events would never trigger passes.
     if (!this.subscribed) await this.subscribe()
-    if (this.opts.credentials && (ctx.credentials || !this.credentials)) this.credentials = await readCredentials(this.opts.credentials)
+    // Broken credential files (unreadable, not PEM, key not matching the certificate) are reported, and the last
+    // good credentials stay in force, like the last good config.
+    let credentialError: Error | null = null
+    if (this.opts.credentials && (ctx.credentials || !this.credentials)) {
+      try {
+        this.credentials = await readCredentials(this.opts.credentials)
+      } catch (err) {
+        if (!(err instanceof CredentialsError)) throw err
+        credentialError = err
+        this.opts.log.error({ op: 'credentials', code: err.code, file: err.file, err: err.message }, this.credentials ? 'credentials rejected; keeping the last good ones' : 'credentials rejected')
+      }
+    }
     const credentials = this.credentials
     // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
     // last listing as amended by our own applied ops (see PassContext).
@@ -135,9 +148,11 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
     this.lastWaiting = new Map(waiting.map((w) => [w.conn, w.reason]))
     for (const w of waiting) this.opts.triggerAt(w.until, `backoff:${w.conn}`)
     const writes = ops.length + (needCreds ? 1 : 0)
+    if (credentialError && writes === 0) throw credentialError
     return {
       ops,
       credentials: needCreds,
+      credentialError,
       observed,
       waiting,
       writes,
@@ -169,6 +184,11 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
       for (const ca of c.caPems) await this.vici.loadCert({ data: ca, flag: 'CA' })
       await this.vici.loadCert({ data: c.certPem })
       await this.vici.loadKey({ data: await c.readKey() })
+      // charon accepts any key; it only pairs it with the certificate whose public key matches. A key that does
+      // not belong to the certificate would fail every authentication later, so say it now.
+      if (!(await this.credentialsPresent(c))) {
+        throw new CredentialsError('EMISMATCH', this.opts.credentials!.key, 'the private key does not belong to the certificate (charon holds the certificate without its key)')
+      }
       this.credsLoaded = c.fingerprint
       this.counters.credentialLoads++
       log.info({ op: 'load-credentials', fingerprint: c.fingerprint }, 'credentials loaded into charon')
@@ -218,6 +238,7 @@ export class ViciTunnels implements Subsystem<TunnelsPlan> {
       }
     }
     if (failures.length) throw new Error(`${failures.length} tunnel operation(s) failed: ${failures.slice(0, 3).join('; ')}`)
+    if (plan.credentialError) throw plan.credentialError
     return done
   }
 
