@@ -157,7 +157,9 @@ async function inside(nsName: string): Promise<void> {
     // ready, writes (must be 0: adoption), and its RSS without this script's own modules.
     const port = 30000 + (process.pid % 20000)
     const r0 = performance.now()
-    const child = spawn(process.execPath, [new URL('../../dist/cli.js', import.meta.url).pathname, 'run', '--config', join(configDir, 'tunnels.yaml'),
+    // FT_AGENT_NODE_FLAGS: extra node flags for the agent process (e.g. V8 heap sizing experiments).
+    const nodeFlags = (process.env.FT_AGENT_NODE_FLAGS ?? '').split(' ').filter(Boolean)
+    const child = spawn(process.execPath, [...nodeFlags, new URL('../../dist/cli.js', import.meta.url).pathname, 'run', '--config', join(configDir, 'tunnels.yaml'),
       '--vici', charon.uri, '--cert', cert.certPath, '--key', cert.keyPath, '--ca', pki.caCertPath, '--listen', `127.0.0.1:${port}`,
       '--datapath', 'libipsec', '--resync-interval', '0', '--log-level', 'warn'], { stdio: 'inherit' })
     let restart: { ms: number; writes: number; rssMiB: number } | null = null
