@@ -32,6 +32,19 @@ async function converge(step: string, t: Test, topo: Topology, t0: number): Prom
   t.ok(result.ok, `${step}: converged within ${(ms / 1000).toFixed(2)} s of the fault (full matrix, ${result.cells.length} cells, passed)`)
 }
 
+/** kill -9 a gateway's charon, start it again, and time until the full matrix passes. */
+async function charonChaos(t: Test, topo: Topology, name: string, boundMs: number): Promise<void> {
+  const g = topo.gateway(name)
+  process.kill(g.charon.pid!, 'SIGKILL')
+  await waitFor('charon to die', 5_000, async () => !g.charon.running, 20)
+  const t0 = performance.now()
+  await g.charon.restart()
+  const { result } = await waitMatrix(topo, boundMs)
+  const ms = performance.now() - t0 - result.durationMs
+  convergence.push([`charon kill -9 + restart (${name})`, ms])
+  t.ok(result.ok, `charon kill -9 + restart (${name}): converged within ${(ms / 1000).toFixed(2)} s of the fault (full matrix, ${result.cells.length} cells)`)
+}
+
 async function conns(g: Gateway): Promise<string[]> {
   const v = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
   try {
@@ -100,31 +113,12 @@ t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {
     await converge('agent kill -9 + restart', t, topo, t0)
   })
 
-  // An edge's charon: its agent must notice, reload credentials and connections and initiate again. A connector's
-  // charon is a different matter: it only responds to edges, so they notice through DPD (dpd_delay 10 s plus
-  // charon's retransmission schedule, minutes), which is strongSwan's timing rather than the agent's.
-  await chaos(t, 'kill -9 a charon and restart it', async (t) => {
-    const g = topo.gateway('beijing.edge1')
-    process.kill(g.charon.pid!, 'SIGKILL')
-    await waitFor('charon to die', 5_000, async () => !g.charon.running, 20)
-    const t0 = performance.now()
-    await g.charon.restart()
-    await converge('charon kill -9 + restart (edge1)', t, topo, t0)
-  })
+  // An edge's charon: its agent must notice, reload credentials and connections and initiate again.
+  await chaos(t, 'kill -9 a charon and restart it', (t) => charonChaos(t, topo, 'beijing.edge1', CONVERGE_MS))
 
   // The connector only responds to edges and cannot re-initiate: the edges notice through DPD (dpd_delay 10 s, then
   // the sidecar's retransmission settings, ~15 s), and their agents re-initiate at once when the IKE_SA goes down.
-  await chaos(t, 'kill -9 the connector\'s charon and restart it', async (t) => {
-    const g = topo.gateway('beijing.connector')
-    process.kill(g.charon.pid!, 'SIGKILL')
-    await waitFor('charon to die', 5_000, async () => !g.charon.running, 20)
-    const t0 = performance.now()
-    await g.charon.restart()
-    const { result } = await waitMatrix(topo, 60_000)
-    const ms = performance.now() - t0 - result.durationMs
-    convergence.push(['charon kill -9 + restart (connector)', ms])
-    t.ok(result.ok, `connector charon restart: converged within ${(ms / 1000).toFixed(2)} s (edges' DPD + re-initiate)`)
-  })
+  await chaos(t, 'kill -9 the connector\'s charon and restart it', (t) => charonChaos(t, topo, 'beijing.connector', 60_000))
 
   await chaos(t, 'add an edge node to the configuration at runtime', async (t) => {
     const t0 = performance.now()
