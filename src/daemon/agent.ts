@@ -16,7 +16,7 @@ import { desiredState } from '../desired/index.js'
 import type { Datapath, Desired } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
-import { passContext, type Subsystem, type SubsystemName, type SubsystemPlan } from '../reconcile/subsystem.js'
+import { passContext, type PassContext, type Subsystem, type SubsystemName, type SubsystemPlan } from '../reconcile/subsystem.js'
 import type { Metrics } from './metrics.js'
 
 export interface AgentOptions {
@@ -175,15 +175,18 @@ export class Agent {
   }
 
   private desiredMemo: { key: string; desired: Desired } | null = null
+  private certPem: string | null | undefined = undefined
 
   /**
    * The desired state for the config in force, or null without one. Pure in its inputs, so it is recomputed only
    * when one of them (config generation, certificate, default gateways) changes; unchanged connection sections
    * then stay the same objects from pass to pass.
    */
-  async desired(): Promise<Desired | null> {
+  async desired(ctx: PassContext = passContext(['manual'])): Promise<Desired | null> {
     if (!this.config) return null
-    const certPem = await this.opts.certPem?.()
+    // The certificate file changes only with a credential trigger (directory watch) or is re-checked by deep passes.
+    if (ctx.credentials || this.certPem === undefined) this.certPem = (await this.opts.certPem?.()) ?? null
+    const certPem = this.certPem ?? undefined
     const gateways = this.opts.datapath === 'xfrm' ? await this.opts.gateways?.() : undefined
     const key = `${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
     if (this.desiredMemo?.key !== key) {
@@ -212,12 +215,13 @@ export class Agent {
     const { log, metrics } = this.opts
     const started = this.now()
     const t0 = process.hrtime.bigint()
-    if (this.config === null || reasons.some((r) => r === 'start' || r.startsWith('config') || r === 'resync' || r === 'sighup')) {
+    const ctx = passContext(reasons)
+    if (this.config === null || ctx.deep || reasons.some((r) => r.startsWith('config'))) {
       const outcome = await this.reloadConfig()
       // No file yet (a ConfigMap not mounted yet): look again shortly, bounded by nothing but our own stop.
       if (outcome === 'missing') this.scheduler.triggerAt(this.now() + 1000, 'config-wait')
     }
-    const desired = await this.desired().catch((err: unknown) => {
+    const desired = await this.desired(ctx).catch((err: unknown) => {
       log.error({ err }, 'cannot compute the desired state')
       return null
     })
@@ -227,7 +231,6 @@ export class Agent {
       return
     }
     this.lastDesired = desired
-    const ctx = passContext(reasons)
     const record: PassRecord = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, timings: {}, converged: true }
     for (const s of this.opts.subsystems) {
       const ts = process.hrtime.bigint()
