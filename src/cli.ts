@@ -59,8 +59,8 @@ const COMMANDS: Record<string, Command> = {
     run: validate,
   },
   plan: {
-    summary: 'print the desired state (connections, routes, ipsets, iptables) for a config',
-    usage: 'fabtunnel plan --offline [--config FILE] [--json] [--datapath xfrm|libipsec] [--cert FILE]',
+    summary: 'print the operations a pass would apply to this node now (--offline: the desired state from the config alone)',
+    usage: 'fabtunnel plan [--offline] [--config FILE] [--json] [--datapath xfrm|libipsec] [--cert FILE] [--vici URI]',
     flags: {
       config: CONFIG,
       offline: { type: 'boolean', help: 'compute from the config alone, without reading the live node' },
