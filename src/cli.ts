@@ -228,34 +228,62 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Pro
   }
 }
 
+/** SIGTERM must end the process within this bound (pod grace period and systemd TimeoutStopSec are 10 s). */
+const STOP_DEADLINE_MS = 5_000
+
 async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
-  const { startDaemon } = await import('./daemon/run.js')
-  let listen
-  try {
-    listen = parseListen(String(p.values.listen))
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
-  const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
-  const running = await startDaemon({
-    config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-    ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log,
-  })
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      log.info({ signal: sig }, 'stopping')
-      process.off('SIGTERM', onTerm)
-      process.off('SIGINT', onInt)
-      resolve()
+  // Signal handlers first, before anything that awaits: a SIGHUP from systemd's ExecReload right after start must
+  // not kill the process (its default action), and a SIGTERM during start-up must stop it cleanly.
+  let stopSignal: string | null = null
+  let wakeStop: (() => void) | null = null
+  let hup: (() => void) | null = null
+  const onTerm = (sig: string): void => {
+    if (stopSignal) {
+      log.warn({ signal: sig }, 'second stop signal: exiting now')
+      process.exit(1)
     }
-    const onTerm = (): void => stop('SIGTERM')
-    const onInt = (): void => stop('SIGINT')
-    process.on('SIGTERM', onTerm)
-    process.on('SIGINT', onInt)
-  })
-  await running.stop()
-  io.out('fabtunnel: stopped')
-  return 0
+    stopSignal = sig
+    log.info({ signal: sig }, 'stopping')
+    // The last resort: whatever is still open (a stuck child process, a socket) must not outlive the bound.
+    setTimeout(() => {
+      log.warn({ op: 'stop', deadlineMs: STOP_DEADLINE_MS }, 'shutdown did not finish in time; exiting')
+      process.exit(0)
+    }, STOP_DEADLINE_MS).unref()
+    wakeStop?.()
+  }
+  const onTermSignal = (): void => onTerm('SIGTERM')
+  const onIntSignal = (): void => onTerm('SIGINT')
+  const onHupSignal = (): void => {
+    if (hup) hup()
+    else log.info({ op: 'sighup' }, 'SIGHUP during start-up: the first pass reads config and credentials anyway')
+  }
+  process.on('SIGTERM', onTermSignal)
+  process.on('SIGINT', onIntSignal)
+  process.on('SIGHUP', onHupSignal)
+  log.info({ op: 'start', pid: process.pid }, 'fabtunnel run: starting')
+  try {
+    const { startDaemon } = await import('./daemon/run.js')
+    let listen
+    try {
+      listen = parseListen(String(p.values.listen))
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
+    const running = await startDaemon({
+      config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
+      ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log,
+    })
+    hup = () => running.sighup()
+    if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })
+    await running.stop()
+    io.out('fabtunnel: stopped')
+    return 0
+  } finally {
+    process.off('SIGTERM', onTermSignal)
+    process.off('SIGINT', onIntSignal)
+    process.off('SIGHUP', onHupSignal)
+  }
 }
 
 async function statusCommand(p: Parsed, io: Io): Promise<number> {

@@ -1,11 +1,11 @@
-// The agent: one level-triggered reconcile loop per node. A pass takes the config in force, derives the whole
-// desired state, lets every subsystem observe and plan, and applies only plans that write something, in a safe
-// order: ipsets before the iptables rules that reference them, routes and the rule, then tunnels (connections
-// loaded before they are initiated, stale ones unloaded last). Triggers (config watch, VICI and netlink events,
-// SIGHUP, the resync timer) only decide when a pass runs.
+// The agent: the node's config in force and its reconcile loop. A pass takes the config in force, derives the whole
+// desired state and hands it to the pass engine (src/reconcile/engine.ts), which lets every subsystem plan and
+// applies the plans that write, in order. Triggers (config watch, VICI and netlink events, SIGHUP, the resync
+// timer) only decide when a pass runs.
 //
 // Bad input never costs connectivity: a config that does not validate is reported (log, /status, metrics) and the
-// last good one stays in force; a failing subsystem is reported and the others still converge.
+// last good one stays in force; so does the last good certificate; a failing subsystem is reported and the others
+// still converge.
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { ConfigError, type ConfigIssue } from '../config/errors.js'
@@ -15,6 +15,7 @@ import type { TunnelConfig } from '../config/schema.js'
 import { desiredState } from '../desired/index.js'
 import type { Datapath, Desired } from '../desired/types.js'
 import type { Logger } from '../log.js'
+import { PassEngine, type PassRecord } from '../reconcile/engine.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
 import { passContext, type PassContext, type Subsystem, type SubsystemName, type SubsystemPlan } from '../reconcile/subsystem.js'
 import type { Metrics } from './metrics.js'
@@ -24,8 +25,11 @@ export interface AgentOptions {
   datapath: Datapath
   /** Ordered: apply happens in this order. */
   subsystems: Subsystem[]
-  /** Reads the local certificate PEM for `local.certs`; undefined when not available. */
-  certPem?: () => Promise<string | undefined>
+  /**
+   * Reads the local certificate PEM for `local.certs`; throws when the file is unreadable or holds no certificate
+   * (the last good certificate then stays in the desired state).
+   */
+  certPem?: () => Promise<string>
   /** Default gateways for xfrm routes. */
   gateways?: () => Promise<{ 4?: string; 6?: string }>
   log: Logger
@@ -38,16 +42,7 @@ export interface AgentOptions {
   onPass?: (record: PassRecord) => void
 }
 
-export interface PassRecord {
-  startedAt: string
-  durationMs: number
-  reasons: string[]
-  writes: Partial<Record<SubsystemName, number>>
-  errors: Partial<Record<SubsystemName, string>>
-  /** Milliseconds each subsystem took (plan + apply). */
-  timings: Partial<Record<SubsystemName, number>>
-  converged: boolean
-}
+export type { PassRecord }
 
 export interface ConfigState {
   path: string
@@ -61,11 +56,10 @@ export interface ConfigState {
 
 export class Agent {
   private config: TunnelConfig | null = null
-  private configText: string | null = null
   readonly configState: ConfigState
   lastPass: PassRecord | null = null
-  lastDesired: Desired | null = null
   private readonly scheduler: PassScheduler
+  private readonly engine: PassEngine
   private resyncTimer: NodeJS.Timeout | null = null
   private readonly now: () => number
   /** Passes run, and writes in total: tests and benchmarks assert on these. */
@@ -78,7 +72,9 @@ export class Agent {
     this.scheduler = new PassScheduler((reasons) => this.pass(reasons), {
       coalesceMs: opts.coalesceMs ?? 5,
       onError: (err) => opts.log.error({ err }, 'pass failed unexpectedly'),
+      now: this.now,
     })
+    this.engine = new PassEngine({ subsystems: opts.subsystems, log: opts.log, wake: (at, reason) => this.scheduler.triggerAt(at, reason), now: this.now })
   }
 
   get ready(): boolean {
@@ -111,9 +107,22 @@ export class Agent {
     }
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops scheduling passes and waits up to `graceMs` for the pass in flight. Resolves with whether it finished:
+   * a pass stuck on a frozen charon (VICI calls time out after 30 s) must not hold a SIGTERM past the pod's or
+   * systemd's grace period; the caller then closes the sockets under it.
+   */
+  async stop(graceMs = Number.POSITIVE_INFINITY): Promise<boolean> {
     if (this.resyncTimer) clearInterval(this.resyncTimer)
-    await this.scheduler.stop()
+    const inFlight = this.scheduler.stop().then(() => true)
+    if (!Number.isFinite(graceMs)) return inFlight
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), graceMs) })
+    try {
+      return await Promise.race([inFlight, timeout])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /**
@@ -148,7 +157,6 @@ export class Agent {
     try {
       const { config, warnings } = parseConfig(text, path)
       this.config = config
-      this.configText = text
       this.configState.hash = hash
       this.configState.generation++
       this.configState.loadedAt = new Date(this.now()).toISOString()
@@ -175,7 +183,30 @@ export class Agent {
   }
 
   private desiredMemo: { key: string; desired: Desired } | null = null
+  /** The last certificate read successfully; undefined before the first read, null when none was ever good. */
   private certPem: string | null | undefined = undefined
+  /** Why the certificate file on disk is not the one in force, or null. */
+  certError: string | null = null
+
+  /**
+   * Reads the certificate for `local.certs`. A broken file keeps the last good certificate in force: dropping it
+   * would change every connection section and reload every peer (and again once the file is fixed).
+   */
+  private async refreshCert(): Promise<void> {
+    if (!this.opts.certPem) return
+    try {
+      this.certPem = await this.opts.certPem()
+      if (this.certError) this.opts.log.info({ op: 'certificate' }, 'certificate file readable again')
+      this.certError = null
+    } catch (err) {
+      const message = (err as Error).message
+      if (message !== this.certError) {
+        this.opts.log.error({ op: 'certificate', err: message }, this.certPem ? 'certificate unreadable; keeping the last good one in the connections' : 'certificate unreadable; connections are loaded without local.certs')
+      }
+      this.certError = message
+      if (this.certPem === undefined) this.certPem = null
+    }
+  }
 
   /**
    * The desired state for the config in force, or null without one. Pure in its inputs, so it is recomputed only
@@ -185,7 +216,7 @@ export class Agent {
   async desired(ctx: PassContext = passContext(['manual'])): Promise<Desired | null> {
     if (!this.config) return null
     // The certificate file changes only with a credential trigger (directory watch) or is re-checked by deep passes.
-    if (ctx.credentials || this.certPem === undefined) this.certPem = (await this.opts.certPem?.()) ?? null
+    if (ctx.credentials || this.certPem === undefined) await this.refreshCert()
     const certPem = this.certPem ?? undefined
     const gateways = this.opts.datapath === 'xfrm' ? await this.opts.gateways?.() : undefined
     const key = `${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
@@ -201,7 +232,7 @@ export class Agent {
     const desired = await this.desired()
     if (!desired) return []
     const out: Array<{ subsystem: SubsystemName; plan?: SubsystemPlan; error?: string }> = []
-    for (const s of this.opts.subsystems) {
+    for (const s of this.engine.subsystems) {
       try {
         out.push({ subsystem: s.name, plan: await s.plan(desired, passContext(['manual'])) })
       } catch (err) {
@@ -214,7 +245,6 @@ export class Agent {
   private async pass(reasons: string[]): Promise<void> {
     const { log, metrics } = this.opts
     const started = this.now()
-    const t0 = process.hrtime.bigint()
     const ctx = passContext(reasons)
     if (this.config === null || ctx.deep || reasons.some((r) => r.startsWith('config'))) {
       const outcome = await this.reloadConfig()
@@ -230,28 +260,12 @@ export class Agent {
       metrics.ready.set(0)
       return
     }
-    this.lastDesired = desired
-    const record: PassRecord = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, timings: {}, converged: true }
-    for (const s of this.opts.subsystems) {
-      const ts = process.hrtime.bigint()
-      try {
-        const plan = await s.plan(desired, ctx)
-        if (plan.writes === 0) continue
-        log.info({ subsystem: s.name, op: 'apply', ops: plan.describe().slice(0, 50), writes: plan.writes }, 'applying')
-        const done = await s.apply(plan)
-        record.writes[s.name] = done
-        metrics.opsApplied.inc({ subsystem: s.name }, done)
-        this.counters.writes += done
-      } catch (err) {
-        record.errors[s.name] = (err as Error).message
-        record.converged = false
-        metrics.subsystemErrors.inc({ subsystem: s.name })
-        log.error({ subsystem: s.name, err }, 'subsystem failed; the others still converge')
-      } finally {
-        record.timings[s.name] = Math.round(Number(process.hrtime.bigint() - ts) / 1e4) / 100
-      }
+    const record = await this.engine.run(desired, ctx)
+    for (const [name, n] of Object.entries(record.writes)) {
+      metrics.opsApplied.inc({ subsystem: name }, n)
+      this.counters.writes += n
     }
-    record.durationMs = Number(process.hrtime.bigint() - t0) / 1e6
+    for (const name of Object.keys(record.errors)) metrics.subsystemErrors.inc({ subsystem: name })
     this.lastPass = record
     this.counters.passes++
     const wrote = Object.keys(record.writes).length > 0
@@ -277,7 +291,8 @@ export class Agent {
     return this.config
   }
 
-  get configTextInForce(): string | null {
-    return this.configText
+  /** Subsystems whose last plan or apply failed and have not succeeded since. */
+  get dirtySubsystems(): SubsystemName[] {
+    return this.engine.dirtySubsystems
   }
 }

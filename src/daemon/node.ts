@@ -40,7 +40,11 @@ export interface NodeParts {
   iptables: IptablesRunner
   routeSock: NetlinkSocket
   nfSock: NetlinkSocket
-  close(): Promise<void>
+  /**
+   * Stops the agent, waiting up to `graceMs` for a pass in flight, then closes charon's and the kernel's sockets
+   * (a pass still stuck on them fails at once instead of holding the process).
+   */
+  close(graceMs?: number): Promise<void>
 }
 
 export async function buildNode(o: NodeOptions): Promise<NodeParts> {
@@ -63,7 +67,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     configPath: o.config,
     datapath: o.datapath,
     subsystems: [ipsets, firewall, routes, tunnels],
-    certPem: () => readCertPem(o.cert).catch(() => undefined),
+    certPem: () => readCertPem(o.cert),
     gateways: () => routes.gateways(),
     log: o.log,
     metrics,
@@ -77,11 +81,12 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
     },
   })
+  vici.client.on('reconnected', () => metrics.viciReconnects.inc())
   o.log.info({ backend: iptables.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
   return {
     agent, metrics, tunnels, routes, ipsets, firewall, vici, iptables, routeSock, nfSock,
-    close: async () => {
-      await agent.stop()
+    close: async (graceMs?: number) => {
+      if (!(await agent.stop(graceMs))) o.log.warn({ op: 'stop', graceMs }, 'a pass is still in flight; closing the connections under it')
       await vici.close().catch(() => undefined)
       routeSock.close()
       nfSock.close()
@@ -97,8 +102,12 @@ export function statusDocument(p: NodeParts, datapath: Datapath): Record<string,
     version: VERSION,
     node: cfg ? { name: cfg.local.name, type: cfg.local.type, role: cfg.local.type === 'Connector' ? 'connector' : 'edge' } : null,
     ready: p.agent.ready,
+    /** Subsystems whose last plan or apply failed: not ready until each succeeds again. */
+    failing: p.agent.dirtySubsystems,
     datapath,
     config: p.agent.configState,
+    /** Why the certificate file is not the one in the connections (the last good one stays), or null. */
+    certificateError: p.agent.certError,
     lastPass: p.agent.lastPass,
     peers: p.tunnels.peers().map((x) => ({ ...x, type: x.name === 'mediator' ? 'Mediator' : types.get(x.name) ?? 'unknown' })),
     routes: { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...p.routes.summary() },

@@ -6,7 +6,8 @@ import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
 import type { Datapath } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { Monitor } from '../netlink/index.js'
-import { startHttp, type ListenAddress } from './http.js'
+import { startHttp, type HttpHandlers, type ListenAddress } from './http.js'
+import { SOLE_LEADER, type Leadership } from './leader.js'
 import { buildNode, statusDocument, type NodeParts } from './node.js'
 import { watchFiles } from './watch.js'
 
@@ -20,30 +21,39 @@ export interface RunOptions {
   datapath: Datapath
   resyncMs: number
   log: Logger
+  /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
+  stopGraceMs?: number
 }
 
 export interface Running {
   node: NodeParts
   httpAddress: { address: string; port: number }
+  /** Re-reads config and credentials and re-observes everything (SIGHUP; the caller owns the signal handler). */
+  sighup(): void
   stop(): Promise<void>
+}
+
+/** What the HTTP endpoints answer: health is the process, readiness the last pass, leadership the election. */
+export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Partial<NodeParts>, leadership: Leadership, status: () => unknown): HttpHandlers {
+  return {
+    healthy: () => true,
+    ready: () => node.agent.ready,
+    leader: () => leadership.isLeader(),
+    status,
+    registry: node.metrics.registry,
+  }
 }
 
 export async function startDaemon(o: RunOptions): Promise<Running> {
   const { log } = o
   const node = await buildNode({ ...o, credentials: true })
   const { agent } = node
-  const http = await startHttp(o.listen, {
-    healthy: () => true,
-    ready: () => agent.ready,
-    // keepalived moves the VIP to the connector whose agent answers `true`: only one that has converged.
-    leader: () => agent.ready,
-    status: () => statusDocument(node, o.datapath),
-    registry: node.metrics.registry,
-  })
+  const http = await startHttp(o.listen, daemonHandlers(node, SOLE_LEADER, () => statusDocument(node, o.datapath)))
   log.info({ listen: `${http.address.address}:${http.address.port}` }, 'HTTP endpoints up (/healthz /readyz /is-leader /metrics /status)')
 
-  await node.tunnels.subscribe().catch((err: unknown) => {
-    // charon not up yet: every pass tries again (with the retry backoff) until it can subscribe.
+  // Not awaited: a frozen charon would hold start-up (and a SIGTERM during it) for the VICI timeout. If charon is
+  // not up yet, every pass tries again (with the retry backoff) until it can subscribe.
+  node.tunnels.subscribe().catch((err: unknown) => {
     log.warn({ err: (err as Error).message }, 'cannot reach charon yet; retrying with every pass')
   })
 
@@ -69,24 +79,22 @@ export async function startDaemon(o: RunOptions): Promise<Running> {
     (err) => log.warn({ err: (err as Error).message }, 'file watch error; the resync timer still covers changes'),
   )
 
-  const onHup = (): void => {
-    log.info({ op: 'sighup' }, 'SIGHUP: re-reading config and credentials')
-    agent.trigger('sighup')
-  }
-  process.on('SIGHUP', onHup)
   agent.start()
 
   let stopping: Promise<void> | null = null
   return {
     node,
     httpAddress: { address: http.address.address, port: http.address.port },
+    sighup: () => {
+      log.info({ op: 'sighup' }, 'SIGHUP: re-reading config and credentials')
+      agent.trigger('sighup')
+    },
     stop: () =>
       (stopping ??= (async () => {
-        process.off('SIGHUP', onHup)
         await watch.close()
         monitor.close()
         await http.close()
-        await node.close()
+        await node.close(o.stopGraceMs ?? 3000)
         log.info('stopped; the data plane stays up (use `fabtunnel cleanup` to remove it)')
       })()),
   }

@@ -1,29 +1,38 @@
 // Pass scheduling: single-flight with a short coalescing window. Triggers only decide *when* a pass runs; a pass
 // always recomputes everything (level-triggered). A trigger during a pass schedules exactly one follow-up pass;
 // any number of triggers inside the window collapse into one pass carrying all their reasons.
+//
+// Timed wakes (a backoff expiring, the retry after a failed pass) are kept per reason: the reason decides how deep
+// the pass looks (see PassContext), so a later deep `retry` must not be swallowed by an earlier shallow
+// `backoff:<peer>` wake. One timer is armed for the earliest wake; when it fires, every wake that is due becomes a
+// trigger and the timer is re-armed for the next.
 
 export interface SchedulerOptions {
   /** Window in which triggers collapse into one pass. Milliseconds, not seconds. */
   coalesceMs?: number
   /** Called when a pass throws; the scheduler itself never stops on a failed pass. */
   onError?: (err: unknown) => void
+  now?: () => number
 }
 
 export class PassScheduler {
   private running: Promise<void> | null = null
   private timer: NodeJS.Timeout | null = null
   private reasons = new Set<string>()
+  /** reason -> when (ms since epoch); the earliest request per reason wins. */
+  private readonly wakes = new Map<string, number>()
   private wakeTimer: NodeJS.Timeout | null = null
-  private wakeAt = Number.POSITIVE_INFINITY
+  private wakeTimerAt = Number.POSITIVE_INFINITY
   private stopped = false
   private readonly coalesceMs: number
-  passes = 0
+  private readonly now: () => number
 
   constructor(
     private readonly pass: (reasons: string[]) => Promise<void>,
     private readonly opts: SchedulerOptions = {},
   ) {
     this.coalesceMs = opts.coalesceMs ?? 5
+    this.now = opts.now ?? Date.now
   }
 
   /** Requests a pass soon. Safe to call from any event handler, any number of times. */
@@ -34,22 +43,39 @@ export class PassScheduler {
     this.timer = setTimeout(() => this.start(), this.coalesceMs)
   }
 
-  /** Requests a pass at `when` (ms since epoch), e.g. when a backoff expires; the earliest request wins. */
+  /** Requests a pass with `reason` at `when` (ms since epoch). Wakes with different reasons are all kept. */
   triggerAt(when: number, reason: string): void {
     if (this.stopped || !Number.isFinite(when)) return
-    if (when >= this.wakeAt) return
+    const prev = this.wakes.get(reason)
+    if (prev !== undefined && prev <= when) return
+    this.wakes.set(reason, when)
+    if (when < this.wakeTimerAt) this.armWake(when)
+  }
+
+  /** Pending timed wakes (reason -> when), for tests and /status. */
+  pendingWakes(): ReadonlyMap<string, number> {
+    return this.wakes
+  }
+
+  private armWake(at: number): void {
     if (this.wakeTimer) clearTimeout(this.wakeTimer)
-    this.wakeAt = when
-    this.wakeTimer = setTimeout(() => {
-      this.wakeTimer = null
-      this.wakeAt = Number.POSITIVE_INFINITY
-      this.trigger(reason)
-    }, Math.max(0, when - Date.now()))
+    this.wakeTimerAt = at
+    this.wakeTimer = setTimeout(() => this.fireWakes(), Math.max(0, at - this.now()))
     this.wakeTimer.unref?.()
   }
 
-  get busy(): boolean {
-    return this.running !== null
+  private fireWakes(): void {
+    this.wakeTimer = null
+    this.wakeTimerAt = Number.POSITIVE_INFINITY
+    const now = this.now()
+    let next = Number.POSITIVE_INFINITY
+    for (const [reason, at] of this.wakes) {
+      if (at <= now) {
+        this.wakes.delete(reason)
+        this.trigger(reason)
+      } else if (at < next) next = at
+    }
+    if (Number.isFinite(next)) this.armWake(next)
   }
 
   private start(): void {
@@ -57,7 +83,6 @@ export class PassScheduler {
     if (this.stopped) return
     const reasons = [...this.reasons]
     this.reasons.clear()
-    this.passes++
     this.running = this.pass(reasons)
       .catch((err: unknown) => this.opts.onError?.(err))
       .finally(() => {
@@ -74,13 +99,17 @@ export class PassScheduler {
     }
   }
 
-  /** Stops scheduling; waits for a pass in flight to finish. */
-  async stop(): Promise<void> {
+  /**
+   * Stops scheduling: nothing new starts. Resolves with the pass still in flight (already settled when none), so
+   * the caller decides how long to wait for it.
+   */
+  stop(): Promise<void> {
     this.stopped = true
     if (this.timer) clearTimeout(this.timer)
     if (this.wakeTimer) clearTimeout(this.wakeTimer)
     this.timer = null
     this.wakeTimer = null
-    if (this.running) await this.running
+    this.wakes.clear()
+    return this.running ?? Promise.resolve()
   }
 }

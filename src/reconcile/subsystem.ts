@@ -10,6 +10,8 @@ export interface SubsystemPlan {
   writes: number
   /** One human-readable line per operation, for `fabtunnel plan` and debug logs. */
   describe(): string[]
+  /** Passes this subsystem wants later (a backoff expiring): the engine hands them to the scheduler. */
+  wakes?: ReadonlyArray<{ at: number; reason: string }>
 }
 
 /**

@@ -6,7 +6,7 @@ import { Agent } from '../../../src/daemon/agent.js'
 import { Metrics } from '../../../src/daemon/metrics.js'
 import { createLogger } from '../../../src/log.js'
 import type { Desired } from '../../../src/desired/types.js'
-import type { PassContext, Subsystem, SubsystemName, SubsystemPlan } from '../../../src/reconcile/subsystem.js'
+import { passContext, type PassContext, type Subsystem, type SubsystemName, type SubsystemPlan } from '../../../src/reconcile/subsystem.js'
 
 const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
 
@@ -112,4 +112,79 @@ t.test('a failing subsystem is reported, the others still converge, and it is re
   const deadline = Date.now() + 3000
   while (!agent.ready && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   t.ok(agent.ready, 'the retry converged without any external trigger')
+})
+
+t.test('an unreadable certificate keeps the last good one in every connection: no mass reload', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftagent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const configPath = join(dir, 'tunnels.yaml')
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  let cert: string | Error = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'
+  const agent = new Agent({
+    configPath, datapath: 'libipsec', subsystems: [], log: createLogger('silent'), metrics: new Metrics({ processMetrics: false }), coalesceMs: 1, resyncMs: 0,
+    certPem: async () => {
+      if (cert instanceof Error) throw cert
+      return cert
+    },
+  })
+  t.teardown(() => agent.stop())
+  await agent.reloadConfig()
+  const good = await agent.desired(passContext(['start']))
+  const section = Object.values(good!.conns)[0] as { local: { certs?: string[] } }
+  t.same(section.local.certs, [cert], 'the certificate is in local.certs')
+
+  cert = new Error('/etc/ipsec.d/certs/tls.crt: no PEM CERTIFICATE block found')
+  const broken = await agent.desired(passContext(['credentials']))
+  t.equal(broken, good, 'the same desired state (same section objects): nothing is reloaded')
+  t.match(agent.certError, /no PEM CERTIFICATE block/, 'the problem is reported')
+
+  cert = '-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n'
+  const rotated = await agent.desired(passContext(['credentials']))
+  t.not(rotated, good)
+  t.same((Object.values(rotated!.conns)[0] as { local: { certs?: string[] } }).local.certs, [cert], 'a good new certificate takes over')
+  t.equal(agent.certError, null)
+})
+
+t.test('a certificate that was never readable: connections without local.certs, and it is reported', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftagent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const configPath = join(dir, 'tunnels.yaml')
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  const agent = new Agent({
+    configPath, datapath: 'libipsec', subsystems: [], log: createLogger('silent'), metrics: new Metrics({ processMetrics: false }), coalesceMs: 1, resyncMs: 0,
+    certPem: async () => { throw new Error('ENOENT') },
+  })
+  t.teardown(() => agent.stop())
+  await agent.reloadConfig()
+  const d = await agent.desired(passContext(['start']))
+  t.ok(d, 'the desired state is still computed')
+  t.equal((Object.values(d!.conns)[0] as { local: { certs?: string[] } }).local.certs, undefined)
+  t.equal(agent.certError, 'ENOENT')
+})
+
+t.test('stop waits for a pass in flight only up to its grace period', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftagent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const configPath = join(dir, 'tunnels.yaml')
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  let release!: () => void
+  let planned = 0
+  const stuck: Subsystem = {
+    name: 'tunnels',
+    async plan() {
+      planned++
+      // A VICI call to a frozen charon: answers only when released.
+      await new Promise<void>((r) => { release = r })
+      return { writes: 0, describe: () => [] }
+    },
+    async apply() { return 0 },
+  }
+  const agent = new Agent({ configPath, datapath: 'libipsec', subsystems: [stuck], log: createLogger('silent'), metrics: new Metrics({ processMetrics: false }), coalesceMs: 1, resyncMs: 0 })
+  agent.start()
+  while (planned === 0) await new Promise((r) => setTimeout(r, 5))
+  t.equal(await agent.stop(50), false, 'gave up waiting: the pass is still in flight')
+  release()
+  t.equal(await agent.stop(1000), true, 'a second stop sees it finished')
+  await new Promise((r) => setTimeout(r, 20))
+  t.equal(planned, 1, 'no pass started after stop')
 })

@@ -48,17 +48,68 @@ t.test('a failing pass is reported and scheduling goes on', async (t) => {
   await s.stop()
 })
 
-t.test('triggerAt: the earliest request wins; stop cancels pending work', async (t) => {
+t.test('triggerAt: the earliest request per reason wins; stop cancels pending work', async (t) => {
   const seen: string[][] = []
   const s = new PassScheduler(async (r) => { seen.push(r) }, { coalesceMs: 1 })
-  s.triggerAt(Date.now() + 200, 'late')
-  s.triggerAt(Date.now() + 20, 'early')
+  s.triggerAt(Date.now() + 200, 'x')
+  s.triggerAt(Date.now() + 20, 'x')
   await sleep(80)
-  t.same(seen, [['early']])
+  t.same(seen, [['x']], 'the earlier request for the same reason replaced the later one')
+  await sleep(200)
+  t.same(seen, [['x']], 'and the later one never fires')
   s.triggerAt(Date.now() + 20, 'never')
   await s.stop()
   await sleep(40)
-  t.same(seen, [['early']], 'nothing runs after stop')
+  t.same(seen, [['x']], 'nothing runs after stop')
+  t.equal(s.pendingWakes().size, 0)
+})
+
+t.test('a later wake with another reason is not dropped because an earlier one is pending', async (t) => {
+  // A shallow backoff wake must not swallow the deep retry of a failed subsystem.
+  const seen: string[][] = []
+  const s = new PassScheduler(async (r) => { seen.push(r) }, { coalesceMs: 1 })
+  t.teardown(() => s.stop())
+  s.triggerAt(Date.now() + 20, 'backoff:peer')
+  s.triggerAt(Date.now() + 80, 'retry')
+  t.same([...s.pendingWakes().keys()].sort(), ['backoff:peer', 'retry'])
+  const deadline = Date.now() + 2000
+  while (seen.length < 2 && Date.now() < deadline) await sleep(10)
+  t.same(seen, [['backoff:peer'], ['retry']], 'both wakes ran, each with its own reason')
+  t.equal(s.pendingWakes().size, 0, 'fired wakes are forgotten')
+})
+
+t.test('wakes that fall due together run as one pass', async (t) => {
+  let now = 1_000
+  const seen: string[][] = []
+  const s = new PassScheduler(async (r) => { seen.push(r) }, { coalesceMs: 1, now: () => now })
+  t.teardown(() => s.stop())
+  s.triggerAt(1_010, 'a')
+  s.triggerAt(1_011, 'b')
+  now = 2_000
+  const deadline = Date.now() + 2000
+  while (seen.length < 1 && Date.now() < deadline) await sleep(5)
+  await s.idle()
+  t.same(seen.map((r) => r.sort()), [['a', 'b']])
+})
+
+t.test('stop resolves with the pass in flight and starts nothing new', async (t) => {
+  let release!: () => void
+  let passes = 0
+  const s = new PassScheduler(async () => {
+    passes++
+    await new Promise<void>((r) => { release = r })
+  }, { coalesceMs: 1 })
+  s.trigger('a')
+  await sleep(20)
+  s.trigger('b')
+  let settled = false
+  const stopped = s.stop().then(() => { settled = true })
+  await sleep(20)
+  t.equal(settled, false, 'waits for the pass in flight')
+  release()
+  await stopped
+  await sleep(20)
+  t.equal(passes, 1, 'the follow-up pass requested during the pass never starts')
 })
 
 t.test('only deep passes observe everything from scratch', async (t) => {
