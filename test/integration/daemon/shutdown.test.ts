@@ -1,0 +1,79 @@
+// Signals against a frozen charon (SIGSTOP: the socket accepts, nothing answers, VICI calls would wait 30 s):
+// - a SIGHUP right after start (systemd's ExecReload) must not kill the agent: its handler is installed before
+//   anything awaits;
+// - SIGTERM must end the process within 5 s (pod grace period and TimeoutStopSec are 10 s) even with a pass stuck
+//   on charon, and leave charon's state alone.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { Charon } from '../../harness/charon.js'
+import { Netns, needsRoot } from '../../harness/netns.js'
+
+const ROOT = new URL('../../../', import.meta.url).pathname
+const CLI = join(ROOT, 'dist', 'cli.js')
+const FIX = join(ROOT, 'test', 'fixtures', 'config')
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function httpStatus(ns: Netns, path: string): Promise<number> {
+  const r = await ns.capture([process.execPath, '-e', `fetch('http://127.0.0.1:30306${path}',{signal:AbortSignal.timeout(2000)}).then(r=>console.log(r.status),()=>console.log(0))`], { timeoutMs: 5000 })
+  return Number(r.stdout.trim())
+}
+
+t.test('SIGHUP during start-up and SIGTERM with charon frozen', { skip: needsRoot, timeout: 60_000 }, async (t) => {
+  const ns = await Netns.create('fsd')
+  t.teardown(() => ns.destroy())
+  const dir = await mkdtemp(join(tmpdir(), 'ft-shutdown-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const config = join(dir, 'tunnels.yaml')
+  await writeFile(config, await readFile(join(FIX, 'edge.yaml')))
+  const charon = await Charon.start(ns)
+  process.kill(charon.pid!, 'SIGSTOP')
+  t.teardown(() => { if (charon.pid) process.kill(charon.pid, 'SIGCONT') })
+
+  const child = spawn('ip', ['netns', 'exec', ns.name, process.execPath, CLI, 'run', '--config', config, '--vici', charon.uri,
+    '--cert', join(dir, 'none.crt'), '--key', join(dir, 'none.key'), '--ca', join(dir, 'none-ca.crt'), '--datapath', 'libipsec',
+    '--listen', '127.0.0.1:30306', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  ns.onDestroy(() => { child.kill('SIGKILL') })
+  let log = ''
+  child.stdout.on('data', (b: Buffer) => { log += b.toString() })
+  child.stderr.on('data', (b: Buffer) => { log += b.toString() })
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+
+  // The first log line: from here on the agent is our code, not Node's bootstrap.
+  const firstLine = Date.now() + 20_000
+  while (!log.includes('\n') && Date.now() < firstLine && child.exitCode === null) await sleep(5)
+  t.ok(log.includes('\n'), 'the agent logged its first line')
+  for (let i = 0; i < 20; i++) {
+    process.kill(child.pid!, 'SIGHUP')
+    await sleep(15)
+  }
+  t.equal(child.exitCode, null, 'SIGHUPs during start-up did not kill the agent')
+  t.equal(child.signalCode, null)
+  let health = 0
+  const up = Date.now() + 15_000
+  while (health !== 200 && Date.now() < up && child.exitCode === null) {
+    health = await httpStatus(ns, '/healthz')
+    if (health !== 200) await sleep(100)
+  }
+  t.equal(health, 200, 'serving /healthz with charon frozen')
+  t.equal(await httpStatus(ns, '/readyz'), 503, 'and not ready: charon does not answer')
+
+  // A pass is stuck on charon now (start, or the SIGHUP's deep pass): SIGTERM must still end the process.
+  process.kill(child.pid!, 'SIGHUP')
+  await sleep(200)
+  const t0 = Date.now()
+  process.kill(child.pid!, 'SIGTERM')
+  const done = await Promise.race([exited, sleep(8_000).then(() => null)])
+  const tookMs = Date.now() - t0
+  t.not(done, null, `exited after SIGTERM (took ${tookMs} ms)`)
+  t.ok(tookMs <= 5_500, `within the 5 s bound we promise, before a 10 s grace period kills it (${tookMs} ms)`)
+  if (done) t.same(done, [0, null], 'exit code 0')
+  t.match(log, /a pass is still in flight; closing the connections under it/, 'a pass was stuck on charon when SIGTERM came (this test exercises that case)')
+  t.match(log, /stopped; the data plane stays up/, 'and it still stopped cleanly')
+  t.notMatch(log, /private/i, 'no key material in the log')
+  process.kill(charon.pid!, 'SIGCONT')
+  t.ok(charon.running, 'charon untouched by the agent stopping')
+})
