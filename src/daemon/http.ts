@@ -31,7 +31,8 @@ export async function startHttp(addr: ListenAddress, h: HttpHandlers): Promise<{
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0]
     const send = (code: number, body: string, type = 'text/plain; charset=utf-8') => {
-      res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' })
+      // RFC 9110 §15.5.6: a 405 must say which methods are allowed.
+      res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store', ...(code === 405 ? { allow: 'GET, HEAD' } : {}) })
       res.end(req.method === 'HEAD' ? undefined : body)
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed\n')

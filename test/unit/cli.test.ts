@@ -1,8 +1,10 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { main } from '../../src/cli.js'
+import { startHttp } from '../../src/daemon/http.js'
+import { Registry } from 'prom-client'
 import { execCapture } from '../harness/exec.js'
 
 const FIX = new URL('../fixtures/config/', import.meta.url).pathname
@@ -110,4 +112,52 @@ t.test('the bin entry runs as a process', async (t) => {
   const r = await execCapture([process.execPath, '--import', 'tsx', join(ROOT, 'src/cli.ts'), 'validate', '--config', join(FIX, 'invalid-cidr.yaml')], { cwd: ROOT, timeoutMs: 30_000 })
   t.equal(r.code, 1)
   t.match(r.stderr, /invalid-cidr\.yaml:4:7: error/)
+})
+
+async function statusServer(t: Test, status: () => unknown) {
+  const server = await startHttp({ host: '127.0.0.1', port: 0 }, { healthy: () => true, ready: () => true, leader: () => true, status, registry: new Registry() })
+  t.teardown(() => server.close())
+  return server.address.port
+}
+
+t.test('status: prints the per-peer table from the agent\'s /status, or the raw JSON', async (t) => {
+  const doc = {
+    version: '0.4.0', node: { name: 'beijing.edge1', type: 'EdgeNode' }, ready: true, datapath: 'xfrm',
+    peers: [{ name: 'beijing.connector', type: 'Peer', state: 'up', since: new Date().toISOString(), childrenUp: 1, childrenDesired: 1, initiator: true, lastError: null, waiting: null }],
+  }
+  const port = await statusServer(t, () => doc)
+  const table = await cli(['status', '--listen', `127.0.0.1:${port}`])
+  t.equal(table.code, 0, table.err)
+  t.match(table.out, /^node beijing\.edge1 \(EdgeNode\)  ready=yes  datapath=xfrm/)
+  t.match(table.out, /^beijing\.connector  Peer  initiator  up     \d+s +1\/1$/m)
+  const json = await cli(['status', '--json', '--listen', `:${port}`])
+  t.equal(json.code, 0, 'an all-interfaces --listen (the agent\'s own flag value) is read over loopback')
+  t.same(JSON.parse(json.out), doc)
+})
+
+t.test('status: a bad --listen is a usage error; an agent that is down or failing is exit 1 with the URL', async (t) => {
+  const bad = await cli(['status', '--listen', 'localhost'])
+  t.equal(bad.code, 2)
+  t.match(bad.err, /^fabtunnel status: --listen must be host:port or \[ipv6\]:port, got "localhost"/)
+  const failing = await statusServer(t, () => { throw new Error('boom') })
+  const r500 = await cli(['status', '--listen', `127.0.0.1:${failing}`])
+  t.equal(r500.code, 1)
+  t.match(r500.err, `cannot read http://127.0.0.1:${failing}/status: HTTP 500`)
+  // A port that was just free: nothing listens there now.
+  const gone = await startHttp({ host: '127.0.0.1', port: 0 }, { healthy: () => true, ready: () => true, leader: () => true, status: () => ({}), registry: new Registry() })
+  await gone.close()
+  const down = await cli(['status', '--listen', `127.0.0.1:${gone.address.port}`])
+  t.equal(down.code, 1)
+  t.match(down.err, `fabtunnel status: cannot read http://127.0.0.1:${gone.address.port}/status: fetch failed (is \`fabtunnel run\` running with this --listen?)`)
+})
+
+t.test('run: a bad --listen or --resync-interval is a usage error before anything starts', async (t) => {
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'].map((s) => process.listenerCount(s))
+  const listen = await cli(['run', '--listen', '127.0.0.1:70000'])
+  t.equal(listen.code, 2)
+  t.match(listen.err, /^fabtunnel run: --listen port out of range: 70000/)
+  const resync = await cli(['run', '--listen', '127.0.0.1:0', '--resync-interval', 'often'])
+  t.equal(resync.code, 2)
+  t.match(resync.err, /--resync-interval must be a duration like 500ms, 30s, 5m or 1h, got "often"/)
+  t.same(['SIGTERM', 'SIGINT', 'SIGHUP'].map((s) => process.listenerCount(s)), signals, 'its signal handlers are removed again')
 })
