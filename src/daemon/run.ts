@@ -79,6 +79,9 @@ export async function startDaemon(o: RunOptions): Promise<Running> {
     (err) => log.warn({ err: (err as Error).message }, 'file watch error; the resync timer still covers changes'),
   )
 
+  // A change between start-up and the watch being armed would otherwise wait for the resync timer. Bounded: a
+  // directory that cannot be scanned is reported by the watch itself and must not hold start-up.
+  await Promise.race([watch.ready, new Promise((r) => setTimeout(r, 2000).unref())])
   agent.start()
 
   let stopping: Promise<void> | null = null
