@@ -137,10 +137,6 @@ export class DaemonDriver implements AgentDriver {
     return new AgentHandle(this, g)
   }
 
-  running(g: Gateway): boolean {
-    return this.procs.has(g.name)
-  }
-
   argv(g: Gateway): string[] {
     return [
       'ip', 'netns', 'exec', g.ns.name, process.execPath, CLI, 'run',

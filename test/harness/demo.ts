@@ -5,7 +5,7 @@
 // --once. Everything is torn down on exit, Ctrl-C or failure.
 import { parseArgs } from 'node:util'
 import { defaultDriver, startAgents, type AgentDriver } from './agents.js'
-import { captureUnderlay, captureVerdict, describeCapture, renderMatrix, runMatrix, waitMatrix, type MatrixResult } from './matrix.js'
+import { captureUnderlay, captureVerdict, cellLabel, defaultChecks, describeCapture, pathsWithoutTunnels, renderMatrix, runMatrix, waitMatrix, type MatrixResult } from './matrix.js'
 import { destroyAll, isRoot } from './netns.js'
 import { Topology } from './topology.js'
 
@@ -94,9 +94,15 @@ async function main(): Promise<number> {
     const built = performance.now() - t0
     const head = header(topo)
     console.log(head)
+    // The matrix proves the tunnels only if none of its paths works without them.
+    const c0 = performance.now()
+    const open = await pathsWithoutTunnels(topo)
+    const control = performance.now() - c0
+    if (open.length) throw new Error(`paths that work before any agent runs (they prove nothing):\n  ${open.map(cellLabel).join('\n  ')}`)
+    console.log(`\nbefore the agents: 0/${defaultChecks(topo).length} paths work (every one needs a tunnel)`)
     const agentsMs = await startAgents(topo, driver, 60_000)
     const { ms } = await waitMatrix(topo, 30_000)
-    const upLine = `up in ${((performance.now() - t0) / 1000).toFixed(1)} s: namespaces + charons ${(built / 1000).toFixed(1)} s, tunnels ${(agentsMs / 1000).toFixed(1)} s, first full matrix ${(ms / 1000).toFixed(1)} s`
+    const upLine = `up in ${((performance.now() - t0) / 1000).toFixed(1)} s: namespaces + charons ${(built / 1000).toFixed(1)} s, no-tunnel control ${(control / 1000).toFixed(1)} s, tunnels ${(agentsMs / 1000).toFixed(1)} s, first full matrix ${(ms / 1000).toFixed(1)} s`
     console.log(`\n${upLine}\n`)
     for (;;) {
       const { text, ok } = await round(topo, driver)

@@ -132,12 +132,18 @@ async function tcpCell(topo: Topology, c: Check, timeoutMs: number, port: number
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   try {
+    let serverErr = ''
+    server.stderr.on('data', (b: Buffer) => (serverErr = (serverErr + b.toString('utf8')).slice(-2_000)))
+    // Node's start-up is slow on a loaded machine (2 cores shared with other test runs): a generous bound.
     const ready = await Promise.race([
-      new Promise<boolean>((resolve) => server.stdout.on('data', (b: Buffer) => { if (b.toString().includes('ready')) resolve(true) })),
-      once(server, 'exit').then(() => false),
-      new Promise<boolean>((r) => setTimeout(() => r(false), 5_000)),
+      new Promise<true>((resolve) => server.stdout.on('data', (b: Buffer) => { if (b.toString().includes('ready')) resolve(true) })),
+      once(server, 'exit').then(([code]) => `exited (${code ?? 'signal'})`),
+      new Promise<string>((r) => setTimeout(() => r('no "ready" within 10 s'), 10_000)),
     ])
-    if (!ready) return { check: c, ok: false, ms: null, error: 'test server did not start' }
+    if (ready !== true) {
+      const why = serverErr.trim().split('\n').find((l) => /Error|EADDR/.test(l)) ?? serverErr.trim().split('\n')[0] ?? ''
+      return { check: c, ok: false, ms: null, error: `test server on ${serverNs.name}:${port} did not start: ${ready}${why ? `: ${why}` : ''}` }
+    }
     const r = await c.from.ns.capture([process.execPath, '-e', CLIENT, c.to.ip, String(port), String(timeoutMs), c.from.src ?? ''], { timeoutMs: timeoutMs + 5_000 })
     if (r.code === 0) return { check: c, ok: true, ms: Number(r.stdout.trim()) }
     return { check: c, ok: false, ms: null, error: r.stderr.trim().split('\n')[0] || `exit ${r.code}` }
@@ -170,6 +176,20 @@ export async function runMatrix(topo: Topology, checks: Check[] = defaultChecks(
   await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 4, checks.length) }, worker))
   // An empty matrix checked nothing: never "ok".
   return { cells, ok: cells.length > 0 && cells.every((c) => c.ok), durationMs: performance.now() - t0 }
+}
+
+/**
+ * The matrix's negative control, run before any agent: a cell that passes without tunnels (a direct underlay route,
+ * an address in the wrong namespace) would prove nothing about them. Resolves with the cells that worked anyway;
+ * every caller requires none.
+ */
+export async function pathsWithoutTunnels(topo: Topology, checks: Check[] = defaultChecks(topo)): Promise<CellResult[]> {
+  if (checks.length === 0) throw new Error('pathsWithoutTunnels: the matrix has no checks')
+  return (await runMatrix(topo, checks, { cellTimeoutMs: 1_000 })).cells.filter((c) => c.ok)
+}
+
+export function cellLabel(c: CellResult): string {
+  return `${c.check.tag} ${c.check.from.label} -> ${c.check.to.label} ${c.check.proto}`
 }
 
 /** Re-runs the matrix until every cell passes; resolves with the last result and the ms it took. */
