@@ -118,6 +118,9 @@ export async function ping(from: Netns, to: string, timeoutMs = 3_000, src?: str
   return r.ok
 }
 
+/** Bound on a helper `node -e` process starting: seconds on a loaded machine (2 cores shared with other test runs). */
+const NODE_START_MS = 15_000
+
 // One connection, echo, exit: small enough to pass as `node -e` and bounded by its own timer.
 const SERVER = `const s=require('net').createServer(c=>{c.on('data',d=>{c.end(d);s.close()})});
 s.listen(+process.argv[1],()=>console.log('ready'));setTimeout(()=>process.exit(2),+process.argv[2]).unref()`
@@ -128,23 +131,25 @@ c.on('error',e=>{console.error(e.code||e.message);process.exit(1)})`
 
 async function tcpCell(topo: Topology, c: Check, timeoutMs: number, port: number): Promise<CellResult> {
   const serverNs = nsOwning(topo, c.to.ip)
-  const server = spawn('ip', ['netns', 'exec', serverNs.name, process.execPath, '-e', SERVER, String(port), String(timeoutMs + 2_000)], {
+  // The server's own exit timer only reaps an orphan (the finally below kills it): it must outlive the client's
+  // start-up, which takes seconds on a loaded machine. A server that had already timed out refused the late client
+  // (ECONNREFUSED cells in the e2e suite under load).
+  const server = spawn('ip', ['netns', 'exec', serverNs.name, process.execPath, '-e', SERVER, String(port), String(timeoutMs + NODE_START_MS * 2)], {
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   try {
     let serverErr = ''
     server.stderr.on('data', (b: Buffer) => (serverErr = (serverErr + b.toString('utf8')).slice(-2_000)))
-    // Node's start-up is slow on a loaded machine (2 cores shared with other test runs): a generous bound.
     const ready = await Promise.race([
       new Promise<true>((resolve) => server.stdout.on('data', (b: Buffer) => { if (b.toString().includes('ready')) resolve(true) })),
       once(server, 'exit').then(([code]) => `exited (${code ?? 'signal'})`),
-      new Promise<string>((r) => setTimeout(() => r('no "ready" within 10 s'), 10_000)),
+      new Promise<string>((r) => setTimeout(() => r(`no "ready" within ${NODE_START_MS} ms`), NODE_START_MS).unref()),
     ])
     if (ready !== true) {
       const why = serverErr.trim().split('\n').find((l) => /Error|EADDR/.test(l)) ?? serverErr.trim().split('\n')[0] ?? ''
       return { check: c, ok: false, ms: null, error: `test server on ${serverNs.name}:${port} did not start: ${ready}${why ? `: ${why}` : ''}` }
     }
-    const r = await c.from.ns.capture([process.execPath, '-e', CLIENT, c.to.ip, String(port), String(timeoutMs), c.from.src ?? ''], { timeoutMs: timeoutMs + 5_000 })
+    const r = await c.from.ns.capture([process.execPath, '-e', CLIENT, c.to.ip, String(port), String(timeoutMs), c.from.src ?? ''], { timeoutMs: timeoutMs + NODE_START_MS })
     if (r.code === 0) return { check: c, ok: true, ms: Number(r.stdout.trim()) }
     return { check: c, ok: false, ms: null, error: r.stderr.trim().split('\n')[0] || `exit ${r.code}` }
   } finally {
