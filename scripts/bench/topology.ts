@@ -1,6 +1,6 @@
 // Cold start of whole topologies: time from "namespaces and charons exist, nothing loaded" until every tunnel is
 // up and the full connectivity matrix passes, for (1) the default two-cluster topology and (2) a connector with
-// 20 edges. Ours: `fabtunnel run` in every gateway (when built), and the in-process VICI driver that loads the
+// 20 edges. Ours: `fabtunnel run` in every gateway (dist/ must be built), and the in-process VICI driver that loads the
 // same desired state from one process (separating protocol work from per-process start cost). Baseline, in the same run on the same namespaces after restarting every charon
 // (a clean slate): per node `swanctl --load-all` of a generated swanctl.conf, then one blocking
 // `swanctl --initiate --child` per child, node after node, repeated for what is still down (FabEdge's serial
@@ -76,6 +76,7 @@ async function swanctl(g: Gateway, args: string[]): Promise<boolean> {
 }
 
 async function allUpVia(topo: Topology, rename: (n: string) => string): Promise<boolean> {
+  let expected = 0
   const ok = await Promise.all(
     topo.activeGateways().map(async (g) => {
       const d = await desiredOf(g)
@@ -87,13 +88,15 @@ async function allUpVia(topo: Topology, rename: (n: string) => string): Promise<
       const v = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
       try {
         await v.connect()
+        expected += d.initiate.reduce((n, conn) => n + (d.initiateChildren[conn]?.length ?? 0), 0)
         return missingChildren(renamed, await v.listSas()).length === 0
       } finally {
         await v.close()
       }
     }),
   )
-  return ok.every(Boolean)
+  // Without a single initiated child, "all up" would hold with no tunnel at all.
+  return expected > 0 && ok.every(Boolean)
 }
 
 async function baseline(topo: Topology): Promise<Run> {
@@ -205,7 +208,7 @@ async function main(): Promise<void> {
   if (!Number.isInteger(edges) || edges < 1 || edges > 200) throw new Error('--edges must be 1..200')
   const main = await defaultDriver()
   // The in-process driver separates what the protocol work costs from what starting one process per node costs.
-  const drivers = main.kind === 'daemon' ? [main, new ViciDriver()] : [main]
+  const drivers: AgentDriver[] = [main, new ViciDriver()]
   console.log('cold start: from "namespaces and charons exist, nothing loaded" to "every tunnel up and the full matrix passes"')
   if (values.only !== 'star') await bench('default topology (beijing + shanghai)', defaultTopology(), drivers)
   if (values.only !== 'default') await bench(`connector + ${edges} edges`, starTopology(edges), drivers)

@@ -1,21 +1,24 @@
 // Runs the tunnel agent of each gateway of a Topology, behind one driver interface:
-// - DaemonDriver: the real `fabtunnel run` inside the gateway's namespace (logs in the node's dir, readiness via
-//   GET /readyz from inside the namespace, status via `fabtunnel status`);
-// - ViciDriver: until the daemon exists, and as the benchmark's in-process reference, loads the very desired state
+// - DaemonDriver: the real `fabtunnel run` from dist/cli.js inside the gateway's namespace (logs in the node's dir,
+//   readiness via GET /readyz from inside the namespace, status via `fabtunnel status`). It refuses a dist/ that is
+//   missing or older than src/, so a test never passes against code other than what it claims to test. Namespace
+//   tests drive one agent through `agent(g)`: an AgentHandle with start/stop/kill/restart, HTTP get, status(),
+//   waitFor() (bounded, log tail on timeout) and the log;
+// - ViciDriver: the benchmark's in-process reference: loads the very desired state
 //   `fabtunnel plan --offline --json --datapath libipsec` prints (same functions, in process) through src/vici:
 //   credentials, load-conn, asynchronous initiates, re-initiating what is not up. It has no watch, no netlink and
-//   no iptables, so the chaos steps that need those are the daemon's.
+//   no iptables.
 // Plus driver-independent observation straight from charon (saSnapshot, tunnelsUp) for no-flap checks.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, open, readFile } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, stat } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { loadConfig } from '../../src/config/load.js'
 import { desiredState } from '../../src/desired/index.js'
 import type { Desired, ViciSection } from '../../src/desired/types.js'
 import { Vici, type IkeSa } from '../../src/vici/index.js'
-import { execCapture } from './exec.js'
+import type { ExecResult } from './exec.js'
 import type { Gateway, Topology } from './topology.js'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -39,10 +42,31 @@ export interface AgentDriver {
   stopAll(): Promise<void>
 }
 
-/** Picks the driver: the real daemon once `fabtunnel run` exists in dist/cli.js, else the VICI fallback. */
-export async function defaultDriver(opts: DaemonOptions = {}): Promise<AgentDriver> {
-  const help = await execCapture([process.execPath, CLI, 'run', '--help'], { timeoutMs: 10_000 }).catch(() => null)
-  return help?.code === 0 && /fabtunnel run/.test(help.stdout + help.stderr) ? new DaemonDriver(opts) : new ViciDriver()
+/**
+ * The driver of the demo, the e2e suite and the daemon tests: the real daemon. Throws when dist/ is missing or stale
+ * (there is no silent fallback to something else).
+ */
+export async function defaultDriver(opts: DaemonOptions = {}): Promise<DaemonDriver> {
+  await assertBuilt()
+  return new DaemonDriver(opts)
+}
+
+async function newestMtime(dir: string): Promise<{ path: string; ms: number }> {
+  let best = { path: dir, ms: 0 }
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    const cand = e.isDirectory() ? await newestMtime(p) : { path: p, ms: (await stat(p)).mtimeMs }
+    if (cand.ms > best.ms) best = cand
+  }
+  return best
+}
+
+/** Rejects unless dist/cli.js exists and is at least as new as every file under src/. */
+export async function assertBuilt(): Promise<void> {
+  const built = await stat(CLI).catch(() => null)
+  if (!built) throw new Error(`${CLI} does not exist: build first (npx tsc -p tsconfig.json)`)
+  const src = await newestMtime(join(ROOT, 'src'))
+  if (src.ms > built.mtimeMs) throw new Error(`${src.path} is newer than ${CLI}: rebuild (npx tsc -p tsconfig.json)`)
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -53,20 +77,31 @@ export class WaitAborted extends Error {
 }
 
 /**
- * Polls `probe` until it resolves true; resolves with the elapsed ms or rejects after timeoutMs. A probe that
- * throws counts as "not yet", unless it throws WaitAborted.
+ * Polls `probe` until it resolves a truthy value and resolves with that value; rejects after timeoutMs with what
+ * was awaited and the probe's last error. A probe that throws counts as "not yet", unless it throws WaitAborted.
  */
-export async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boolean>, everyMs = 100): Promise<number> {
+export async function waitForValue<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined | null | false>, everyMs = 100): Promise<T> {
   const t0 = performance.now()
+  let last: unknown
   for (;;) {
-    const ok = await probe().catch((e: unknown) => {
+    const v = await probe().catch((e: unknown) => {
       if (e instanceof WaitAborted) throw e
-      return false
+      last = e
+      return undefined
     })
-    if (ok) return performance.now() - t0
-    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    if (v) return v
+    if (performance.now() - t0 > timeoutMs) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last instanceof Error ? ` (last error: ${last.message})` : ''}`)
+    }
     await sleep(everyMs)
   }
+}
+
+/** Like waitForValue for a boolean probe; resolves with the elapsed ms. */
+export async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boolean>, everyMs = 100): Promise<number> {
+  const t0 = performance.now()
+  await waitForValue(what, timeoutMs, probe, everyMs)
+  return performance.now() - t0
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -84,6 +119,8 @@ export interface DaemonOptions {
    * jumps raise no event, so tests that delete them shorten the safety-net resync.
    */
   resyncInterval?: string
+  /** `--datapath`. Default libipsec (the only one whose packets flow in these namespaces). */
+  datapath?: 'libipsec' | 'xfrm'
 }
 
 export class DaemonDriver implements AgentDriver {
@@ -95,6 +132,11 @@ export class DaemonDriver implements AgentDriver {
     if (opts.logLevel !== undefined && !/^[a-z]+$/.test(opts.logLevel)) throw new Error(`bad logLevel ${opts.logLevel}`)
   }
 
+  /** The handle of one gateway's agent (not started by this call). */
+  agent(g: Gateway): AgentHandle {
+    return new AgentHandle(this, g)
+  }
+
   argv(g: Gateway): string[] {
     return [
       'ip', 'netns', 'exec', g.ns.name, process.execPath, CLI, 'run',
@@ -104,7 +146,7 @@ export class DaemonDriver implements AgentDriver {
       '--key', g.cert.keyPath,
       '--ca', g.caPath,
       '--listen', g.listen,
-      '--datapath', 'libipsec',
+      '--datapath', this.opts.datapath ?? 'libipsec',
       '--log-level', this.opts.logLevel ?? 'info',
       ...(this.opts.resyncInterval ? ['--resync-interval', this.opts.resyncInterval] : []),
     ]
@@ -112,6 +154,7 @@ export class DaemonDriver implements AgentDriver {
 
   async start(g: Gateway): Promise<void> {
     if (this.procs.has(g.name)) throw new Error(`agent of ${g.name} already running`)
+    await assertBuilt()
     await mkdir(g.dir, { recursive: true })
     const log = await open(agentLog(g), 'a')
     const [cmd, ...args] = this.argv(g)
@@ -136,7 +179,7 @@ export class DaemonDriver implements AgentDriver {
   }
 
   /** Sends sig; SIGKILL when the agent is still there after graceMs. */
-  private async signal(name: string, sig: NodeJS.Signals, graceMs: number): Promise<void> {
+  async signal(name: string, sig: NodeJS.Signals, graceMs: number): Promise<void> {
     const child = this.procs.get(name)
     if (!child || child.exitCode !== null || child.signalCode !== null) return
     const exited = once(child, 'exit')
@@ -151,13 +194,16 @@ export class DaemonDriver implements AgentDriver {
 
   async waitReady(g: Gateway, timeoutMs: number): Promise<number> {
     return waitFor(`/readyz of ${g.name}`, timeoutMs, async () => {
-      if (!this.procs.has(g.name)) {
-        const tail = (await readFile(agentLog(g), 'utf8').catch(() => '')).trimEnd().split('\n').slice(-5).join('\n')
-        throw new WaitAborted(`agent of ${g.name} is not running; last log lines:\n${tail}`)
-      }
+      await this.assertRunning(g)
       const r = await g.ns.capture(['curl', '-sf', '-o', '/dev/null', '-m', '1', `http://${g.listen}/readyz`], { timeoutMs: 3_000 })
       return r.code === 0
     }, 150)
+  }
+
+  /** Throws WaitAborted (ends any wait at once) with the log tail when the agent of g is not running. */
+  async assertRunning(g: Gateway): Promise<void> {
+    if (this.procs.has(g.name)) return
+    throw new WaitAborted(`agent of ${g.name} is not running; last log lines:\n${await logTail(g, 5)}`)
   }
 
   /** GET /status inside the namespace, parsed. */
@@ -178,6 +224,87 @@ export class DaemonDriver implements AgentDriver {
 
   async stopAll(): Promise<void> {
     await Promise.all([...this.procs.keys()].map((name) => this.signal(name, 'SIGTERM', 3_000)))
+  }
+}
+
+/** The last `lines` lines of a gateway's agent log. */
+export async function logTail(g: Gateway, lines = 40): Promise<string> {
+  return (await readFile(agentLog(g), 'utf8').catch(() => '')).trimEnd().split('\n').slice(-lines).join('\n')
+}
+
+/** Runs `fabtunnel <args>` (dist/cli.js) inside the gateway's namespace; resolves whatever the exit code. */
+export async function fabtunnel(g: Gateway, args: readonly string[], timeoutMs = 30_000): Promise<ExecResult> {
+  await assertBuilt()
+  return g.ns.capture([process.execPath, CLI, ...args], { timeoutMs })
+}
+
+/**
+ * One gateway's daemon for namespace tests (from DaemonDriver.agent(g)): lifecycle, its HTTP endpoints from inside
+ * the namespace, bounded waits that end at once (with the log tail) when the agent died, and its log.
+ */
+export class AgentHandle {
+  constructor(readonly driver: DaemonDriver, readonly g: Gateway) {}
+
+  get pid(): number | undefined {
+    return this.driver.pid(this.g)
+  }
+
+  start(): Promise<void> {
+    return this.driver.start(this.g)
+  }
+
+  /** SIGTERM (SIGKILL after 5 s); the data plane stays up. */
+  stop(): Promise<void> {
+    return this.driver.stop(this.g)
+  }
+
+  kill(sig: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    return this.driver.signal(this.g.name, sig, 5_000)
+  }
+
+  async restart(): Promise<void> {
+    await this.stop()
+    await this.start()
+  }
+
+  /** Sends a signal without waiting for anything (e.g. SIGHUP for a full pass). */
+  signal(sig: NodeJS.Signals): void {
+    const pid = this.pid
+    if (pid === undefined) throw new Error(`agent of ${this.g.name} is not running`)
+    process.kill(pid, sig)
+  }
+
+  /** GET a path of the agent's HTTP server from inside the namespace; status 0 when it could not be reached. */
+  async get(path: string, timeoutMs = 3_000): Promise<{ status: number; body: string }> {
+    const url = `http://${this.g.listen}${path}`
+    const r = await this.g.ns.capture(['curl', '-s', '-m', String(Math.ceil(timeoutMs / 1000)), '-w', '\n%{http_code}', url], { timeoutMs: timeoutMs + 3_000 })
+    if (r.code !== 0) return { status: 0, body: r.stderr.trim() || `curl exit ${r.code}` }
+    const cut = r.stdout.lastIndexOf('\n')
+    return { status: Number(r.stdout.slice(cut + 1)), body: r.stdout.slice(0, cut) }
+  }
+
+  /** GET /status, parsed (the daemon's JSON shape). */
+  async status(): Promise<any> {
+    const r = await this.get('/status')
+    if (r.status !== 200) throw new Error(`/status of ${this.g.name} answered ${r.status}: ${r.body}`)
+    return JSON.parse(r.body)
+  }
+
+  /** Polls `check` until it returns a truthy value (resolved); bounded, aborts at once if the agent exited. */
+  async waitFor<T>(what: string, check: () => Promise<T | undefined | null | false>, timeoutMs = 20_000, everyMs = 50): Promise<T> {
+    try {
+      return await waitForValue(`${what} (${this.g.name})`, timeoutMs, async () => {
+        await this.driver.assertRunning(this.g)
+        return check()
+      }, everyMs)
+    } catch (e) {
+      if (e instanceof WaitAborted) throw e
+      throw new Error(`${(e as Error).message}\n--- agent log tail ---\n${await this.logTail()}`)
+    }
+  }
+
+  logTail(lines = 40): Promise<string> {
+    return logTail(this.g, lines)
   }
 }
 
@@ -375,21 +502,24 @@ export async function saSnapshot(g: Gateway): Promise<SaIds> {
   }
 }
 
-/** Whether every initiated child of every active gateway is INSTALLED, judged from charon alone. */
+/** Whether every initiated child of every active gateway is INSTALLED (and there is one), judged from charon alone. */
 export async function tunnelsUp(topo: Topology): Promise<boolean> {
+  let expected = 0
   const results = await Promise.all(
     topo.activeGateways().map(async (g) => {
       const desired = await desiredOf(g)
       const vici = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
       try {
         await vici.connect()
+        expected += desired.initiate.reduce((n, conn) => n + (desired.initiateChildren[conn]?.length ?? 0), 0)
         return missingChildren(desired, await vici.listSas()).length === 0
       } finally {
         await vici.close()
       }
     }),
   )
-  return results.every(Boolean)
+  // No initiated child anywhere would make every gateway "up" without a single tunnel.
+  return expected > 0 && results.every(Boolean)
 }
 
 /**

@@ -1,11 +1,10 @@
 // The connectivity matrix of a Topology, modelled on FabEdge's own e2e tags (e2c, c2e, p2n, n2p, e2e, and the
 // multi-cluster pod and service cases): every cell is a real ping or TCP exchange between two of our namespaces,
 // with its latency. Plus the underlay capture check: tcpdump in the hub namespace while the matrix runs must see
-// only IKE and UDP-encapsulated ESP between underlay addresses, never a plaintext pod/node/service packet.
+// UDP-encapsulated ESP (at least one packet: a capture of nothing proves nothing) and IKE between underlay
+// addresses, never a plaintext pod/node/service packet.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { join } from 'node:path'
-import { execCapture } from './exec.js'
 import type { Netns } from './netns.js'
 import type { Topology } from './topology.js'
 import { table } from './agents.js'
@@ -110,6 +109,18 @@ async function pingCell(c: Check, timeoutMs: number): Promise<CellResult> {
   return { check: c, ok: false, ms: null, error: (r.stderr.trim() || 'no reply').split('\n')[0] }
 }
 
+/**
+ * One bounded ping between namespaces (retried every 0.2 s until a reply or `timeoutMs`): whether a reply came.
+ * As a negative check (the path must NOT work) pass a short timeout.
+ */
+export async function ping(from: Netns, to: string, timeoutMs = 3_000, src?: string): Promise<boolean> {
+  const r = await pingCell({ tag: 'ping', from: { label: from.name, ns: from, ...(src ? { src } : {}) }, to: { label: to, ip: to }, proto: 'icmp' }, timeoutMs)
+  return r.ok
+}
+
+/** Bound on a helper `node -e` process starting: seconds on a loaded machine (2 cores shared with other test runs). */
+const NODE_START_MS = 15_000
+
 // One connection, echo, exit: small enough to pass as `node -e` and bounded by its own timer.
 const SERVER = `const s=require('net').createServer(c=>{c.on('data',d=>{c.end(d);s.close()})});
 s.listen(+process.argv[1],()=>console.log('ready'));setTimeout(()=>process.exit(2),+process.argv[2]).unref()`
@@ -120,17 +131,25 @@ c.on('error',e=>{console.error(e.code||e.message);process.exit(1)})`
 
 async function tcpCell(topo: Topology, c: Check, timeoutMs: number, port: number): Promise<CellResult> {
   const serverNs = nsOwning(topo, c.to.ip)
-  const server = spawn('ip', ['netns', 'exec', serverNs.name, process.execPath, '-e', SERVER, String(port), String(timeoutMs + 2_000)], {
+  // The server's own exit timer only reaps an orphan (the finally below kills it): it must outlive the client's
+  // start-up, which takes seconds on a loaded machine. A server that had already timed out refused the late client
+  // (ECONNREFUSED cells in the e2e suite under load).
+  const server = spawn('ip', ['netns', 'exec', serverNs.name, process.execPath, '-e', SERVER, String(port), String(timeoutMs + NODE_START_MS * 2)], {
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   try {
+    let serverErr = ''
+    server.stderr.on('data', (b: Buffer) => (serverErr = (serverErr + b.toString('utf8')).slice(-2_000)))
     const ready = await Promise.race([
-      new Promise<boolean>((resolve) => server.stdout.on('data', (b: Buffer) => { if (b.toString().includes('ready')) resolve(true) })),
-      once(server, 'exit').then(() => false),
-      new Promise<boolean>((r) => setTimeout(() => r(false), 5_000)),
+      new Promise<true>((resolve) => server.stdout.on('data', (b: Buffer) => { if (b.toString().includes('ready')) resolve(true) })),
+      once(server, 'exit').then(([code]) => `exited (${code ?? 'signal'})`),
+      new Promise<string>((r) => setTimeout(() => r(`no "ready" within ${NODE_START_MS} ms`), NODE_START_MS).unref()),
     ])
-    if (!ready) return { check: c, ok: false, ms: null, error: 'test server did not start' }
-    const r = await c.from.ns.capture([process.execPath, '-e', CLIENT, c.to.ip, String(port), String(timeoutMs), c.from.src ?? ''], { timeoutMs: timeoutMs + 5_000 })
+    if (ready !== true) {
+      const why = serverErr.trim().split('\n').find((l) => /Error|EADDR/.test(l)) ?? serverErr.trim().split('\n')[0] ?? ''
+      return { check: c, ok: false, ms: null, error: `test server on ${serverNs.name}:${port} did not start: ${ready}${why ? `: ${why}` : ''}` }
+    }
+    const r = await c.from.ns.capture([process.execPath, '-e', CLIENT, c.to.ip, String(port), String(timeoutMs), c.from.src ?? ''], { timeoutMs: timeoutMs + NODE_START_MS })
     if (r.code === 0) return { check: c, ok: true, ms: Number(r.stdout.trim()) }
     return { check: c, ok: false, ms: null, error: r.stderr.trim().split('\n')[0] || `exit ${r.code}` }
   } finally {
@@ -160,15 +179,32 @@ export async function runMatrix(topo: Topology, checks: Check[] = defaultChecks(
     }
   }
   await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 4, checks.length) }, worker))
-  return { cells, ok: cells.every((c) => c.ok), durationMs: performance.now() - t0 }
+  // An empty matrix checked nothing: never "ok".
+  return { cells, ok: cells.length > 0 && cells.every((c) => c.ok), durationMs: performance.now() - t0 }
+}
+
+/**
+ * The matrix's negative control, run before any agent: a cell that passes without tunnels (a direct underlay route,
+ * an address in the wrong namespace) would prove nothing about them. Resolves with the cells that worked anyway;
+ * every caller requires none.
+ */
+export async function pathsWithoutTunnels(topo: Topology, checks: Check[] = defaultChecks(topo)): Promise<CellResult[]> {
+  if (checks.length === 0) throw new Error('pathsWithoutTunnels: the matrix has no checks')
+  return (await runMatrix(topo, checks, { cellTimeoutMs: 1_000 })).cells.filter((c) => c.ok)
+}
+
+export function cellLabel(c: CellResult): string {
+  return `${c.check.tag} ${c.check.from.label} -> ${c.check.to.label} ${c.check.proto}`
 }
 
 /** Re-runs the matrix until every cell passes; resolves with the last result and the ms it took. */
 export async function waitMatrix(topo: Topology, timeoutMs: number, checks?: Check[]): Promise<{ result: MatrixResult; ms: number }> {
   const t0 = performance.now()
+  const cells = checks ?? defaultChecks(topo)
+  if (cells.length === 0) throw new Error('waitMatrix: the matrix has no checks (nothing would be proven)')
   for (;;) {
     const left = timeoutMs - (performance.now() - t0)
-    const result = await runMatrix(topo, checks ?? defaultChecks(topo), { cellTimeoutMs: Math.max(1_000, Math.min(3_000, left)) })
+    const result = await runMatrix(topo, cells, { cellTimeoutMs: Math.max(1_000, Math.min(3_000, left)) })
     if (result.ok) return { result, ms: performance.now() - t0 }
     if (performance.now() - t0 > timeoutMs) {
       const bad = result.cells.filter((c) => !c.ok).map((c) => `${c.check.tag} ${c.check.from.label} -> ${c.check.to.label}: ${c.error}`)
@@ -194,7 +230,7 @@ export function renderMatrix(result: MatrixResult): string {
 }
 
 export interface CaptureReport {
-  /** Packets seen on the underlay. */
+  /** Packets seen on the underlay (lines tcpdump printed). */
   packets: number
   /** UDP-encapsulated ESP packets. */
   esp: number
@@ -202,41 +238,96 @@ export interface CaptureReport {
   ike: number
   /** Lines that are neither: plaintext leaking onto the underlay. */
   plaintext: string[]
+  /** tcpdump's own account at exit ("N packets captured", "N packets dropped by kernel"); null when it gave none. */
+  captured: number | null
+  dropped: number | null
+  /** Whether tcpdump stopped at its packet limit: then the capture is cut short and proves nothing about the rest. */
+  truncated: boolean
+}
+
+export interface CaptureVerdict {
+  ok: boolean
+  /** Why the capture does not prove "only ESP on the underlay" (empty when ok). */
+  problems: string[]
 }
 
 /**
- * Captures on every port of the hub bridge while `during` runs, then classifies each packet. Bounded: tcpdump
- * stops after `maxPackets` or when `during` settles (plus a short drain), whichever comes first.
+ * Judges a capture: it proves that pod traffic crosses the underlay encrypted only if it saw ESP at all (a capture
+ * of nothing, or of the wrong place, would otherwise "prove" it), saw no plaintext, and is complete (tcpdump
+ * printed every packet it captured, dropped none, and did not stop at its limit).
  */
-export async function captureUnderlay(topo: Topology, during: () => Promise<unknown>, maxPackets = 5_000): Promise<CaptureReport> {
-  const file = join(topo.dir, `underlay-${Date.now()}.pcap`)
-  const dump = spawn('ip', ['netns', 'exec', topo.hub.name, 'tcpdump', '-i', 'any', '-n', '-p', '-U', '-c', String(maxPackets), '-w', file], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+export function captureVerdict(r: CaptureReport): CaptureVerdict {
+  const problems: string[] = []
+  if (r.esp === 0) problems.push(`no UDP-encapsulated ESP seen (${r.packets} packets): the capture proves nothing`)
+  if (r.plaintext.length) problems.push(`${r.plaintext.length} plaintext packets on the underlay`)
+  if (r.captured === null) problems.push('tcpdump gave no packet count at exit')
+  else if (r.captured !== r.packets) problems.push(`tcpdump captured ${r.captured} packets but printed ${r.packets}`)
+  if (r.dropped) problems.push(`the kernel dropped ${r.dropped} packets before tcpdump saw them`)
+  if (r.truncated) problems.push('tcpdump stopped at its packet limit before the traffic ended')
+  return { ok: problems.length === 0, problems }
+}
+
+/** One line for the demo and tests: the counts and, first, the verdict. */
+export function describeCapture(r: CaptureReport): string {
+  const v = captureVerdict(r)
+  const counts = `${r.packets} packets, ${r.esp} UDP-encapsulated ESP, ${r.ike} IKE, ${r.plaintext.length} plaintext`
+  return v.ok
+    ? `ok: ${counts} (pod traffic crossed the underlay, encrypted only)`
+    : `FAILED: ${counts}; ${v.problems.join('; ')}`
+}
+
+/**
+ * Captures on every interface of the hub namespace (each port of the underlay bridge) while `during` runs, then
+ * classifies each packet. tcpdump prints to a pipe we read, never to a file: a pcap file written after tcpdump drops
+ * to its own user (into our root-only temp dir) and read back by a second tcpdump whose failure went unnoticed was
+ * a way to get an empty, "clean" capture. Every failure here throws or shows in the report. Bounded: tcpdump stops
+ * after `maxPackets` or when `during` settles (plus a short drain), whichever comes first.
+ */
+export async function captureUnderlay(topo: Topology, during: () => Promise<unknown>, maxPackets = 20_000): Promise<CaptureReport> {
+  const dump = spawn('ip', ['netns', 'exec', topo.hub.name, 'tcpdump', '-i', 'any', '-n', '-l', '-p', '-c', String(maxPackets)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
   })
-  const exited = once(dump, 'exit')
+  let out = ''
+  let err = ''
+  dump.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')))
+  const exited = once(dump, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  let code: number | null = null
   try {
     const listening = await Promise.race([
-      new Promise<boolean>((resolve) => dump.stderr.on('data', (b: Buffer) => { if (b.toString().includes('listening on')) resolve(true) })),
+      new Promise<boolean>((resolve) => dump.stderr.on('data', (b: Buffer) => {
+        err += b.toString('utf8')
+        if (err.includes('listening on')) resolve(true)
+      })),
       exited.then(() => false),
       new Promise<boolean>((r) => setTimeout(() => r(false), 5_000)),
     ])
-    if (!listening) throw new Error('tcpdump in the hub namespace did not start')
+    if (!listening) throw new Error(`tcpdump in the hub namespace did not start: ${err.trim() || 'no output'}`)
     await during()
     await new Promise((r) => setTimeout(r, 300))
   } finally {
-    dump.kill('SIGINT')
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 3_000))])
-    if (dump.exitCode === null) dump.kill('SIGKILL')
+    if (dump.exitCode === null) dump.kill('SIGINT')
+    const done = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 3_000))])
+    if (done === null) dump.kill('SIGKILL')
+    else code = done[0]
   }
-  const read = await execCapture(['tcpdump', '-n', '-r', file], { timeoutMs: 20_000 })
-  return classifyCapture(read.stdout)
+  if (code !== 0) throw new Error(`tcpdump in the hub namespace ended with ${code ?? 'a kill'}: ${err.trim()}`)
+  const report = classifyCapture(out)
+  report.captured = count(err, /(\d+) packets? captured/)
+  report.dropped = count(err, /(\d+) packets? dropped by kernel/)
+  report.truncated = report.captured !== null && report.captured >= maxPackets
+  return report
+}
+
+function count(text: string, re: RegExp): number | null {
+  const m = re.exec(text)
+  return m ? Number(m[1]) : null
 }
 
 const UNDERLAY_PAIR = /IP (10\.77\.\d+\.\d+)\.(\d+) > (10\.77\.\d+\.\d+)\.(\d+): /
 
 /** Pure classification of `tcpdump -n -r` text lines (exported for unit tests). */
 export function classifyCapture(text: string): CaptureReport {
-  const report: CaptureReport = { packets: 0, esp: 0, ike: 0, plaintext: [] }
+  const report: CaptureReport = { packets: 0, esp: 0, ike: 0, plaintext: [], captured: null, dropped: null, truncated: false }
   for (const line of text.split('\n')) {
     if (!line.trim()) continue
     report.packets++

@@ -3,7 +3,23 @@
 // sit behind their connector on a cluster LAN), pod namespaces behind every node, per-node certificates with
 // FabEdge DNs, and each gateway's tunnels.yaml in a kubelet-style ConfigMap directory. Running the agents is
 // agents.ts's job. Everything is torn down by destroy(), also after a failure or Ctrl-C (teardownOnSignals).
-// Recipe and libipsec rules: ../shared/strongswan-netns.md.
+// Recipe and libipsec rules: ../shared/strongswan-netns.md. This is the one harness of the demo, the e2e suite, the
+// benchmarks and the daemon namespace tests (test/integration/daemon). The small shape of a daemon test, one
+// connector + N edges with real charon and the real agent (dist/cli.js, build first), no second cluster:
+//
+//   const topo = await Topology.create({ spec: starTopology(2) })   // beijing.connector, beijing.edge1, .edge2
+//   const driver = await defaultDriver({ logLevel: 'debug' })        // options: datapath 'xfrm', resyncInterval
+//   t.teardown(async () => { await driver.stopAll(); await topo.destroy() })
+//   await startAgents(topo, driver)                                  // connector first; resolves when all are ready
+//   const e1 = topo.gateway('beijing.edge1'), a1 = driver.agent(e1) // AgentHandle: start/stop/kill/restart/signal,
+//   await a1.waitFor('up', async () => ...(await a1.status())...)   //   get(path), status(), waitFor(), logTail()
+//   await ping(topo.podOf('beijing.edge1').ns, topo.podOf('beijing.connector').ip)   // matrix.ts
+//   await topo.writeConfig(e1.name, 'broken: [')                     // any tunnels.yaml text, kubelet ..data swap
+//   await topo.removeEdge('beijing.edge2') / addEdge(...)            // the operator's view, every node rewritten
+//   e1.charon.stop() / restart(); e1.ns.run([...]); fabtunnel(e1, ['plan', ...]) (agents.ts)
+//
+// Each gateway's tunnels.yaml exists from create() on (the operator's view), so an agent can start at any time,
+// also before its charon (stop the charon first).
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -194,6 +210,13 @@ export class Topology {
   pod(name: string): Pod {
     const p = this.pods.get(name)
     if (!p) throw new Error(`no pod ${name}`)
+    return p
+  }
+
+  /** The first pod behind a node (every edge, and the connector of starTopology, has one). */
+  podOf(node: string): Pod {
+    const p = [...this.pods.values()].find((x) => x.node.fullName === node)
+    if (!p) throw new Error(`no pod behind ${node}`)
     return p
   }
 

@@ -4,30 +4,38 @@ import t from 'tap'
 import { copyFile, rename } from 'node:fs/promises'
 import { Vici } from '../../../src/vici/index.js'
 import { pemToDer } from '../../../src/reconcile/credentials.js'
+import { defaultDriver, startAgents } from '../../harness/agents.js'
+import { starTopology } from '../../harness/addressing.js'
+import { ping } from '../../harness/matrix.js'
 import { needsRoot } from '../../harness/netns.js'
-import { Cluster, type ClusterNode } from '../../harness/cluster.js'
+import { Topology } from '../../harness/topology.js'
 
-const up = (s: any) => s.peers.length > 0 && s.peers.every((p: { state: string }) => p.state === 'up')
+/** The edge's one peer (the connector) up: never true of an empty peer list. */
+const up = (s: any) => s.peers.length === 1 && s.peers.every((p: { state: string }) => p.state === 'up')
 
 t.test('credential rotation and a mismatched key', { skip: needsRoot, timeout: 120_000 }, async (t) => {
-  const c = await Cluster.create(1)
-  t.teardown(() => c.destroy())
-  const [conn, e1] = c.nodes as [ClusterNode, ClusterNode]
-  for (const n of c.nodes) {
-    await c.writeConfig(n, c.tunnelsYaml(n))
-    n.agent.start()
-  }
-  await e1.agent.waitFor('tunnel up', async () => up(await e1.agent.status()), 30_000)
-  const log = await e1.agent.logTail(400)
+  const topo = await Topology.create({ spec: starTopology(1) })
+  const driver = await defaultDriver({ logLevel: 'debug' })
+  t.teardown(async () => {
+    await driver.stopAll()
+    await topo.destroy()
+  })
+  const conn = topo.gateway('beijing.connector')
+  const e1 = topo.gateway('beijing.edge1')
+  const agent = driver.agent(e1)
+  await startAgents(topo, driver)
+  await agent.waitFor('tunnel up', async () => up(await agent.status()), 30_000)
+  const log = await agent.logTail(400)
+  t.ok(log.length > 0, 'the agent log has content to check')
   t.notMatch(log, /PRIVATE KEY/, 'no key material in the log')
 
   // Rotate: a new key and certificate for the same identity, written over the files the agent reads (key first,
   // then certificate: for a moment the pair does not match, which the agent must ride out).
-  const fresh = await c.pki.issue('test', 'edge1')
+  const fresh = await topo.pki.issue('beijing', 'edge1')
   t.equal(fresh.certPath, e1.cert.certPath, 'the same files')
   t.not(fresh.certPem, e1.cert.certPem, 'a new certificate')
   const freshPem = fresh.certPem
-  const rotated = await e1.agent.waitFor('new credentials in charon', async () => {
+  const rotated = await agent.waitFor('new credentials in charon', async () => {
     const v = new Vici({ uri: e1.charon.uri, reconnect: false })
     try {
       const certs = await v.listCerts({ type: 'X509' })
@@ -37,27 +45,28 @@ t.test('credential rotation and a mismatched key', { skip: needsRoot, timeout: 1
     }
   }, 20_000)
   t.ok(rotated, 'charon holds the new certificate with its key, without any restart')
-  const s = await e1.agent.status()
+  const s = await agent.status()
   t.ok(s.tunnels.counters.credentialLoads >= 2, 'loaded again over VICI')
   t.equal(s.tunnels.counters.reconnects, 0, 'charon was never restarted')
 
   // The new credentials are used for the next IKE_SA: end the current one from the connector side.
   const v = new Vici({ uri: conn.charon.uri, reconnect: false })
   const sas = await v.listSas()
+  t.ok(sas.length > 0, 'the connector has an IKE_SA to end')
   await v.terminate({ ikeId: sas[0]!.uniqueid, force: true, timeoutMs: 5000 })
   await v.close()
-  await e1.agent.waitFor('tunnel back with the rotated certificate', async () => up(await e1.agent.status()), 30_000)
-  t.ok(await c.ping(e1.pod, conn.podIp), 'traffic flows over the re-established tunnel')
+  await agent.waitFor('tunnel back with the rotated certificate', async () => up(await agent.status()), 30_000)
+  t.ok(await ping(topo.podOf(e1.name).ns, topo.podOf(conn.name).ip), 'traffic flows over the re-established tunnel')
 
   // A key that does not belong to the certificate: a clear error, reported, tunnels untouched.
-  const other = await c.pki.issue('test', 'stranger')
+  const other = await topo.pki.issue('beijing', 'stranger')
   await copyFile(other.keyPath, `${e1.cert.keyPath}.bad`)
   await rename(`${e1.cert.keyPath}.bad`, e1.cert.keyPath)
-  const bad = await e1.agent.waitFor('mismatch reported', async () => {
-    const st = await e1.agent.status()
+  const bad = await agent.waitFor('mismatch reported', async () => {
+    const st = await agent.status()
     return /does not belong to the certificate/.test(st.lastPass?.errors?.tunnels ?? '') && st
   }, 20_000)
   t.equal(bad.ready, false, 'not ready while the key is wrong')
   t.ok(up(bad), 'the established tunnel stays up')
-  t.notMatch(await e1.agent.logTail(400), /PRIVATE KEY/, 'still no key material in the log')
+  t.notMatch(await agent.logTail(400), /PRIVATE KEY/, 'still no key material in the log')
 })
