@@ -30,7 +30,12 @@ export interface ReconnectOptions {
 export interface ViciClientOptions {
   /** `unix:///path` or a plain path. Default `unix:///var/run/charon.vici`. */
   uri?: string
-  /** Largest frame sent or accepted (bytes). Default 4 MiB. */
+  /**
+   * Largest frame sent or accepted (bytes, after the length prefix). Default 512 KiB, charon's own
+   * VICI_MESSAGE_SIZE_MAX (see DEFAULT_MAX_FRAME_BYTES): a bigger request is refused with `frame-too-large`
+   * before it is sent, the connection stays usable; a bigger incoming frame resets the connection. Raise it
+   * only for a charon built with a bigger limit.
+   */
   maxFrameBytes?: number
   /** Default per-call timeout (ms), covering queueing and the answer. Default 30000. */
   timeoutMs?: number
@@ -80,6 +85,12 @@ interface Pending {
   /** Event name streamed by this command; its events are collected while the command is in flight. */
   readonly collect: string | undefined
   readonly events: ViciMessage[]
+  /**
+   * Sent even after its caller timed out while it was queued. For a stream's EVENT_UNREGISTER: charon keeps one
+   * registration entry per EVENT_REGISTER (vici_dispatcher.c register_event appends without checking) and
+   * raise_event sends the event once per entry, so a registration left behind would double every later stream.
+   */
+  readonly keep: boolean
   readonly resolve: (r: { packet: ViciPacket; events: ViciMessage[] }) => void
   readonly reject: (e: ViciError) => void
   timer: NodeJS.Timeout | undefined
@@ -146,6 +157,7 @@ class Connection {
     timeoutMs: number,
     buffers: boolean,
     collect?: string,
+    keep = false,
   ): Promise<{ packet: ViciPacket; events: ViciMessage[] }> {
     if (this.dead) return Promise.reject(this.dead)
     let frame: Buffer
@@ -156,7 +168,7 @@ class Connection {
     }
     return new Promise((resolve, reject) => {
       const p: Pending = {
-        frame, kind, name, buffers, collect, events: [], resolve, reject,
+        frame, kind, name, buffers, collect, events: [], keep, resolve, reject,
         timer: undefined, sent: false, settled: false,
       }
       p.timer = setTimeout(() => this.expire(p, timeoutMs), timeoutMs)
@@ -178,7 +190,7 @@ class Connection {
     p.timer = undefined
     this.settle(p, new ViciError('timeout', `${p.name}: no answer from charon in ${timeoutMs} ms`, { command: p.name }))
     // A sent request keeps its slot: its late answer must still be consumed so the next answer pairs correctly.
-    if (!p.sent) this.queue.splice(this.queue.indexOf(p), 1)
+    if (!p.sent && !p.keep) this.queue.splice(this.queue.indexOf(p), 1)
   }
 
   private settle(p: Pending, result: ViciError | { packet: ViciPacket; events: ViciMessage[] }): void {
@@ -347,10 +359,11 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     const conn = await this.commandConnection()
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs
     const buffers = opts.buffers ?? false
-    // Queued back to back, so nothing else runs on this connection while the stream's event is registered.
+    // Queued back to back, so nothing else runs on this connection while the stream's event is registered. The
+    // unregister is kept even when the stream times out first, so no registration outlives the stream.
     const reg = conn.request({ type: 'EVENT_REGISTER', name: event }, 'event', event, timeoutMs, false)
     const cmd = conn.request({ type: 'CMD_REQUEST', name: command, message }, 'cmd', command, timeoutMs, buffers, event)
-    const unreg = conn.request({ type: 'EVENT_UNREGISTER', name: event }, 'event', event, timeoutMs, false)
+    const unreg = conn.request({ type: 'EVENT_UNREGISTER', name: event }, 'event', event, timeoutMs, false, undefined, true)
     const [r, c, u] = await Promise.allSettled([reg, cmd, unreg])
     if (r.status === 'rejected') throw r.reason
     checkRegistration(event, r.value.packet)
