@@ -10,6 +10,7 @@ import {
   encodePacket,
   type ViciMessage,
 } from '../../../src/vici/index.js'
+import { requestOfSize } from '../../harness/vici-frames.js'
 
 const s = (str: string): number[] => [...Buffer.from(str, 'latin1')]
 
@@ -185,30 +186,14 @@ t.test('FrameReader: any chunking yields the same frames; limits enforced', asyn
   t.throws(() => new FrameReader().push(Buffer.from([0, 0, 0, 0])), { code: 'malformed' }, 'zero-length frame')
 })
 
-/**
- * A CMD_REQUEST named 'x' whose packet (the frame body) is exactly `size` bytes: 3 bytes of type and name, then
- * KEY_VALUE elements `a`, `b`, ... of 5 bytes overhead each (type, name length, name, value length).
- */
-function requestOfSize(size: number): { type: 'CMD_REQUEST'; name: string; message: Record<string, string> } {
-  const message: Record<string, string> = {}
-  let left = size - 3
-  for (let i = 0; left > 0; i++) {
-    const elem = Math.min(left, 5 + 0xffff)
-    if (elem < 5 || (left - elem > 0 && left - elem < 5)) throw new Error(`cannot build a request of ${size} bytes`)
-    message[String.fromCharCode(0x61 + i)] = 'v'.repeat(elem - 5)
-    left -= elem
-  }
-  return { type: 'CMD_REQUEST', name: 'x', message }
-}
-
 t.test("frames: charon's 512 KiB limit (VICI_MESSAGE_SIZE_MAX) is the default, in both directions", async (t) => {
   t.equal(DEFAULT_MAX_FRAME_BYTES, 512 * 1024)
-  const at = encodeFrame(requestOfSize(512 * 1024))
+  const at = encodeFrame(requestOfSize('x', 512 * 1024))
   t.same([...at.subarray(0, 8)], [0, 8, 0, 0, /* length 524288 */ 0, /* CMD_REQUEST */ 1, 0x78 /* name x */, 3 /* KEY_VALUE */])
   t.equal(at.length, 4 + 512 * 1024, 'exactly 512 KiB is sent')
   const e = (() => {
     try {
-      encodeFrame(requestOfSize(512 * 1024 + 1))
+      encodeFrame(requestOfSize('x', 512 * 1024 + 1))
     } catch (err) {
       return err
     }
@@ -219,8 +204,8 @@ t.test("frames: charon's 512 KiB limit (VICI_MESSAGE_SIZE_MAX) is the default, i
   t.equal((e as ViciError).command, 'x', 'naming the command')
   t.match((e as ViciError).message, /CMD_REQUEST x: a frame of 524289 bytes exceeds the 524288-byte VICI limit/)
   t.equal((e as ViciError).isTransport, true)
-  t.doesNotThrow(() => encodeFrame(requestOfSize(512 * 1024 + 1), 1024 * 1024), 'the limit is configurable')
-  t.throws(() => encodeFrame({ type: 'EVENT', name: 'e', message: requestOfSize(600_000).message }), { code: 'frame-too-large' }, 'any packet type')
+  t.doesNotThrow(() => encodeFrame(requestOfSize('x', 512 * 1024 + 1), 1024 * 1024), 'the limit is configurable')
+  t.throws(() => encodeFrame({ type: 'EVENT', name: 'e', message: requestOfSize('x', 600_000).message }), { code: 'frame-too-large' }, 'any packet type')
 
   // what we accept mirrors what charon sends: its own outgoing limit is the same constant
   const frames = new FrameReader().push(at)
