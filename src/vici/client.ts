@@ -37,7 +37,11 @@ export interface ViciClientOptions {
    * only for a charon built with a bigger limit.
    */
   maxFrameBytes?: number
-  /** Default per-call timeout (ms), covering queueing and the answer. Default 30000. */
+  /**
+   * Default per-call timeout (ms), covering queueing and the answer. Default 30000. Also how long the late
+   * answer of a sent call that timed out is still waited for (answers pair by order): after that the connection
+   * is reset (`disconnected` with `timeout`, calls queued behind it reject) instead of staying blocked.
+   */
   timeoutMs?: number
   /** Bound on opening the socket (ms). Default 5000. */
   connectTimeoutMs?: number
@@ -93,6 +97,7 @@ interface Pending {
   readonly keep: boolean
   readonly resolve: (r: { packet: ViciPacket; events: ViciMessage[] }) => void
   readonly reject: (e: ViciError) => void
+  /** The call's timeout; once it fired, for a sent request, the bound on waiting for the late answer. */
   timer: NodeJS.Timeout | undefined
   sent: boolean
   settled: boolean
@@ -133,6 +138,8 @@ class Connection {
   constructor(
     private readonly sock: net.Socket,
     private readonly maxFrameBytes: number,
+    /** How long a late answer is waited for after its call timed out, before the connection is reset. */
+    private readonly lateAnswerMs: number,
     private readonly eventBuffers: boolean,
     private readonly onEvent: ViciEventHandler | null,
     private readonly onDeath: (err: ViciError) => void,
@@ -181,7 +188,10 @@ class Connection {
   kill(err: ViciError): void {
     if (this.dead) return
     this.dead = err
-    for (const p of this.queue.splice(0)) this.settle(p, err)
+    for (const p of this.queue.splice(0)) {
+      clearTimeout(p.timer)
+      this.settle(p, err)
+    }
     this.sock.destroy()
     this.onDeath(err)
   }
@@ -190,7 +200,20 @@ class Connection {
     p.timer = undefined
     this.settle(p, new ViciError('timeout', `${p.name}: no answer from charon in ${timeoutMs} ms`, { command: p.name }))
     // A sent request keeps its slot: its late answer must still be consumed so the next answer pairs correctly.
-    if (!p.sent && !p.keep) this.queue.splice(this.queue.indexOf(p), 1)
+    if (p.sent) this.awaitLateAnswer(p)
+    else if (!p.keep) this.queue.splice(this.queue.indexOf(p), 1)
+  }
+
+  /**
+   * Bounds the wait for the late answer of a sent request whose caller already timed out. An answer that never
+   * comes (charon discards a reply over its frame limit, see DEFAULT_MAX_FRAME_BYTES, or is wedged) would hold
+   * the slot for good and time out every later call on a connection that still looks healthy: reset it instead.
+   */
+  private awaitLateAnswer(p: Pending): void {
+    p.timer = setTimeout(() => {
+      const msg = `${p.name}: still no answer ${this.lateAnswerMs} ms after its timeout; connection reset`
+      this.kill(new ViciError('timeout', msg, { command: p.name }))
+    }, this.lateAnswerMs)
   }
 
   private settle(p: Pending, result: ViciError | { packet: ViciPacket; events: ViciMessage[] }): void {
@@ -205,6 +228,8 @@ class Connection {
     const head = this.queue[0]
     if (!head || head.sent) return
     head.sent = true
+    // a kept request whose caller timed out while it was queued (see Pending.keep)
+    if (head.settled) this.awaitLateAnswer(head)
     this.sock.write(head.frame)
   }
 
@@ -241,6 +266,7 @@ class Connection {
           throw new ViciError('protocol', `unexpected ${packet.type} (no matching request in flight)`)
         }
         this.queue.shift()
+        clearTimeout(inFlight.timer)
         this.settle(inFlight, { packet, events: inFlight.events })
         this.sendHead()
         return
@@ -467,6 +493,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     const conn: Connection = new Connection(
       sock,
       this.maxFrameBytes,
+      this.timeoutMs,
       this.eventBuffers,
       events ? (name, msg) => this.deliver(name, msg) : null,
       (err) => this.lost(conn, err),

@@ -563,3 +563,22 @@ t.test('close() while the socket is still connecting', async (t) => {
   await sleep(20)
   t.equal(f.connections, 0, 'the socket opened meanwhile is closed')
 })
+
+t.test('an answer that never comes resets the connection instead of blocking every later call', async (t) => {
+  // e.g. charon discards a reply over its 512 KiB limit (vici_socket.c send) and the request stays unanswered
+  const f = await fake(t, { never: () => undefined, version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) })
+  // the client's timeout (also the wait for a late answer) is short; the queued call's own is long
+  const c = client(t, f, { timeoutMs: 50, reconnect: { initialDelayMs: 5 } })
+  await c.connect()
+  const disconnected = once(c, 'disconnected')
+  const reconnected = once(c, 'reconnected')
+  const never = c.call('never', {}, { timeoutMs: 20 })
+  const queued = c.call('version', {}, { timeoutMs: 60_000 })
+  queued.catch(() => undefined) // checked below
+  await rejectsCode(t, never, 'timeout', 'the unanswered call')
+  const e = await rejectsCode(t, within(queued, 'the queued call'), 'timeout', 'the call queued behind it')
+  t.match(e?.message, /never: still no answer 50 ms after its timeout; connection reset/)
+  t.equal(((await within(disconnected, 'disconnected')) as [ViciError])[0].code, 'timeout')
+  await within(reconnected, 'reconnected')
+  t.same(await c.call('version'), { v: '1' }, 'the new connection works')
+})
