@@ -37,12 +37,14 @@ export interface ViciClientOptions {
    * only for a charon built with a bigger limit.
    */
   maxFrameBytes?: number
-  /**
-   * Default per-call timeout (ms), covering queueing and the answer. Default 30000. Also how long the late
-   * answer of a sent call that timed out is still waited for (answers pair by order): after that the connection
-   * is reset (`disconnected` with `timeout`, calls queued behind it reject) instead of staying blocked.
-   */
+  /** Default per-call timeout (ms), covering queueing and the answer. Default 30000. */
   timeoutMs?: number
+  /**
+   * How long the late answer of a sent call that timed out is still waited for (answers pair by order), in ms.
+   * After that the connection is reset (`disconnected` with `timeout`, calls queued behind it reject) instead of
+   * blocking every later call. Default `timeoutMs`; `Infinity` waits for ever.
+   */
+  lateAnswerMs?: number
   /** Bound on opening the socket (ms). Default 5000. */
   connectTimeoutMs?: number
   /** Reconnect after charon goes away; `false` leaves reconnecting to the caller. Default on. */
@@ -210,6 +212,8 @@ class Connection {
    * the slot for good and time out every later call on a connection that still looks healthy: reset it instead.
    */
   private awaitLateAnswer(p: Pending): void {
+    // setTimeout fires at once for delays past 2^31-1 ms: those, and Infinity, mean "wait for ever"
+    if (this.lateAnswerMs > 2 ** 31 - 1) return
     p.timer = setTimeout(() => {
       const msg = `${p.name}: still no answer ${this.lateAnswerMs} ms after its timeout; connection reset`
       this.kill(new ViciError('timeout', msg, { command: p.name }))
@@ -288,6 +292,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
   readonly socketPath: string
   private readonly maxFrameBytes: number
   private readonly timeoutMs: number
+  private readonly lateAnswerMs: number
   private readonly connectTimeoutMs: number
   private readonly reconnectOpts: Required<ReconnectOptions> | false
   private readonly eventBuffers: boolean
@@ -307,6 +312,8 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     this.socketPath = socketPathFromUri(opts.uri ?? DEFAULT_VICI_URI)
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.timeoutMs = opts.timeoutMs ?? 30_000
+    this.lateAnswerMs = opts.lateAnswerMs ?? this.timeoutMs
+    if (!(this.lateAnswerMs >= 0)) throw new ViciError('invalid', `lateAnswerMs must be >= 0, got ${this.lateAnswerMs}`)
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 5_000
     this.eventBuffers = opts.buffers ?? false
     this.reconnectOpts =
@@ -493,7 +500,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     const conn: Connection = new Connection(
       sock,
       this.maxFrameBytes,
-      this.timeoutMs,
+      this.lateAnswerMs,
       this.eventBuffers,
       events ? (name, msg) => this.deliver(name, msg) : null,
       (err) => this.lost(conn, err),

@@ -582,3 +582,29 @@ t.test('an answer that never comes resets the connection instead of blocking eve
   await within(reconnected, 'reconnected')
   t.same(await c.call('version'), { v: '1' }, 'the new connection works')
 })
+
+t.test('lateAnswerMs: Infinity keeps waiting for the late answer; the blocking pool relies on it', async (t) => {
+  t.throws(() => new ViciClient({ uri: '/x', lateAnswerMs: -1 }), { code: 'invalid' })
+  let active = 0
+  let maxActive = 0
+  const conns = new Set<number>()
+  const f = await fake(t, {
+    initiate: (c, p) => {
+      conns.add(c.id)
+      active++
+      maxActive = Math.max(maxActive, active)
+      // the first blocking initiate answers long after its caller's timeout (and after 2x of it)
+      setTimeout(() => {
+        active--
+        c.send({ type: 'CMD_RESPONSE', message: { success: 'yes' } })
+      }, p.message.child === 'slow' ? 100 : 0)
+    },
+  })
+  const v = new Vici({ uri: f.uri, timeoutMs: 20, maxBlocking: 1 })
+  t.teardown(() => v.close())
+  // timeoutMs 0: no limit in charon, so the call is bounded by the client's 20 ms only
+  await rejectsCode(t, v.initiate({ child: 'slow', timeoutMs: 0 }), 'timeout', 'blocking initiate past its timeout')
+  await v.initiate({ child: 'next', timeoutMs: 5 })
+  t.equal(maxActive, 1, 'never two blocking initiates parked in charon with maxBlocking 1')
+  t.equal(conns.size, 1, 'the second waited on the same connection for the late answer, no reset')
+})
