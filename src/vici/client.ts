@@ -30,10 +30,21 @@ export interface ReconnectOptions {
 export interface ViciClientOptions {
   /** `unix:///path` or a plain path. Default `unix:///var/run/charon.vici`. */
   uri?: string
-  /** Largest frame sent or accepted (bytes). Default 4 MiB. */
+  /**
+   * Largest frame sent or accepted (bytes, after the length prefix). Default 512 KiB, charon's own
+   * VICI_MESSAGE_SIZE_MAX (see DEFAULT_MAX_FRAME_BYTES): a bigger request is refused with `frame-too-large`
+   * before it is sent, the connection stays usable; a bigger incoming frame resets the connection. Raise it
+   * only for a charon built with a bigger limit.
+   */
   maxFrameBytes?: number
   /** Default per-call timeout (ms), covering queueing and the answer. Default 30000. */
   timeoutMs?: number
+  /**
+   * How long the late answer of a sent call that timed out is still waited for (answers pair by order), in ms.
+   * After that the connection is reset (`disconnected` with `timeout`, calls queued behind it reject) instead of
+   * blocking every later call. Default `timeoutMs`; `Infinity` waits for ever.
+   */
+  lateAnswerMs?: number
   /** Bound on opening the socket (ms). Default 5000. */
   connectTimeoutMs?: number
   /** Reconnect after charon goes away; `false` leaves reconnecting to the caller. Default on. */
@@ -80,8 +91,15 @@ interface Pending {
   /** Event name streamed by this command; its events are collected while the command is in flight. */
   readonly collect: string | undefined
   readonly events: ViciMessage[]
+  /**
+   * Sent even after its caller timed out while it was queued. For a stream's EVENT_UNREGISTER: charon keeps one
+   * registration entry per EVENT_REGISTER (vici_dispatcher.c register_event appends without checking) and
+   * raise_event sends the event once per entry, so a registration left behind would double every later stream.
+   */
+  readonly keep: boolean
   readonly resolve: (r: { packet: ViciPacket; events: ViciMessage[] }) => void
   readonly reject: (e: ViciError) => void
+  /** The call's timeout; once it fired, for a sent request, the bound on waiting for the late answer. */
   timer: NodeJS.Timeout | undefined
   sent: boolean
   settled: boolean
@@ -122,6 +140,8 @@ class Connection {
   constructor(
     private readonly sock: net.Socket,
     private readonly maxFrameBytes: number,
+    /** How long a late answer is waited for after its call timed out, before the connection is reset. */
+    private readonly lateAnswerMs: number,
     private readonly eventBuffers: boolean,
     private readonly onEvent: ViciEventHandler | null,
     private readonly onDeath: (err: ViciError) => void,
@@ -146,6 +166,7 @@ class Connection {
     timeoutMs: number,
     buffers: boolean,
     collect?: string,
+    keep = false,
   ): Promise<{ packet: ViciPacket; events: ViciMessage[] }> {
     if (this.dead) return Promise.reject(this.dead)
     let frame: Buffer
@@ -156,7 +177,7 @@ class Connection {
     }
     return new Promise((resolve, reject) => {
       const p: Pending = {
-        frame, kind, name, buffers, collect, events: [], resolve, reject,
+        frame, kind, name, buffers, collect, events: [], keep, resolve, reject,
         timer: undefined, sent: false, settled: false,
       }
       p.timer = setTimeout(() => this.expire(p, timeoutMs), timeoutMs)
@@ -169,7 +190,10 @@ class Connection {
   kill(err: ViciError): void {
     if (this.dead) return
     this.dead = err
-    for (const p of this.queue.splice(0)) this.settle(p, err)
+    for (const p of this.queue.splice(0)) {
+      clearTimeout(p.timer)
+      this.settle(p, err)
+    }
     this.sock.destroy()
     this.onDeath(err)
   }
@@ -178,7 +202,22 @@ class Connection {
     p.timer = undefined
     this.settle(p, new ViciError('timeout', `${p.name}: no answer from charon in ${timeoutMs} ms`, { command: p.name }))
     // A sent request keeps its slot: its late answer must still be consumed so the next answer pairs correctly.
-    if (!p.sent) this.queue.splice(this.queue.indexOf(p), 1)
+    if (p.sent) this.awaitLateAnswer(p)
+    else if (!p.keep) this.queue.splice(this.queue.indexOf(p), 1)
+  }
+
+  /**
+   * Bounds the wait for the late answer of a sent request whose caller already timed out. An answer that never
+   * comes (charon discards a reply over its frame limit, see DEFAULT_MAX_FRAME_BYTES, or is wedged) would hold
+   * the slot for good and time out every later call on a connection that still looks healthy: reset it instead.
+   */
+  private awaitLateAnswer(p: Pending): void {
+    // setTimeout fires at once for delays past 2^31-1 ms: those, and Infinity, mean "wait for ever"
+    if (this.lateAnswerMs > 2 ** 31 - 1) return
+    p.timer = setTimeout(() => {
+      const msg = `${p.name}: still no answer ${this.lateAnswerMs} ms after its timeout; connection reset`
+      this.kill(new ViciError('timeout', msg, { command: p.name }))
+    }, this.lateAnswerMs)
   }
 
   private settle(p: Pending, result: ViciError | { packet: ViciPacket; events: ViciMessage[] }): void {
@@ -193,6 +232,8 @@ class Connection {
     const head = this.queue[0]
     if (!head || head.sent) return
     head.sent = true
+    // a kept request whose caller timed out while it was queued (see Pending.keep)
+    if (head.settled) this.awaitLateAnswer(head)
     this.sock.write(head.frame)
   }
 
@@ -229,6 +270,7 @@ class Connection {
           throw new ViciError('protocol', `unexpected ${packet.type} (no matching request in flight)`)
         }
         this.queue.shift()
+        clearTimeout(inFlight.timer)
         this.settle(inFlight, { packet, events: inFlight.events })
         this.sendHead()
         return
@@ -250,6 +292,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
   readonly socketPath: string
   private readonly maxFrameBytes: number
   private readonly timeoutMs: number
+  private readonly lateAnswerMs: number
   private readonly connectTimeoutMs: number
   private readonly reconnectOpts: Required<ReconnectOptions> | false
   private readonly eventBuffers: boolean
@@ -269,6 +312,8 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     this.socketPath = socketPathFromUri(opts.uri ?? DEFAULT_VICI_URI)
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.timeoutMs = opts.timeoutMs ?? 30_000
+    this.lateAnswerMs = opts.lateAnswerMs ?? this.timeoutMs
+    if (!(this.lateAnswerMs >= 0)) throw new ViciError('invalid', `lateAnswerMs must be >= 0, got ${this.lateAnswerMs}`)
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 5_000
     this.eventBuffers = opts.buffers ?? false
     this.reconnectOpts =
@@ -347,10 +392,11 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     const conn = await this.commandConnection()
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs
     const buffers = opts.buffers ?? false
-    // Queued back to back, so nothing else runs on this connection while the stream's event is registered.
+    // Queued back to back, so nothing else runs on this connection while the stream's event is registered. The
+    // unregister is kept even when the stream times out first, so no registration outlives the stream.
     const reg = conn.request({ type: 'EVENT_REGISTER', name: event }, 'event', event, timeoutMs, false)
     const cmd = conn.request({ type: 'CMD_REQUEST', name: command, message }, 'cmd', command, timeoutMs, buffers, event)
-    const unreg = conn.request({ type: 'EVENT_UNREGISTER', name: event }, 'event', event, timeoutMs, false)
+    const unreg = conn.request({ type: 'EVENT_UNREGISTER', name: event }, 'event', event, timeoutMs, false, undefined, true)
     const [r, c, u] = await Promise.allSettled([reg, cmd, unreg])
     if (r.status === 'rejected') throw r.reason
     checkRegistration(event, r.value.packet)
@@ -454,6 +500,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     const conn: Connection = new Connection(
       sock,
       this.maxFrameBytes,
+      this.lateAnswerMs,
       this.eventBuffers,
       events ? (name, msg) => this.deliver(name, msg) : null,
       (err) => this.lost(conn, err),

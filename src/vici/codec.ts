@@ -1,7 +1,8 @@
 // Pure VICI codec: transport framing, packets and message elements, both directions, no I/O.
 // Spec: strongSwan's vici plugin README (src/libcharon/plugins/vici/README.md), "Transport protocol",
-// "Packet layer" and "Message format". Every malformed, truncated or oversized input becomes a ViciError
-// ('malformed' or 'frame-too-large'); nothing here allocates more than the frame it was given.
+// "Packet layer" and "Message format"; the limits charon enforces beyond the README are cited where checked.
+// Every malformed, truncated or oversized input becomes a ViciError ('malformed' or 'frame-too-large'); nothing
+// here allocates more than the frame it was given. The encoder refuses ('invalid') what charon would not parse.
 import { ViciError } from './errors.js'
 
 /** A decoded message value: a string (or Buffer in binary mode), a list, or a nested section. */
@@ -73,8 +74,17 @@ const TYPE_NAMES: readonly ViciPacketType[] = [
   'EVENT',
 ]
 
-/** charon's own segment limit is 512 KiB; we accept more so a future charon does not break us. */
-export const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
+/**
+ * charon's own frame limit: strongSwan src/libcharon/plugins/vici/vici_socket.h defines
+ * `VICI_MESSAGE_SIZE_MAX (512 * 1024)`, counted like ours (the packet after the 4-byte length). In
+ * vici_socket.c (5.9.8, and unchanged since), `do_read` checks the length header before reading the body: over
+ * the limit it logs "vici message length N exceeds 524288 bytes limit, ignored" and disconnects the client, so
+ * every request queued on that connection is lost. In the other direction `send` discards an outgoing message
+ * over the limit ("vici message size N exceeds maximum size of 524288, discarded"): charon never sends a bigger
+ * frame, so one announced by the peer is a corrupt stream, not a message to wait for. The macro is `#ifndef`
+ * guarded (a build may raise it): `maxFrameBytes` (client option) follows such a build.
+ */
+export const DEFAULT_MAX_FRAME_BYTES = 512 * 1024
 /** Deep enough for any swanctl.conf shape (conn > children > child > ...), shallow enough to stop abuse. */
 export const DEFAULT_MAX_DEPTH = 32
 
@@ -87,15 +97,31 @@ export interface DecodeOptions {
 
 // ---- encoding ----
 
-function nameBytes(name: string, where: string): Buffer {
-  const b = Buffer.from(name, 'utf8')
-  if (b.length > 255) throw new ViciError('invalid', `${where} name longer than 255 bytes: ${name.slice(0, 40)}...`)
-  return b
+/**
+ * Names charon parses: 1 to 255 bytes of printable ASCII (0x20-0x7e). vici_message.c and vici_dispatcher.c
+ * (`vici_stringify`) refuse a name with any byte failing `isprint()`, in charon's C locale; a refused element name
+ * fails the whole request, and a refused command or event name is dropped without any answer (vici_dispatcher.c
+ * "invalid vici request message"), which would leave the call waiting for its timeout. charon's parser lets an
+ * empty name through, but no command or swanctl setting has one: it is always a caller bug (a name that came
+ * out empty), refused here too.
+ */
+const PRINTABLE = /^[\x20-\x7e]*$/
+
+/** A key as shown in error paths: quoted and escaped when it holds what a log line should not carry raw. */
+function shown(name: string): string {
+  return name !== '' && PRINTABLE.test(name) ? name : JSON.stringify(name)
 }
 
-function valueBytes(v: string | Buffer, where: string): Buffer {
+function nameBytes(name: string, what: string): Buffer {
+  if (name.length === 0) throw new ViciError('invalid', `${what}: empty name`)
+  if (!PRINTABLE.test(name)) throw new ViciError('invalid', `${what}: name has a byte charon refuses (printable ASCII only)`)
+  if (name.length > 255) throw new ViciError('invalid', `${what}: name longer than 255 bytes: ${name.slice(0, 40)}...`)
+  return Buffer.from(name, 'latin1')
+}
+
+function valueBytes(v: string | Buffer, path: string): Buffer {
   const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v
-  if (b.length > 0xffff) throw new ViciError('invalid', `value of ${where} longer than 65535 bytes`)
+  if (b.length > 0xffff) throw new ViciError('invalid', `${path}: value longer than 65535 bytes`)
   return b
 }
 
@@ -103,14 +129,35 @@ function isValue(v: unknown): v is string | Buffer {
   return typeof v === 'string' || Buffer.isBuffer(v)
 }
 
-function encodeInto(out: Buffer[], msg: ViciInput, depth: number, maxDepth: number): void {
-  if (depth > maxDepth) throw new ViciError('invalid', `message nested deeper than ${maxDepth} sections`)
+/** Plain objects only: a Date, Map, Uint8Array or class instance has no own keys to encode and would vanish. */
+function isSection(v: unknown): v is ViciInput {
+  if (typeof v !== 'object' || v === null) return false
+  const proto: unknown = Object.getPrototypeOf(v)
+  return proto === Object.prototype || proto === null
+}
+
+/**
+ * What a wrong value is, for the error. VICI values are byte strings and charon reads e.g. `yes`/`no`, not
+ * `true`, so numbers and booleans are refused rather than stringified: callers write the exact text (as
+ * src/desired does with `String(port)` and `'yes'`).
+ */
+function describe(v: unknown): string {
+  if (v === null) return 'null'
+  if (typeof v !== 'object') return typeof v
+  return (v as object).constructor?.name ?? 'object'
+}
+
+const WANTED = 'a string, Buffer, list of strings/Buffers or plain-object section'
+
+function encodeInto(out: Buffer[], msg: ViciInput, prefix: string, depth: number, maxDepth: number): void {
+  if (depth > maxDepth) throw new ViciError('invalid', `${prefix || 'message'}: nested deeper than ${maxDepth} sections`)
   for (const key of Object.keys(msg)) {
-    const v = msg[key]
+    const v: unknown = msg[key]
     if (v === undefined) continue
-    const name = nameBytes(key, 'key')
+    const path = prefix === '' ? shown(key) : `${prefix}.${shown(key)}`
+    const name = nameBytes(key, `key ${path}`)
     if (isValue(v)) {
-      const val = valueBytes(v, key)
+      const val = valueBytes(v, path)
       const head = Buffer.allocUnsafe(2 + name.length + 2)
       head[0] = ELEMENT_TYPES.KEY_VALUE
       head[1] = name.length
@@ -119,29 +166,35 @@ function encodeInto(out: Buffer[], msg: ViciInput, depth: number, maxDepth: numb
       out.push(head, val)
     } else if (Array.isArray(v)) {
       out.push(Buffer.from([ELEMENT_TYPES.LIST_START, name.length]), name)
-      for (const item of v as ReadonlyArray<unknown>) {
-        if (!isValue(item)) throw new ViciError('invalid', `list ${key} holds a non-string item (lists cannot nest)`)
-        const val = valueBytes(item, key)
+      for (const [i, item] of (v as readonly unknown[]).entries()) {
+        if (!isValue(item)) {
+          throw new ViciError('invalid', `${path}[${i}]: list items must be strings or Buffers (lists cannot nest), got ${describe(item)}`)
+        }
+        const val = valueBytes(item, `${path}[${i}]`)
         const head = Buffer.allocUnsafe(3)
         head[0] = ELEMENT_TYPES.LIST_ITEM
         head.writeUInt16BE(val.length, 1)
         out.push(head, val)
       }
       out.push(Buffer.from([ELEMENT_TYPES.LIST_END]))
-    } else if (typeof v === 'object' && v !== null) {
+    } else if (isSection(v)) {
       out.push(Buffer.from([ELEMENT_TYPES.SECTION_START, name.length]), name)
-      encodeInto(out, v as ViciInput, depth + 1, maxDepth)
+      encodeInto(out, v, path, depth + 1, maxDepth)
       out.push(Buffer.from([ELEMENT_TYPES.SECTION_END]))
     } else {
-      throw new ViciError('invalid', `key ${key}: values must be strings, Buffers, lists or sections, got ${typeof v}`)
+      throw new ViciError('invalid', `${path}: expected ${WANTED}, got ${describe(v)}`)
     }
   }
 }
 
-/** Encodes a message (the element sequence, without packet or frame header). Insertion order is wire order. */
+/**
+ * Encodes a message (the element sequence, without packet or frame header). Insertion order is wire order.
+ * Throws ViciError('invalid'), naming the key path, for anything charon would not parse (see nameBytes, isSection).
+ */
 export function encodeMessage(msg: ViciInput, maxDepth = DEFAULT_MAX_DEPTH): Buffer {
+  if (!isSection(msg)) throw new ViciError('invalid', `message: expected a plain object, got ${describe(msg)}`)
   const out: Buffer[] = []
-  encodeInto(out, msg, 0, maxDepth)
+  encodeInto(out, msg, '', 0, maxDepth)
   return Buffer.concat(out)
 }
 
@@ -151,12 +204,12 @@ export function encodePacket(p: ViciPacketInput): Buffer {
   switch (p.type) {
     case 'CMD_REQUEST':
     case 'EVENT': {
-      const name = nameBytes(p.name, 'packet')
+      const name = nameBytes(p.name, `${p.type} packet ${shown(p.name)}`)
       return Buffer.concat([type, Buffer.from([name.length]), name, encodeMessage(p.message ?? {})])
     }
     case 'EVENT_REGISTER':
     case 'EVENT_UNREGISTER': {
-      const name = nameBytes(p.name, 'packet')
+      const name = nameBytes(p.name, `${p.type} packet ${shown(p.name)}`)
       return Buffer.concat([type, Buffer.from([name.length]), name])
     }
     case 'CMD_RESPONSE':
@@ -166,11 +219,20 @@ export function encodePacket(p: ViciPacketInput): Buffer {
   }
 }
 
-/** Encodes a packet with its 4-byte big-endian length prefix, ready for the socket. */
+/**
+ * Encodes a packet with its 4-byte big-endian length prefix, ready for the socket. A packet over maxFrameBytes
+ * is refused with 'frame-too-large' before anything is sent (charon would drop the connection, see
+ * DEFAULT_MAX_FRAME_BYTES).
+ */
 export function encodeFrame(p: ViciPacketInput, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer {
   const body = encodePacket(p)
   if (body.length > maxFrameBytes) {
-    throw new ViciError('frame-too-large', `${p.type} frame of ${body.length} bytes exceeds ${maxFrameBytes}`)
+    const what = 'name' in p ? `${p.type} ${p.name}` : p.type
+    throw new ViciError(
+      'frame-too-large',
+      `${what}: a frame of ${body.length} bytes exceeds the ${maxFrameBytes}-byte VICI limit (charon drops the connection on larger ones); not sent`,
+      { command: 'name' in p ? p.name : undefined },
+    )
   }
   const head = Buffer.allocUnsafe(4)
   head.writeUInt32BE(body.length, 0)
@@ -314,8 +376,10 @@ export class FrameReader {
       if (this.need < 0) {
         if (this.size < 4) break
         const len = this.take(4).readUInt32BE(0)
+        // Checked on the header, before any of the body is buffered: charon never sends a frame over its limit,
+        // so this is a corrupt or foreign stream; the caller drops the connection.
         if (len > this.maxFrameBytes) {
-          throw new ViciError('frame-too-large', `incoming frame of ${len} bytes exceeds ${this.maxFrameBytes}`)
+          throw new ViciError('frame-too-large', `incoming frame header announces ${len} bytes, over the ${this.maxFrameBytes}-byte limit`)
         }
         if (len === 0) throw new ViciError('malformed', 'zero-length frame (a packet needs a type byte)')
         this.need = len

@@ -214,8 +214,11 @@ export class Vici {
     const o: ViciOptions = opts instanceof ViciClient ? { uri: opts.socketPath } : opts
     const max = o.maxBlocking ?? 4
     if (!Number.isInteger(max) || max < 1) throw new ViciError('invalid', `maxBlocking must be >= 1, got ${max}`)
-    // Pool connections reconnect on demand (next call), not in the background: they hold no subscriptions.
-    this.blocking = new BlockingPool(max, () => new ViciClient({ ...o, reconnect: false }))
+    // Pool connections reconnect on demand (next call), not in the background: they hold no subscriptions. They
+    // wait for a late answer for ever: charon does not abort a blocking initiate when its client goes away
+    // (vici_control.c log_vici never cancels), so resetting the connection would free the slot while the worker
+    // stays parked, and the pool could park more than maxBlocking of them.
+    this.blocking = new BlockingPool(max, () => new ViciClient({ ...o, reconnect: false, lateAnswerMs: Number.POSITIVE_INFINITY }))
   }
 
   connect(): Promise<void> {

@@ -86,9 +86,18 @@ export class FakeVici {
       },
       destroy: () => sock.destroy(),
     }
+    // charon's limit (DEFAULT_MAX_FRAME_BYTES); like charon, a frame over it or bytes it cannot parse end the
+    // connection (vici_socket.c do_read), never the test process.
     const reader = new FrameReader()
     sock.on('data', (chunk: Buffer) => {
-      for (const frame of reader.push(chunk)) {
+      let frames: Buffer[]
+      try {
+        frames = reader.push(chunk)
+      } catch {
+        sock.destroy()
+        return
+      }
+      for (const frame of frames) {
         const packet = decodePacket(frame)
         this.received.push({ conn: conn.id, packet })
         this.script(conn, packet)

@@ -5,6 +5,24 @@ import { FakeVici, charonLike, type FakeConn } from '../../harness/vici-fake.js'
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
+/** The promise's outcome, or a rejection after timeoutMs: a client that never settles fails instead of hanging. */
+function within<T>(p: Promise<T>, what: string, timeoutMs = 5000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${timeoutMs} ms`)), timeoutMs)
+  })
+  return Promise.race([p, late]).finally(() => clearTimeout(timer))
+}
+
+/** Waits until cond() holds, polling; bounded, so a broken client fails the test instead of hanging it. */
+async function until(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`)
+    await sleep(5)
+  }
+}
+
 async function fake(t: Test, ...args: Parameters<typeof charonLike>): Promise<FakeVici> {
   const f = await FakeVici.start(charonLike(...args))
   t.teardown(() => f.destroy())
@@ -351,4 +369,242 @@ t.test('Vici: watchUpdown resolves on the matching child-updown, times out other
   t.equal(sa.name, 'gw-a')
   t.same(sa.children.map((c) => [c.name, c.uniqueid, c.state, c.localTs, c.remoteTs]), [['p2p', '7', 'INSTALLED', ['10.1.0.0/24'], ['10.2.0.0/24']]])
   await rejectsCode(t, v.initiateAndWait({ child: 'never' }, 50), 'timeout', 'no event')
+})
+
+t.test("a request over charon's 512 KiB frame limit is refused locally; the connection stays usable", async (t) => {
+  const f = await fake(t, { version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) })
+  const c = client(t, f)
+  t.same(await c.call('version'), { v: '1' })
+  let lost = 0
+  c.on('disconnected', () => lost++)
+  // 9 values of 65535 bytes: about 590 KB, over 524288
+  const big = Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`k${i}`, 'v'.repeat(0xffff)]))
+  const e = await rejectsCode(t, c.call('load-conn', { gw: big }), 'frame-too-large', 'oversized request')
+  t.equal(e?.command, 'load-conn')
+  t.match(e?.message, /exceeds the 524288-byte VICI limit/)
+  t.same(await c.call('version'), { v: '1' }, 'next call on the same connection answered')
+  t.equal(lost, 0, 'no disconnect')
+  t.equal(f.connections, 1, 'still the one connection')
+  t.notOk(f.received.some((r) => r.packet.type === 'CMD_REQUEST' && r.packet.name === 'load-conn'), 'never sent')
+
+  // Without the local check the server side decides: the fake, like charon (vici_socket.c do_read), drops the
+  // connection on a length header over its limit. Proven against real charon in test/integration/vici.
+  const raised = client(t, f, { maxFrameBytes: 1024 * 1024, reconnect: false })
+  await rejectsCode(t, within(raised.call('load-conn', { gw: big }), 'answer'), 'closed', 'limit raised past the server\'s')
+})
+
+t.test('an incoming frame header over the limit resets the connection at once, nothing buffered', async (t) => {
+  let corrupt = true
+  const f = await fake(t, {
+    version: (c) => {
+      // a length header announcing 512 KiB + 1 and no body: a corrupt stream (charon never sends such a frame)
+      if (corrupt) c.sendRaw(Buffer.from([0, 8, 0, 1]))
+      else c.send({ type: 'CMD_RESPONSE', message: { v: '1' } })
+    },
+  })
+  const c = client(t, f, { reconnect: { initialDelayMs: 5 } })
+  const disconnected = once(c, 'disconnected')
+  const reconnected = once(c, 'reconnected')
+  const queued = c.call('version', {}, { timeoutMs: 10_000 })
+  queued.catch(() => undefined) // checked below
+  const e = await rejectsCode(t, within(c.call('version', {}, { timeoutMs: 10_000 }), 'answer'), 'frame-too-large', 'in-flight call')
+  t.match(e?.message, /incoming frame header announces 524289 bytes, over the 524288-byte limit/)
+  await rejectsCode(t, queued, 'frame-too-large', 'the call queued behind it, rejected without waiting for its timeout')
+  const [err] = (await within(disconnected, 'disconnected')) as [ViciError]
+  t.equal(err.code, 'frame-too-large', 'disconnected carries the cause')
+  await within(reconnected, 'reconnected')
+  corrupt = false
+  t.same(await c.call('version'), { v: '1' }, 'a fresh connection works')
+})
+
+t.test('answers of the wrong kind and client-side packets from the server are protocol errors', async (t) => {
+  const f = await fake(t, {
+    // answers a command with an event confirmation
+    confirm: (c) => c.send({ type: 'EVENT_CONFIRM' }),
+    // sends a packet only clients send
+    request: (c) => c.send({ type: 'CMD_REQUEST', name: 'version' }),
+    version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }),
+  })
+  f.script = ((base) => (conn: FakeConn, p: Parameters<typeof base>[1]) => {
+    // answers a registration with a command response
+    if (p.type === 'EVENT_REGISTER') conn.send({ type: 'CMD_RESPONSE', message: {} })
+    else base(conn, p)
+  })(f.script)
+  for (const [what, run] of [
+    ['EVENT_CONFIRM for a command', (c: ViciClient) => c.call('confirm')],
+    ['CMD_REQUEST from the server', (c: ViciClient) => c.call('request')],
+    ['CMD_RESPONSE for a registration', (c: ViciClient) => c.subscribe('ike-updown', () => undefined)],
+    ['CMD_RESPONSE for a stream registration', (c: ViciClient) => c.stream('list-sas', 'list-sa')],
+  ] as const) {
+    const c = client(t, f, { reconnect: false })
+    const lost = once(c, 'disconnected')
+    const e = await rejectsCode(t, run(c), 'protocol', what)
+    t.equal(e?.isTransport, true)
+    t.equal(((await within(lost, 'disconnected')) as [ViciError])[0].code, 'protocol', `${what}: the connection is dropped`)
+    t.same(await c.call('version'), { v: '1' }, `${what}: the next call connects again`)
+  }
+})
+
+t.test('events nobody asked for are dropped; a throwing handler does not stop the others', async (t) => {
+  let evtConn: FakeConn | undefined
+  const f = await fake(
+    t,
+    {
+      // an event on the command connection with no stream in flight, then the answer
+      version: (c) => {
+        c.send({ type: 'EVENT', name: 'list-sa', message: { stray: 'yes' } })
+        c.send({ type: 'CMD_RESPONSE', message: { v: '1' } })
+      },
+    },
+    ['ike-updown', 'child-updown'],
+  )
+  const base = f.script
+  f.script = (conn, p) => {
+    if (p.type === 'EVENT_REGISTER') evtConn = conn
+    base(conn, p)
+  }
+  const c = client(t, f)
+  let lost = 0
+  c.on('disconnected', () => lost++)
+  const seen: string[] = []
+  await c.subscribe('ike-updown', () => {
+    throw new Error('handler bug')
+  })
+  await c.subscribe('ike-updown', (name, m) => seen.push(`${name} ${String(m.n)}`))
+  evtConn!.send({ type: 'EVENT', name: 'child-updown', message: { n: 'unsubscribed' } })
+  evtConn!.send({ type: 'EVENT', name: 'ike-updown', message: { n: '1' } })
+  t.same(await c.call('version'), { v: '1' }, 'a stray event before the answer does not disturb pairing')
+  await until(() => seen.length > 0, 'ike-updown delivered')
+  await c.unsubscribe('ike-updown')
+  const markers: string[] = []
+  await c.subscribe('child-updown', (_, m) => markers.push(String(m.n)))
+  // same socket, so once the marker is delivered the event before it has been dispatched too
+  evtConn!.send({ type: 'EVENT', name: 'ike-updown', message: { n: 'after-unsubscribe' } })
+  evtConn!.send({ type: 'EVENT', name: 'child-updown', message: { n: 'marker' } })
+  await until(() => markers.length > 0, 'marker delivered')
+  t.same(seen, ['ike-updown 1'], 'only the subscribed event, delivered past the throwing handler')
+  t.same(markers, ['marker'], 'the event sent before the subscription was not delivered to it')
+  t.same(await c.call('version'), { v: '1' })
+  t.equal(lost, 0, 'no connection dropped')
+})
+
+t.test('a stream aborted by timeout still unregisters: later streams get each event once', async (t) => {
+  // Registrations as charon keeps them (vici_dispatcher.c): one entry per EVENT_REGISTER, no dedup, and a
+  // streamed event sent once per entry of the asking connection.
+  const regs = new Map<number, number>()
+  let slow = true
+  const f = await fake(t, {
+    'list-sas': (c) => {
+      const answer = (): void => {
+        for (let i = regs.get(c.id) ?? 0; i > 0; i--) c.send({ type: 'EVENT', name: 'list-sa', message: { gw: { uniqueid: '1' } } })
+        c.send({ type: 'CMD_RESPONSE', message: {} })
+      }
+      if (slow) setTimeout(answer, 100)
+      else answer()
+    },
+  })
+  const base = f.script
+  f.script = (conn, p) => {
+    if (p.type === 'EVENT_REGISTER' && p.name === 'list-sa') {
+      regs.set(conn.id, (regs.get(conn.id) ?? 0) + 1)
+      return conn.send({ type: 'EVENT_CONFIRM' })
+    }
+    if (p.type === 'EVENT_UNREGISTER' && p.name === 'list-sa') {
+      const n = regs.get(conn.id) ?? 0
+      if (n > 0) regs.set(conn.id, n - 1)
+      return conn.send({ type: n > 0 ? 'EVENT_CONFIRM' : 'EVENT_UNKNOWN' })
+    }
+    base(conn, p)
+  }
+  const c = client(t, f)
+  await rejectsCode(t, c.stream('list-sas', 'list-sa', {}, { timeoutMs: 30 }), 'timeout', 'stream with a slow answer')
+  slow = false
+  // the late answer is consumed, then the next request goes out: an unregister if the stream kept it
+  t.same(await c.call('list-sas'), {}, 'the connection pairs answers again')
+  t.same(
+    f.received.map((r) => r.packet.type),
+    ['EVENT_REGISTER', 'CMD_REQUEST', 'EVENT_UNREGISTER', 'CMD_REQUEST'],
+    'the unregister was sent after the late answer',
+  )
+  t.same([...regs.values()], [0], 'no registration left behind on the command connection')
+  const { events } = await c.stream('list-sas', 'list-sa')
+  t.equal(events.length, 1, 'the next stream sees the SA once, not once per leftover registration')
+})
+
+t.test('re-registration refused after a restart: reconnect retries, then reports it', async (t) => {
+  let known = ['ike-updown']
+  const conns: FakeConn[] = []
+  const f = await FakeVici.start((conn, p) => {
+    conns.push(conn)
+    charonLike({}, known)(conn, p)
+  })
+  t.teardown(() => f.destroy())
+  const c = client(t, f, { reconnect: { initialDelayMs: 5, maxDelayMs: 10, maxAttempts: 3 } })
+  await c.subscribe('ike-updown', () => undefined)
+  const failed = once(c, 'reconnect-failed')
+  // charon "restarts" without that event source (another plugin set); the socket stays reachable throughout,
+  // so every reconnect attempt gets as far as the registration
+  known = []
+  for (const conn of conns) conn.destroy()
+  const [err] = (await within(failed, 'reconnect-failed')) as [ViciError]
+  t.equal(err.code, 'EVENT_UNKNOWN', 'the refusal is what gave up')
+  t.equal(f.received.filter((r) => r.packet.type === 'EVENT_REGISTER').length, 4, 'first registration + 3 attempts')
+  t.equal(c.connected, false)
+  await sleep(20)
+  t.equal(f.connections, 0, 'no connection left open by the failed attempts')
+})
+
+t.test('close() while the socket is still connecting', async (t) => {
+  const f = await fake(t, {})
+  const c = new ViciClient({ uri: f.uri })
+  const connecting = c.connect()
+  await c.close()
+  await rejectsCode(t, connecting, 'closed', 'connect')
+  await sleep(20)
+  t.equal(f.connections, 0, 'the socket opened meanwhile is closed')
+})
+
+t.test('an answer that never comes resets the connection instead of blocking every later call', async (t) => {
+  // e.g. charon discards a reply over its 512 KiB limit (vici_socket.c send) and the request stays unanswered
+  const f = await fake(t, { never: () => undefined, version: (c) => c.send({ type: 'CMD_RESPONSE', message: { v: '1' } }) })
+  // the client's timeout (also the wait for a late answer) is short; the queued call's own is long
+  const c = client(t, f, { timeoutMs: 50, reconnect: { initialDelayMs: 5 } })
+  await c.connect()
+  const disconnected = once(c, 'disconnected')
+  const reconnected = once(c, 'reconnected')
+  const never = c.call('never', {}, { timeoutMs: 20 })
+  const queued = c.call('version', {}, { timeoutMs: 60_000 })
+  queued.catch(() => undefined) // checked below
+  await rejectsCode(t, never, 'timeout', 'the unanswered call')
+  const e = await rejectsCode(t, within(queued, 'the queued call'), 'timeout', 'the call queued behind it')
+  t.match(e?.message, /never: still no answer 50 ms after its timeout; connection reset/)
+  t.equal(((await within(disconnected, 'disconnected')) as [ViciError])[0].code, 'timeout')
+  await within(reconnected, 'reconnected')
+  t.same(await c.call('version'), { v: '1' }, 'the new connection works')
+})
+
+t.test('lateAnswerMs: Infinity keeps waiting for the late answer; the blocking pool relies on it', async (t) => {
+  t.throws(() => new ViciClient({ uri: '/x', lateAnswerMs: -1 }), { code: 'invalid' })
+  let active = 0
+  let maxActive = 0
+  const conns = new Set<number>()
+  const f = await fake(t, {
+    initiate: (c, p) => {
+      conns.add(c.id)
+      active++
+      maxActive = Math.max(maxActive, active)
+      // the first blocking initiate answers long after its caller's timeout (and after 2x of it)
+      setTimeout(() => {
+        active--
+        c.send({ type: 'CMD_RESPONSE', message: { success: 'yes' } })
+      }, p.message.child === 'slow' ? 100 : 0)
+    },
+  })
+  const v = new Vici({ uri: f.uri, timeoutMs: 20, maxBlocking: 1 })
+  t.teardown(() => v.close())
+  // timeoutMs 0: no limit in charon, so the call is bounded by the client's 20 ms only
+  await rejectsCode(t, v.initiate({ child: 'slow', timeoutMs: 0 }), 'timeout', 'blocking initiate past its timeout')
+  await v.initiate({ child: 'next', timeoutMs: 5 })
+  t.equal(maxActive, 1, 'never two blocking initiates parked in charon with maxBlocking 1')
+  t.equal(conns.size, 1, 'the second waited on the same connection for the late answer, no reset')
 })

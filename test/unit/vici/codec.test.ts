@@ -1,5 +1,6 @@
 import t from 'tap'
 import {
+  DEFAULT_MAX_FRAME_BYTES,
   FrameReader,
   ViciError,
   decodeMessage,
@@ -9,6 +10,7 @@ import {
   encodePacket,
   type ViciMessage,
 } from '../../../src/vici/index.js'
+import { requestOfSize } from '../../harness/vici-frames.js'
 
 const s = (str: string): number[] => [...Buffer.from(str, 'latin1')]
 
@@ -96,7 +98,7 @@ t.test('round trip of a swanctl-shaped connection', async (t) => {
       children: {
         'edge1-edge2-p2p': { local_ts: ['10.10.0.0/24'], remote_ts: ['10.20.0.0/24'], start_action: 'none' },
       },
-      'ünïcode-ключ': 'värde',
+      description: 'ünïcode värde ключ', // values are bytes: UTF-8 is fine there, never in keys
     },
   }
   const bytes = encodeMessage(conn)
@@ -176,8 +178,105 @@ t.test('FrameReader: any chunking yields the same frames; limits enforced', asyn
   r.push(stream.subarray(0, 10))
   t.equal(r.pending, 6, 'partial frame stays buffered')
 
-  const big = Buffer.from([0, 0x40, 0, 1]) // 4 MiB + 1
-  t.throws(() => new FrameReader().push(big), { code: 'frame-too-large' }, 'default 4 MiB limit')
+  t.throws(() => new FrameReader().push(Buffer.from([0, 8, 0, 1])), { code: 'frame-too-large' }, 'default: charon\'s 512 KiB + 1 refused')
+  const atLimit = new FrameReader()
+  t.same(atLimit.push(Buffer.from([0, 8, 0, 0, 1])), [], 'a header of exactly 512 KiB is accepted...')
+  t.equal(atLimit.pending, 1, '...and its body buffered as it arrives')
   t.throws(() => new FrameReader(100).push(Buffer.from([0, 0, 0, 101])), { code: 'frame-too-large' }, 'configured limit')
   t.throws(() => new FrameReader().push(Buffer.from([0, 0, 0, 0])), { code: 'malformed' }, 'zero-length frame')
+})
+
+t.test("frames: charon's 512 KiB limit (VICI_MESSAGE_SIZE_MAX) is the default, in both directions", async (t) => {
+  t.equal(DEFAULT_MAX_FRAME_BYTES, 512 * 1024)
+  const at = encodeFrame(requestOfSize('x', 512 * 1024))
+  t.same([...at.subarray(0, 8)], [0, 8, 0, 0, /* length 524288 */ 0, /* CMD_REQUEST */ 1, 0x78 /* name x */, 3 /* KEY_VALUE */])
+  t.equal(at.length, 4 + 512 * 1024, 'exactly 512 KiB is sent')
+  const e = (() => {
+    try {
+      encodeFrame(requestOfSize('x', 512 * 1024 + 1))
+    } catch (err) {
+      return err
+    }
+    return undefined
+  })()
+  t.ok(e instanceof ViciError, 'one byte more: a ViciError')
+  t.equal((e as ViciError).code, 'frame-too-large')
+  t.equal((e as ViciError).command, 'x', 'naming the command')
+  t.match((e as ViciError).message, /CMD_REQUEST x: a frame of 524289 bytes exceeds the 524288-byte VICI limit/)
+  t.equal((e as ViciError).isTransport, true)
+  t.doesNotThrow(() => encodeFrame(requestOfSize('x', 512 * 1024 + 1), 1024 * 1024), 'the limit is configurable')
+  t.throws(() => encodeFrame({ type: 'EVENT', name: 'e', message: requestOfSize('x', 600_000).message }), { code: 'frame-too-large' }, 'any packet type')
+
+  // what we accept mirrors what charon sends: its own outgoing limit is the same constant
+  const frames = new FrameReader().push(at)
+  t.equal(frames.length, 1, 'a 512 KiB frame is read')
+  t.same(decodePacket(frames[0]!).type, 'CMD_REQUEST')
+})
+
+t.test('encoder: keys charon refuses are invalid, naming the key path', async (t) => {
+  const refused: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['control byte', { conn: { 'bad\x01key': 'v' } }, /^key conn\."bad\\u0001key": name has a byte charon refuses \(printable ASCII only\)$/],
+    ['newline', { 'a\nb': 'v' }, /^key "a\\nb": name has a byte/],
+    ['DEL 0x7f', { 'a\x7f': 'v' }, /^key "a\x7f": name has a byte/],
+    ['non-ASCII (UTF-8 bytes fail isprint in charon)', { conn: { children: { 'pöd': {} } } }, /^key conn\.children\."pöd": name has a byte/],
+    ['empty', { conn: { '': 'v' } }, /^key conn\."": empty name$/],
+    ['256 bytes', { ['k'.repeat(256)]: 'v' }, /^key k{256}: name longer than 255 bytes/],
+    ['in a list key', { 'l\t': ['x'] }, /^key "l\\t": name has a byte/],
+  ]
+  for (const [what, msg, message] of refused) {
+    t.throws(() => encodeMessage(msg as never), { name: 'ViciError', code: 'invalid', message }, what)
+  }
+  // the whole printable range and the longest name are fine, byte for byte
+  const printable = Array.from({ length: 0x7f - 0x20 }, (_, i) => String.fromCharCode(0x20 + i)).join('')
+  t.same(encodeMessage({ [printable]: '' }), Buffer.from([3, 95, ...s(printable), 0, 0]), 'printable ASCII 0x20-0x7e')
+  const longest = 'k'.repeat(255)
+  t.same(encodeMessage({ [longest]: {} }), Buffer.from([1, 255, ...s(longest), 2]), '255-byte name')
+
+  for (const p of [
+    { type: 'CMD_REQUEST', name: 'list\x00sas' },
+    { type: 'CMD_REQUEST', name: '' },
+    { type: 'EVENT_REGISTER', name: 'ike-üpdown' },
+    { type: 'EVENT_UNREGISTER', name: 'x'.repeat(256) },
+  ] as const) {
+    t.throws(() => encodePacket(p), { code: 'invalid', message: new RegExp(`${p.type} packet`) }, `${p.type} ${JSON.stringify(p.name.slice(0, 12))}`)
+  }
+})
+
+t.test('encoder: only strings, Buffers, lists of those and plain objects are values', async (t) => {
+  class Conn {
+    version = '2'
+  }
+  const refused: Array<[string, unknown, string]> = [
+    ['number (write the text: String(port))', 500, 'got number'],
+    ['boolean (charon reads yes/no)', true, 'got boolean'],
+    ['null', null, 'got null'],
+    ['bigint', 1n, 'got bigint'],
+    ['symbol', Symbol('s'), 'got symbol'],
+    ['function', () => 'x', 'got function'],
+    ['Date (no own keys: would become an empty section)', new Date(0), 'got Date'],
+    ['Uint8Array that is not a Buffer', new Uint8Array([1, 2]), 'got Uint8Array'],
+    ['Map', new Map([['a', 'b']]), 'got Map'],
+    ['class instance', new Conn(), 'got Conn'],
+  ]
+  for (const [what, v, got] of refused) {
+    const message = new RegExp(`^conn\\.local\\.id: expected a string, Buffer, list of strings/Buffers or plain-object section, ${got}$`)
+    t.throws(() => encodeMessage({ conn: { local: { id: v } } } as never), { name: 'ViciError', code: 'invalid', message }, what)
+  }
+  const items: Array<[string, unknown[], RegExp]> = [
+    ['number item', ['10.0.0.0/24', 24], /^conn\.children\.p2p\.local_ts\[1\]: list items must be strings or Buffers \(lists cannot nest\), got number$/],
+    ['nested list', [['x']], /local_ts\[0\]: .* got Array$/],
+    ['undefined item', [undefined], /local_ts\[0\]: .* got undefined$/],
+    ['section item', [{}], /local_ts\[0\]: .* got Object$/],
+  ]
+  for (const [what, list, message] of items) {
+    t.throws(() => encodeMessage({ conn: { children: { p2p: { local_ts: list } } } } as never), { code: 'invalid', message }, what)
+  }
+  t.throws(() => encodeMessage(new Date() as never), { code: 'invalid', message: /^message: expected a plain object, got Date$/ }, 'top level')
+  t.throws(() => encodeMessage({ k: 'v'.repeat(65536) }), { code: 'invalid', message: /^k: value longer than 65535 bytes$/ })
+  t.throws(() => encodeMessage({ l: ['v'.repeat(65536)] }), { code: 'invalid', message: /^l\[0\]: value longer than 65535 bytes$/ })
+
+  const bare = Object.create(null) as Record<string, string>
+  bare.k = 'v'
+  t.same(encodeMessage({ sec: bare }), Buffer.from([1, 3, ...s('sec'), 3, 1, ...s('k'), 0, 1, ...s('v'), 2]), 'a null-prototype object is a section')
+  t.same(encodeMessage({ k: undefined, l: [] }), Buffer.from([4, 1, ...s('l'), 6]), 'undefined keys are still skipped')
 })
