@@ -30,7 +30,8 @@ export const MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 const ENDPOINT_KEYS = new Set(['id', 'name', 'publicAddresses', 'subnets', 'nodeSubnets', 'type', 'port'])
 const TOP_KEYS = new Set([...ENDPOINT_KEYS, 'peers', 'mediator'])
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/
+// 251: the child names add `-p2p` and charon refuses VICI keys longer than 255 bytes.
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,250}$/
 // Control characters would corrupt a VICI message or a log line; a DN never contains them.
 const CONTROL_RE = /[\u0000-\u001f\u007f]/
 
@@ -163,7 +164,7 @@ function readEndpoint(c: Collector, path: Path, v: unknown, allowed: Set<string>
   const id = readString(c, [...path, 'id'], v.id)
   const name = readString(c, [...path, 'name'], v.name)
   if (name !== null && !NAME_RE.test(name)) {
-    c.error([...path, 'name'], `"${name}" is not a valid name (letters, digits, ".", "_", "-"; at most 253)`)
+    c.error([...path, 'name'], `"${name}" is not a valid name (letters, digits, ".", "_", "-"; at most 251: charon limits child names to 255 bytes)`)
   }
   const publicAddresses: string[] = []
   for (const a of readStringList(c, [...path, 'publicAddresses'], v.publicAddresses)) {

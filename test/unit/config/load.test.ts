@@ -173,3 +173,10 @@ t.test('YAML alias bombs under unknown keys are never expanded', async (t) => {
   t.ok(process.hrtime.bigint() - start < 2_000_000_000n, 'parsed without expanding 9^5 aliases')
   t.same(warnings.map((w) => w.path), ['a', 'b', 'c', 'd', 'e'])
 })
+
+t.test('a name is at most 251 characters: its child names (`-p2p`) must fit charon\'s 255-byte keys', async (t) => {
+  const ok = 'a'.repeat(251)
+  const { config } = parseConfig(`name: ${ok}\nid: x\ntype: EdgeNode\nsubnets: [10.1.0.0/24]\npeers:\n- name: peer\n  id: y\n  type: Connector\n  publicAddresses: [192.0.2.1]\n  subnets: [10.2.0.0/24]\n`, 'n.yaml')
+  t.equal(config.local.name, ok)
+  t.throws(() => parseConfig(`name: ${ok}b\nid: x\ntype: EdgeNode\nsubnets: [10.1.0.0/24]\npeers: []\n`, 'n.yaml'), { errors: [{ path: 'name', message: /at most 251/ }] })
+})
