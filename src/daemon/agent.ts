@@ -235,7 +235,9 @@ export class Agent {
     for (const s of this.opts.subsystems) {
       const ts = process.hrtime.bigint()
       try {
+        await s.prepare?.(desired, ctx)
         const plan = await s.plan(desired, ctx)
+        for (const w of plan.wakes ?? []) this.scheduler.triggerAt(w.at, w.reason)
         if (plan.writes === 0) continue
         log.info({ subsystem: s.name, op: 'apply', ops: plan.describe().slice(0, 50), writes: plan.writes }, 'applying')
         const done = await s.apply(plan)

@@ -8,7 +8,8 @@ import type { Logger } from '../log.js'
 import { openNetfilter, openRoute, type NetlinkSocket } from '../netlink/index.js'
 import { FirewallSubsystem } from '../reconcile/firewall.js'
 import { IpsetsSubsystem, RoutesSubsystem } from '../reconcile/kernel.js'
-import { ViciTunnels } from '../reconcile/tunnels-vici.js'
+import { TunnelsSubsystem } from '../reconcile/tunnels-subsystem.js'
+import { viciTunnelsPort } from '../reconcile/tunnels-port.js'
 import { Vici } from '../vici/index.js'
 import { VERSION } from '../version.js'
 import { Agent } from './agent.js'
@@ -32,7 +33,7 @@ export interface NodeOptions {
 export interface NodeParts {
   agent: Agent
   metrics: Metrics
-  tunnels: ViciTunnels
+  tunnels: TunnelsSubsystem
   routes: RoutesSubsystem
   ipsets: IpsetsSubsystem
   firewall: FirewallSubsystem
@@ -40,6 +41,8 @@ export interface NodeParts {
   iptables: IptablesRunner
   routeSock: NetlinkSocket
   nfSock: NetlinkSocket
+  /** The credential files the node was built with (cleanup finds our key in charon through the certificate). */
+  paths: { cert: string; key: string; ca: string }
   close(): Promise<void>
 }
 
@@ -50,11 +53,11 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   const nfSock = openNetfilter()
   const vici = new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
   let agent: Agent | undefined
-  const tunnels = new ViciTunnels(vici, {
+  const tunnels = new TunnelsSubsystem(viciTunnelsPort(vici), {
     credentials: o.credentials === false ? null : { cert: o.cert, key: o.key, ca: o.ca },
     log: o.log.child({ subsystem: 'tunnels' }),
     trigger: (r) => agent?.trigger(r),
-    triggerAt: (t, r) => agent?.triggerAt(t, r),
+    onReconnect: () => metrics.viciReconnects.inc(),
   })
   const routes = new RoutesSubsystem(routeSock, o.log.child({ subsystem: 'routes' }))
   const ipsets = new IpsetsSubsystem(nfSock, o.log.child({ subsystem: 'ipsets' }))
@@ -80,6 +83,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   o.log.info({ backend: iptables.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
   return {
     agent, metrics, tunnels, routes, ipsets, firewall, vici, iptables, routeSock, nfSock,
+    paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: async () => {
       await agent.stop()
       await vici.close().catch(() => undefined)
