@@ -106,18 +106,29 @@ t.test('foreign VICI credentials survive start, rotation and cleanup; ours are r
   })
   t.pass('the tunnel is back on a new IKE_SA authenticated with the rotated certificate')
 
-  // cleanup (agent stopped first, as an operator would): ours gone, theirs kept.
+  // cleanup (agent stopped first, as an operator would): ours gone, theirs kept. Two ownership cases no child name
+  // reveals (defect 8): a connection of ours without children (a peer whose selectors were all empty), and an
+  // orphan IKE_SA of ours whose connection is no longer loaded (charon keeps SAs of an unloaded connection).
   await driver.stop(edge)
+  const ev = new Vici({ uri: edge.charon.uri, reconnect: false, timeoutMs: 5_000 })
+  await ev.unloadConn('beijing.connector')
+  await ev.loadConn('beijing.edge9', { version: '2', local: { auth: 'pubkey', id: edge.plan.id }, remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge9' } })
+  const orphans = (await ev.listSas()).filter((s) => s.name === 'beijing.connector')
+  await ev.close()
+  t.equal(orphans.length, 1, 'an orphan IKE_SA of ours, its connection unloaded')
   const out = await edge.ns.run([process.execPath, CLI, 'cleanup', '--json', '--config', edge.configPath, '--vici', edge.charon.uri,
     '--cert', edge.cert.certPath, '--key', edge.cert.keyPath, '--ca', edge.caPath], { timeoutMs: 30_000 })
-  const report = JSON.parse(out) as { keys: string[]; authorities: string[]; conns: string[]; errors: string[] }
+  const report = JSON.parse(out) as { keys: string[]; authorities: string[]; conns: string[]; sasTerminated: number; errors: string[] }
   t.same(report.errors, [])
   t.same(report.keys, [newKey], 'our key unloaded')
   t.same(report.authorities, ['fabtunnel-ca'])
-  t.same(report.conns, ['beijing.connector'])
+  t.same(report.conns, ['beijing.edge9'], 'the childless connection of ours, recognised by our identity')
+  t.equal(report.sasTerminated, 1, 'the orphan IKE_SA ended')
   const after = await view(edge.charon.uri)
   t.ok(hasAll(after), 'foreign credentials survive cleanup')
   t.same(after.keys, [foreignKey], 'only the foreign key is left')
   t.same(after.authorities, [], 'no authority of ours left')
   t.same(after.conns, [], 'no connection of ours left')
+  const left = new Vici({ uri: edge.charon.uri, reconnect: false, timeoutMs: 5_000 })
+  t.same((await left.listSas().finally(() => left.close())).map((s) => s.name), [], 'no SA of ours left')
 })
