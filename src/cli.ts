@@ -319,6 +319,7 @@ async function cleanupCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     if (p.values.json) io.out(JSON.stringify(r, null, 2))
     else {
       io.out(`connections unloaded: ${r.conns.join(', ') || '(none)'} (${r.sasTerminated} IKE SA(s) terminated)`)
+      io.out(`credentials unloaded: ${r.keys.length} private key(s), authorities ${r.authorities.join(', ') || '(none)'}`)
       for (const f of r.iptables) io.out(`iptables IPv${f.family}: removed ${f.chains.join(', ') || '(nothing)'}`)
       io.out(`ipsets destroyed: ${r.ipsets.join(', ') || '(none)'}`)
       io.out(`routes deleted (table 220, proto 220): ${r.routes.length}`)

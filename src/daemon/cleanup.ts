@@ -1,16 +1,27 @@
 // `fabtunnel cleanup`: removes everything the agent owns and nothing else, in the order the kernel requires:
-// connections and their SAs; our iptables jumps and chains (both families); then our ipsets (a set referenced by
-// a rule cannot be destroyed); routes carrying our protocol in table 220; rules carrying our protocol.
+// connections and their SAs (also SAs of our connections that are no longer loaded); our credentials in charon
+// (our private key and our CA authorities: other VPNs sharing the charon keep theirs; our certificate stays, inert
+// without its key, as VICI cannot unload one certificate alone); our iptables jumps and chains (both families);
+// then our ipsets (a set referenced by a rule cannot be destroyed); routes carrying our protocol in table 220;
+// rules carrying our protocol.
 import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
 import { iptablesCleanup } from '../iptables/sync.js'
 import { ipsetDestroy, routeApply, routeList, ruleDel, ruleList } from '../netlink/index.js'
+import { readFile } from 'node:fs/promises'
+import { certificateBlocks } from '../cert.js'
 import { OWN_SETS } from '../reconcile/kernel.js'
-import { isOwnConn, type ListedConn } from '../reconcile/tunnels.js'
+import { certSubject, isOwnAuthority, ownKeyIds, pemToDer } from '../reconcile/credentials.js'
+import type { TunnelsPort } from '../reconcile/tunnels-port.js'
+import { isOwnConn, isOwnSa, normalizeId, type Ownership } from '../reconcile/tunnels.js'
 import type { NodeParts } from './node.js'
 
 export interface CleanupReport {
   conns: string[]
   sasTerminated: number
+  /** Ids of our private keys unloaded from charon. */
+  keys: string[]
+  /** Our CA authorities unloaded from charon. */
+  authorities: string[]
   iptables: { family: 4 | 6; chains: string[] }[]
   ipsets: string[]
   routes: string[]
@@ -19,7 +30,7 @@ export interface CleanupReport {
 }
 
 export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
-  const report: CleanupReport = { conns: [], sasTerminated: 0, iptables: [], ipsets: [], routes: [], rules: 0, errors: [] }
+  const report: CleanupReport = { conns: [], sasTerminated: 0, keys: [], authorities: [], iptables: [], ipsets: [], routes: [], rules: 0, errors: [] }
   const step = async (what: string, fn: () => Promise<void>): Promise<void> => {
     try {
       await fn()
@@ -27,18 +38,23 @@ export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
       report.errors.push(`${what}: ${(err as Error).message}`)
     }
   }
+  const port = p.tunnels.port
+  const subject = await readFile(p.paths.cert, 'utf8').then((t) => certificateBlocks(t)[0], () => undefined)
+  const certSubjectLines = subject ? certSubject(pemToDer(subject)) : ''
   await step('connections', async () => {
-    const conns = await p.vici.listConns()
-    const sas = await p.vici.listSas()
-    for (const c of conns) {
-      if (!isOwnConn(c.name, c.raw as ListedConn)) continue
-      await p.vici.unloadConn(c.name)
-      report.conns.push(c.name)
-      for (const sa of sas.filter((s) => s.name === c.name)) {
-        await p.vici.terminate({ ikeId: sa.uniqueid, force: true, timeoutMs: 5000 })
-        report.sasTerminated++
-      }
-    }
+    await p.agent.reloadConfig().catch(() => undefined)
+    const ids = new Set<string>()
+    const configId = p.agent.configInForce?.local.id
+    if (configId) ids.add(normalizeId(configId))
+    if (certSubjectLines) ids.add(certSubjectLines.split('\n').join(','))
+    const r = await cleanupConnections(port, { ids, loaded: new Set() })
+    report.conns.push(...r.conns)
+    report.sasTerminated += r.sasTerminated
+  })
+  await step('credentials', async () => {
+    const r = await cleanupCredentials(port, certSubjectLines)
+    report.keys.push(...r.keys)
+    report.authorities.push(...r.authorities)
   })
   for (const family of [4, 6] as const) {
     await step(`iptables (IPv${family})`, async () => {
@@ -67,4 +83,41 @@ export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
     }
   })
   return report
+}
+
+/**
+ * Unloads our connections and ends their SAs, and ends the SAs of our connections that are no longer loaded
+ * (orphans of an earlier failed terminate or of a restart). Foreign connections and SAs are never touched.
+ */
+export async function cleanupConnections(port: Pick<TunnelsPort, 'listConns' | 'listSas' | 'unloadConn' | 'terminate'>, hints: Ownership): Promise<{ conns: string[]; sasTerminated: number }> {
+  const out = { conns: [] as string[], sasTerminated: 0 }
+  const conns = await port.listConns()
+  const sas = await port.listSas()
+  const own = [...conns].filter(([name, listed]) => isOwnConn(name, listed, hints)).map(([name]) => name)
+  for (const name of own) {
+    await port.unloadConn(name)
+    out.conns.push(name)
+  }
+  for (const sa of sas) {
+    const ours = own.includes(sa.name) || (!conns.has(sa.name) && isOwnSa(sa, hints))
+    if (!ours) continue
+    await port.terminate({ ikeId: sa.uniqueid }, 5000)
+    out.sasTerminated++
+  }
+  return out
+}
+
+/** Unloads our private keys (found through certificates with our subject) and our CA authorities. */
+export async function cleanupCredentials(port: Pick<TunnelsPort, 'listCerts' | 'getKeys' | 'unloadKey' | 'getAuthorities' | 'unloadAuthority'>, subject: string): Promise<{ keys: string[]; authorities: string[] }> {
+  const out = { keys: [] as string[], authorities: [] as string[] }
+  const [certs, keys, authorities] = await Promise.all([port.listCerts(), port.getKeys(), port.getAuthorities()])
+  for (const id of ownKeyIds(subject, certs, keys)) {
+    await port.unloadKey(id)
+    out.keys.push(id)
+  }
+  for (const name of authorities.filter(isOwnAuthority)) {
+    await port.unloadAuthority(name)
+    out.authorities.push(name)
+  }
+  return out
 }

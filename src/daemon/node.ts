@@ -8,7 +8,8 @@ import type { Logger } from '../log.js'
 import { openNetfilter, openRoute, type NetlinkSocket } from '../netlink/index.js'
 import { FirewallSubsystem } from '../reconcile/firewall.js'
 import { IpsetsSubsystem, RoutesSubsystem } from '../reconcile/kernel.js'
-import { ViciTunnels } from '../reconcile/tunnels-vici.js'
+import { TunnelsSubsystem } from '../reconcile/tunnels-subsystem.js'
+import { viciTunnelsPort } from '../reconcile/tunnels-port.js'
 import { Vici } from '../vici/index.js'
 import { VERSION } from '../version.js'
 import { Agent } from './agent.js'
@@ -32,7 +33,7 @@ export interface NodeOptions {
 export interface NodeParts {
   agent: Agent
   metrics: Metrics
-  tunnels: ViciTunnels
+  tunnels: TunnelsSubsystem
   routes: RoutesSubsystem
   ipsets: IpsetsSubsystem
   firewall: FirewallSubsystem
@@ -40,6 +41,8 @@ export interface NodeParts {
   iptables: IptablesRunner
   routeSock: NetlinkSocket
   nfSock: NetlinkSocket
+  /** The credential files the node was built with (cleanup finds our key in charon through the certificate). */
+  paths: { cert: string; key: string; ca: string }
   /**
    * Stops the agent, waiting up to `graceMs` for a pass in flight, then closes charon's and the kernel's sockets
    * (a pass still stuck on them fails at once instead of holding the process).
@@ -54,11 +57,11 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   const nfSock = openNetfilter()
   const vici = new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
   let agent: Agent | undefined
-  const tunnels = new ViciTunnels(vici, {
+  const tunnels = new TunnelsSubsystem(viciTunnelsPort(vici), {
     credentials: o.credentials === false ? null : { cert: o.cert, key: o.key, ca: o.ca },
     log: o.log.child({ subsystem: 'tunnels' }),
     trigger: (r) => agent?.trigger(r),
-    triggerAt: (t, r) => agent?.triggerAt(t, r),
+    onReconnect: () => metrics.viciReconnects.inc(),
   })
   const routes = new RoutesSubsystem(routeSock, o.log.child({ subsystem: 'routes' }))
   const ipsets = new IpsetsSubsystem(nfSock, o.log.child({ subsystem: 'ipsets' }))
@@ -81,10 +84,10 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
     },
   })
-  vici.client.on('reconnected', () => metrics.viciReconnects.inc())
   o.log.info({ backend: iptables.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
   return {
     agent, metrics, tunnels, routes, ipsets, firewall, vici, iptables, routeSock, nfSock,
+    paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: async (graceMs?: number) => {
       if (!(await agent.stop(graceMs))) o.log.warn({ op: 'stop', graceMs }, 'a pass is still in flight; closing the connections under it')
       await vici.close().catch(() => undefined)

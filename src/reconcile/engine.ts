@@ -55,6 +55,7 @@ export class PassEngine {
       const ts = process.hrtime.bigint()
       const sctx: PassContext = this.dirty.has(s.name) && !ctx.deep ? { ...ctx, deep: true, credentials: true } : ctx
       try {
+        await s.prepare?.(desired, sctx)
         const plan = await s.plan(desired, sctx)
         for (const w of plan.wakes ?? []) this.opts.wake(w.at, w.reason)
         if (plan.writes > 0) {

@@ -40,6 +40,12 @@ export function passContext(reasons: readonly string[]): PassContext {
 
 export interface Subsystem<P extends SubsystemPlan = SubsystemPlan> {
   readonly name: SubsystemName
+  /**
+   * The pass's explicit state steps before planning (e.g. subscribing to events, re-reading credential files,
+   * forgetting peers that left the config). The engine calls it in every pass; `fabtunnel plan` does not, so
+   * planning alone never changes the subsystem.
+   */
+  prepare?(desired: Desired, ctx: PassContext): Promise<void>
   plan(desired: Desired, ctx: PassContext): Promise<P>
   /** Applies the plan; resolves with the writes done (ops that failed are reported by throwing at the end). */
   apply(plan: P): Promise<number>

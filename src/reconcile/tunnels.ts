@@ -7,8 +7,8 @@
 //      out-of-band changes in charon and adopts an already-correct charon after an agent restart without a write;
 //   2. a hash of the full section we loaded into this charon instance (kept in memory, forgotten when charon
 //      restarts): catches changes to fields `list-conns` does not show.
-// Ownership: a connection is ours when it is named `mediator` or all its children carry FabEdge's child names
-// (`<conn>-p2p|n2p|p2n`). Connections loaded by anyone else are never unloaded or terminated.
+// Ownership (isOwnConn): our own identity as the local id, what we loaded into this charon instance, the mediator's
+// name, or FabEdge's child names. Connections loaded by anyone else are never unloaded or terminated.
 import { createHash } from 'node:crypto'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
@@ -29,6 +29,8 @@ export interface ObservedIkeSa {
   name: string
   uniqueid: string
   state: string
+  /** Our IKE identity in this SA as charon prints it (list-sas `local-id`), when known. */
+  localId?: string
   children: ObservedChildSa[]
 }
 
@@ -45,41 +47,69 @@ export type TunnelOp =
   | { op: 'initiate-ike'; conn: string }
   | { op: 'initiate-child'; conn: string; child: string }
 
-/** Per-connection initiation memory, owned by the engine and passed in: the plan itself stays pure. */
-export interface InitiateState {
-  /** When the last initiate for this connection was sent (ms since epoch). */
+/**
+ * What we remember of our own initiates, per child (per connection for an IKE-only one such as the mediator):
+ * owned by the SA-state tracker (sa-state.ts) and passed in, so the plan itself stays pure.
+ */
+export interface InitiateAttempt {
+  /** When the last initiate was sent (ms since epoch). */
   lastAttempt: number
-  /** Consecutive attempts that did not bring every child up. */
+  /** Earlier attempts that ended without the child coming up. */
   failures: number
+  /**
+   * The last initiate is still negotiating: neither a child-updown, nor a listing with the child, nor a down event
+   * has been seen since. charon lists a child only once its CREATE_CHILD_SA exchange is done, so a child missing
+   * from the listing is not proof that it needs another initiate.
+   */
+  inflight: boolean
 }
+
+/** Key of an attempt in the memory: `conn/child`, or `conn/` for a connection initiated through its IKE_SA alone. */
+export function attemptKey(conn: string, child: string): string {
+  return `${conn}/${child}`
+}
+
+/** Which connections and SAs are ours besides FabEdge's naming (see isOwnConn). */
+export interface Ownership {
+  /** Our own IKE identities (the `local.id` of our connections), normalized with normalizeId. */
+  ids: ReadonlySet<string>
+  /** Connection names we loaded into the current charon instance. */
+  loaded: ReadonlySet<string>
+}
+
+export const NO_OWNERSHIP_HINTS: Ownership = { ids: new Set(), loaded: new Set() }
 
 export interface TunnelPlanInput {
   desired: Pick<Desired, 'conns' | 'initiate' | 'initiateChildren'>
   observed: ObservedTunnels
   /** conn -> hash of the section loaded into the current charon instance. */
   loaded: ReadonlyMap<string, string>
-  initiate: ReadonlyMap<string, InitiateState>
+  /** attemptKey -> memory of our initiates. */
+  attempts: ReadonlyMap<string, InitiateAttempt>
   now: number
   backoff?: BackoffPolicy
+  ownership?: Ownership
 }
 
 export interface TunnelPlan {
   ops: TunnelOp[]
-  /** Connections waiting for their backoff to expire, with the time a pass should run again. */
+  /** Connections that need an initiate but must wait (in flight, backing off, mediator down), with why. */
   waiting: Array<{ conn: string; until: number; reason: string }>
+  /** When a pass must run again for a wait to end (finite waits of `waiting`). */
+  wakes: Array<{ at: number; reason: string }>
 }
 
 export interface BackoffPolicy {
-  /** Delay after the first failed attempt. */
+  /** Delay after the first failed attempt: the first retry never follows at once. */
   baseMs: number
   maxMs: number
-  /** How long an initiate may stay in flight (IKE SA CONNECTING) before another is allowed. */
+  /** How long an initiate counts as in flight when neither an event nor the listing settles it. */
   inflightMs: number
 }
 
 export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 500, maxMs: 30_000, inflightMs: 30_000 }
 
-/** Delay before the next attempt after `failures` failed ones: 0, then base, 2*base, ... capped. */
+/** Delay before the next attempt after `failures` failed ones: base, 2*base, ... capped; 0 without a failure. */
 export function backoffDelay(failures: number, p: BackoffPolicy = DEFAULT_BACKOFF): number {
   if (failures <= 0) return 0
   return Math.min(p.maxMs, p.baseMs * 2 ** (failures - 1))
@@ -118,17 +148,48 @@ function stableJson(v: unknown): string {
 
 const CHILD_SUFFIXES = ['-p2p', '-n2p', '-p2n']
 
-export function isOwnConn(name: string, listed: ListedConn): boolean {
-  if (name === MEDIATOR_CONN) return true
-  const children = asRecord(listed.children)
-  const names = Object.keys(children ?? {})
+/**
+ * An IKE identity in one spelling: charon prints DNs as `C=CN, O=fabedge.io, CN=x` whatever spacing the config
+ * used, so compare with the blanks around RDN separators removed.
+ */
+export function normalizeId(id: string): string {
+  return id.split(',').map((p) => p.trim()).join(',')
+}
+
+/** The local identities of a set of desired sections (all ours, normally one). */
+export function ownIds(conns: Record<string, ViciSection>): Set<string> {
+  const out = new Set<string>()
+  for (const section of Object.values(conns)) {
+    const id = asString(asRecord(section.local)?.id)
+    if (id) out.add(normalizeId(id))
+  }
+  return out
+}
+
+/**
+ * Whether a loaded connection is ours: named `mediator`; or loaded by us into this charon instance; or carrying
+ * our own IKE identity as its local id (what survives an agent restart, also for a peer whose children were all
+ * left out); or, without hints (e.g. no config), all its children carry FabEdge's child names
+ * (`<conn>-p2p|n2p|p2n`). Anything else belongs to someone else and is never unloaded or terminated.
+ */
+export function isOwnConn(name: string, listed: ListedConn, hints: Ownership = NO_OWNERSHIP_HINTS): boolean {
+  if (name === MEDIATOR_CONN || hints.loaded.has(name)) return true
+  const local = localIdOf(listed)
+  if (local !== undefined && hints.ids.has(normalizeId(local))) return true
+  const names = Object.keys(asRecord(listed.children) ?? {})
   return names.length > 0 && names.every((c) => CHILD_SUFFIXES.some((s) => c === `${name}${s}`))
 }
 
-/** The same ownership test for an IKE SA whose connection is no longer loaded: judged by its CHILD_SA names. */
-export function isOwnSa(sa: ObservedIkeSa): boolean {
+/** The same ownership test for an IKE SA whose connection is no longer loaded (list-sas shows its local id). */
+export function isOwnSa(sa: ObservedIkeSa, hints: Ownership = NO_OWNERSHIP_HINTS): boolean {
   if (sa.name === MEDIATOR_CONN) return true
+  if (sa.localId !== undefined && hints.ids.has(normalizeId(sa.localId))) return true
   return sa.children.length > 0 && sa.children.every((c) => CHILD_SUFFIXES.some((s) => c.name === `${sa.name}${s}`))
+}
+
+function localIdOf(listed: ListedConn): string | undefined {
+  const key = Object.keys(listed).find((k) => k.startsWith('local-') && asRecord(listed[k]))
+  return key ? asString(asRecord(listed[key])!.id) : undefined
 }
 
 function asRecord(v: unknown): Record<string, unknown> | undefined {
@@ -234,6 +295,7 @@ export function connUp(conn: string, children: readonly string[], sas: readonly 
 export function planTunnels(input: TunnelPlanInput): TunnelPlan {
   const { desired, observed, loaded, now } = input
   const policy = input.backoff ?? DEFAULT_BACKOFF
+  const hints = input.ownership ?? NO_OWNERSHIP_HINTS
   const ops: TunnelOp[] = []
   const waiting: TunnelPlan['waiting'] = []
   const reloaded = new Map<string, Set<string>>()
@@ -277,30 +339,21 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
     const missing = children.length === 0
       ? (sas.some((s) => LIVE_IKE.has(s.state)) ? [] : [''])
       : children.filter((c) => terminated.has(`${conn}/${c}`) || !sas.some((s) => s.children.some((k) => k.name === c && LIVE_CHILD.has(k.state))))
-    if (missing.length === 0) continue
-    const state = input.initiate.get(conn)
-    // An IKE SA still connecting from our last initiate is in flight: do not pile another one on it.
-    const connecting = sas.some((s) => s.state === 'CONNECTING')
-    if (state && connecting && now - state.lastAttempt < policy.inflightMs) {
-      waiting.push({ conn, until: state.lastAttempt + policy.inflightMs, reason: 'initiate in flight' })
-      continue
-    }
-    if (state) {
-      const until = state.lastAttempt + backoffDelay(state.failures, policy)
-      if (until > now) {
-        waiting.push({ conn, until, reason: `backoff after ${state.failures} failed attempt(s)` })
+    for (const child of missing) {
+      const wait = attemptWait(input.attempts.get(attemptKey(conn, child)), now, policy)
+      if (wait) {
+        waiting.push({ conn, ...wait })
         continue
       }
+      ops.push(child === '' ? { op: 'initiate-ike', conn } : { op: 'initiate-child', conn, child })
     }
-    if (children.length === 0) ops.push({ op: 'initiate-ike', conn })
-    else for (const child of missing) ops.push({ op: 'initiate-child', conn, child })
   }
 
   // Stale connections last: unload first so nothing re-establishes them, then terminate what is left. SAs of an
   // own connection that is already unloaded (an earlier terminate failed, or charon kept them) are ended too.
   const terminating = new Set<string>()
   for (const [conn, listed] of observed.conns) {
-    if (conn in desired.conns || !isOwnConn(conn, listed)) continue
+    if (conn in desired.conns || !isOwnConn(conn, listed, hints)) continue
     ops.push({ op: 'unload', conn })
     for (const sa of observed.sas.filter((s) => s.name === conn)) {
       ops.push({ op: 'terminate-ike', conn, ikeId: sa.uniqueid })
@@ -309,8 +362,56 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
   }
   for (const sa of observed.sas) {
     if (sa.name in desired.conns || observed.conns.has(sa.name) || terminating.has(sa.uniqueid)) continue
-    if (!isOwnSa(sa)) continue
+    if (!isOwnSa(sa, hints)) continue
     ops.push({ op: 'terminate-ike', conn: sa.name, ikeId: sa.uniqueid })
   }
-  return { ops, waiting }
+  const wakes = waiting.filter((w) => Number.isFinite(w.until)).map((w) => ({ at: w.until, reason: `backoff:${w.conn}` }))
+  return { ops, waiting, wakes }
+}
+
+/**
+ * Why a missing child must not be initiated now, or null. An initiate still in flight is never doubled (that is
+ * how duplicate CHILD_SAs are made); one that expired unanswered counts as failed; failures back off.
+ */
+export function attemptWait(a: InitiateAttempt | undefined, now: number, policy: BackoffPolicy = DEFAULT_BACKOFF): { until: number; reason: string } | null {
+  if (!a) return null
+  if (a.inflight && now < a.lastAttempt + policy.inflightMs) return { until: a.lastAttempt + policy.inflightMs, reason: 'initiate in flight' }
+  const failures = a.failures + (a.inflight ? 1 : 0)
+  const until = a.lastAttempt + backoffDelay(failures, policy)
+  return until > now ? { until, reason: `backoff after ${failures} failed attempt(s)` } : null
+}
+
+/** What `list-conns` will show for a section we just loaded (the projection's fields), for the cached listing. */
+export function listedFromSection(section: ViciSection): ListedConn {
+  const children: Record<string, unknown> = {}
+  for (const [name, c] of Object.entries((section.children ?? {}) as Record<string, ViciSection>)) {
+    children[name] = { 'local-ts': c.local_ts, 'remote-ts': c.remote_ts, dpd_action: c.dpd_action }
+  }
+  const local = (section.local ?? {}) as ViciSection
+  const remote = (section.remote ?? {}) as ViciSection
+  const out: ListedConn = {
+    remote_addrs: section.remote_addrs ?? ['%any'],
+    'local-1': { id: local.id },
+    'remote-1': remote.id === undefined ? {} : { id: remote.id },
+    children,
+  }
+  if (section.dpd_delay !== undefined) out.dpd_delay = section.dpd_delay
+  return out
+}
+
+export function describeOp(op: TunnelOp): string {
+  switch (op.op) {
+    case 'load':
+      return `load-conn ${op.conn} (${op.reason})`
+    case 'unload':
+      return `unload-conn ${op.conn}`
+    case 'terminate-ike':
+      return `terminate ike ${op.conn} #${op.ikeId}`
+    case 'terminate-child':
+      return `terminate child ${op.child} #${op.childId}`
+    case 'initiate-ike':
+      return `initiate ike ${op.conn}`
+    case 'initiate-child':
+      return `initiate child ${op.child}`
+  }
 }

@@ -2,9 +2,8 @@ import t from 'tap'
 import { join } from 'node:path'
 import { loadConfig } from '../../../src/config/load.js'
 import { desiredConns } from '../../../src/desired/conns.js'
-import { listedFromSection } from '../../../src/reconcile/tunnels-vici.js'
 import {
-  backoffDelay, connDiffers, isOwnConn, planTunnels, sectionHash, type ListedConn, type ObservedIkeSa, type TunnelPlanInput,
+  attemptKey, backoffDelay, connDiffers, isOwnConn, listedFromSection, planTunnels, sectionHash, type InitiateAttempt, type ListedConn, type ObservedIkeSa, type TunnelPlanInput,
 } from '../../../src/reconcile/tunnels.js'
 
 const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
@@ -35,7 +34,7 @@ async function edge() {
 }
 
 function input(desired: Awaited<ReturnType<typeof edge>>, over: Partial<TunnelPlanInput> = {}): TunnelPlanInput {
-  return { desired, observed: { conns: new Map(), sas: [] }, loaded: new Map(), initiate: new Map(), now: 1_000_000, ...over }
+  return { desired, observed: { conns: new Map(), sas: [] }, loaded: new Map(), attempts: new Map(), now: 1_000_000, ...over }
 }
 
 t.test('cold start: load everything, initiate the mediator first and wait with mediated peers', async (t) => {
@@ -95,28 +94,32 @@ t.test('stale connections: ours are unloaded then terminated, foreign ones never
   t.notOk(isOwnConn('x', { children: { 'x-p2p': {}, other: {} } }), 'one foreign child makes it foreign')
 })
 
-t.test('initiation: in-flight IKE SAs are not doubled, failures back off, a tunnel that went down is redone at once', async (t) => {
+const CONNECTOR_KIDS = ['beijing.connector-p2p', 'beijing.connector-n2p', 'beijing.connector-p2n']
+const memory = (conn: string, kids: string[], a: InitiateAttempt): Map<string, InitiateAttempt> => new Map(kids.map((k) => [attemptKey(conn, k), a]))
+
+t.test('initiation: in-flight children are not doubled, failures back off, a tunnel that went down is redone at once', async (t) => {
   const d = await edge()
   const conns = new Map(Object.entries(d.conns).map(([n, s]) => [n, listed(s)]))
   const now = 1_000_000
   const med = up('mediator', [])
   const connecting: ObservedIkeSa = { name: 'beijing.connector', uniqueid: '5', state: 'CONNECTING', children: [] }
-  const inflight = planTunnels(input(d, { observed: { conns, sas: [med, connecting] }, initiate: new Map([['beijing.connector', { lastAttempt: now - 100, failures: 0 }]]) }))
+  const inflight = planTunnels(input(d, { observed: { conns, sas: [med, connecting] }, attempts: memory('beijing.connector', CONNECTOR_KIDS, { lastAttempt: now - 100, failures: 0, inflight: true }) }))
   t.notOk(inflight.ops.some((o) => o.conn === 'beijing.connector'), 'no second initiate while the first is connecting')
   t.match(inflight.waiting, [{ conn: 'beijing.connector', reason: 'initiate in flight' }])
+  t.same(inflight.wakes[0], { at: now - 100 + 30_000, reason: 'backoff:beijing.connector' }, 'a wake when the in-flight window ends')
 
-  const failed = planTunnels(input(d, { observed: { conns, sas: [med] }, initiate: new Map([['beijing.connector', { lastAttempt: now - 100, failures: 3 }]]) }))
+  const failed = planTunnels(input(d, { observed: { conns, sas: [med] }, attempts: memory('beijing.connector', CONNECTOR_KIDS, { lastAttempt: now - 100, failures: 3, inflight: false }) }))
   t.notOk(failed.ops.some((o) => o.conn === 'beijing.connector'), 'backing off')
   t.match(failed.waiting.find((w) => w.conn === 'beijing.connector'), { until: now - 100 + backoffDelay(3), reason: /backoff after 3/ })
   t.ok(failed.ops.some((o) => o.conn === 'beijing.edge2'), 'a failing peer does not hold back the others')
 
-  const retry = planTunnels(input(d, { observed: { conns, sas: [med] }, initiate: new Map([['beijing.connector', { lastAttempt: now - 10_000, failures: 3 }]]) }))
+  const retry = planTunnels(input(d, { observed: { conns, sas: [med] }, attempts: memory('beijing.connector', CONNECTOR_KIDS, { lastAttempt: now - 10_000, failures: 3, inflight: false }) }))
   t.equal(retry.ops.filter((o) => o.conn === 'beijing.connector').length, 3, 'after the backoff: initiate again')
 
   const partial = up('beijing.connector', ['beijing.connector-p2p', 'beijing.connector-n2p'], '2')
   const down = planTunnels(input(d, { observed: { conns, sas: [med, partial] } }))
   t.same(down.ops.filter((o) => o.conn === 'beijing.connector'), [{ op: 'initiate-child', conn: 'beijing.connector', child: 'beijing.connector-p2n' }], 'only the child that went down')
-  t.same([0, 1, 2, 3, 10, 30].map((n) => backoffDelay(n)), [0, 500, 1000, 2000, 30_000, 30_000])
+  t.same([1, 2, 3, 10, 30].map((n) => backoffDelay(n)), [500, 1000, 2000, 30_000, 30_000])
 })
 
 t.test('connector: responder to edges never initiates; removed children are terminated', async (t) => {

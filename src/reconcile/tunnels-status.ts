@@ -1,0 +1,100 @@
+// The status read model of the tunnels subsystem: per-peer tunnel state for /status and metrics, built from the
+// last observation (desired connections, what charon listed, why initiates wait) and the last operation errors.
+// It never feeds back into planning. Per-peer entries exist only for desired peers: every record drops the rest.
+import type { Desired } from '../desired/types.js'
+import { connUp, type ObservedTunnels } from './tunnels.js'
+
+export interface PeerStatus {
+  name: string
+  type: string
+  initiator: boolean
+  loaded: boolean
+  ike: Array<{ uniqueid: string; state: string }>
+  children: Array<{ name: string; uniqueid: string; state: string }>
+  childrenDesired: number
+  childrenUp: number
+  state: 'up' | 'partial' | 'connecting' | 'down' | 'waiting'
+  since: string
+  lastError: string | null
+  waiting: string | null
+}
+
+const UP_STATES = new Set(['INSTALLED', 'REKEYING', 'REKEYED'])
+
+export class TunnelsStatus {
+  private desired: Pick<Desired, 'conns' | 'initiate'> | null = null
+  private observed: ObservedTunnels | null = null
+  private waiting = new Map<string, string>()
+  private readonly since = new Map<string, { state: string; at: number }>()
+  private readonly lastError = new Map<string, string>()
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** Per-peer entries held (tests assert that removed peers leave none). */
+  get sizes(): { since: number; lastError: number } {
+    return { since: this.since.size, lastError: this.lastError.size }
+  }
+
+  /** The state a plan observed. */
+  record(desired: Pick<Desired, 'conns' | 'initiate'>, observed: ObservedTunnels, waiting: ReadonlyArray<{ conn: string; reason: string }>): void {
+    this.desired = desired
+    this.observed = observed
+    this.waiting = new Map(waiting.map((w) => [w.conn, w.reason]))
+    const now = this.now()
+    for (const name of this.since.keys()) if (!(name in desired.conns)) this.since.delete(name)
+    for (const name of this.lastError.keys()) if (!(name in desired.conns)) this.lastError.delete(name)
+    for (const [conn, section] of Object.entries(desired.conns)) {
+      const up = connUp(conn, Object.keys((section.children ?? {}) as object), observed.sas)
+      if (up) this.lastError.delete(conn)
+      const state = up ? 'up' : observed.sas.some((s) => s.name === conn) ? 'connecting' : 'down'
+      const prev = this.since.get(conn)
+      if (!prev || prev.state !== state) this.since.set(conn, { state, at: now })
+    }
+  }
+
+  /** An operation on `conn` failed (kept until the peer is up or leaves the config). */
+  error(conn: string, message: string): void {
+    if (this.desired && !(conn in this.desired.conns)) return
+    this.lastError.set(conn, message)
+  }
+
+  /** charon restarted: what we observed of it is gone. */
+  forgetObserved(): void {
+    this.observed = null
+  }
+
+  /** Per-peer tunnel state from the last observation. */
+  peers(): PeerStatus[] {
+    const d = this.desired
+    const o = this.observed
+    if (!d || !o) return []
+    return Object.entries(d.conns).map(([name, section]) => {
+      const kids = Object.keys((section.children ?? {}) as object)
+      const sas = o.sas.filter((s) => s.name === name)
+      const children = sas.flatMap((s) => s.children)
+      const upKids = kids.filter((k) => children.some((c) => c.name === k && UP_STATES.has(c.state)))
+      const established = sas.some((s) => s.state === 'ESTABLISHED')
+      let state: PeerStatus['state']
+      if (kids.length === 0 ? established : upKids.length === kids.length) state = 'up'
+      else if (upKids.length > 0) state = 'partial'
+      else if (sas.length > 0) state = 'connecting'
+      else if (this.waiting.has(name)) state = 'waiting'
+      else state = 'down'
+      const since = this.since.get(name)
+      return {
+        name,
+        type: name === 'mediator' ? 'Mediator' : 'Peer',
+        initiator: d.initiate.includes(name),
+        loaded: o.conns.has(name),
+        ike: sas.map((s) => ({ uniqueid: s.uniqueid, state: s.state })),
+        children: children.map((c) => ({ name: c.name, uniqueid: c.uniqueid, state: c.state })),
+        childrenDesired: kids.length,
+        childrenUp: upKids.length,
+        state,
+        since: new Date(since?.at ?? this.now()).toISOString(),
+        lastError: this.lastError.get(name) ?? null,
+        waiting: this.waiting.get(name) ?? null,
+      }
+    })
+  }
+}

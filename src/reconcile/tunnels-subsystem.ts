@@ -1,0 +1,296 @@
+// The tunnels subsystem proper: makes charon hold our connections, credentials and SAs as desired, through the
+// TunnelsPort. A pass runs `prepare` (the explicit state steps: subscribe to SA events once charon is reachable,
+// read the credential files, forget peers that left the config), then `plan` (observe charon and plan with the
+// pure planTunnels; no side effects beyond caching what it observed and the status read model), then `apply`
+// (credentials, load-conn, terminate, asynchronous initiates, unload-conn; then the credentials we rotated away
+// from). SA events and reconnects trigger passes; backoff waits come back to the engine as `wakes`.
+import type { Desired, ViciSection } from '../desired/types.js'
+import type { Logger } from '../log.js'
+import { NO_CREDENTIALS_CHANGE, OwnCredentials, type CredentialPaths, type CredentialsChange } from './credentials.js'
+import { SaStateTracker } from './sa-state.js'
+import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
+import type { SaEvent, TunnelsPort } from './tunnels-port.js'
+import { TunnelsStatus, type PeerStatus } from './tunnels-status.js'
+import {
+  describeOp,
+  listedFromSection,
+  ownIds,
+  planTunnels,
+  sectionHash,
+  type BackoffPolicy,
+  type ListedConn,
+  type ObservedIkeSa,
+  type TunnelOp,
+} from './tunnels.js'
+
+export type { PeerStatus } from './tunnels-status.js'
+
+export interface TunnelsPlan extends SubsystemPlan {
+  ops: TunnelOp[]
+  credentials: CredentialsChange
+  /** Broken credential files seen by this pass: reported after the ops are applied. */
+  credentialError: Error | null
+  /** The SAs this plan saw: children up there settle our initiate memory when the plan is applied. */
+  sas: ObservedIkeSa[]
+  wakes: Array<{ at: number; reason: string }>
+}
+
+export interface TunnelsOptions {
+  credentials: CredentialPaths | null
+  log: Logger
+  /** Ask the agent for a pass (VICI events, reconnects). */
+  trigger: (reason: string) => void
+  /** Called on every reconnect to charon (metric fabtunnel_vici_reconnects_total). */
+  onReconnect?: () => void
+  backoff?: BackoffPolicy
+  now?: () => number
+}
+
+export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
+  readonly name = 'tunnels' as const
+  readonly counters = { loads: 0, unloads: 0, initiates: 0, terminates: 0, credentialLoads: 0, reconnects: 0 }
+  readonly credentials: OwnCredentials
+  /** conn -> hash of the section loaded into this charon instance; cleared when charon restarts. */
+  private readonly loaded = new Map<string, string>()
+  /** The last list-conns, amended by our own applied ops (see PassContext); null: list again. */
+  private listedConns: Map<string, ListedConn> | null = null
+  private readonly saState = new SaStateTracker()
+  private readonly status: TunnelsStatus
+  private readonly now: () => number
+  private subscribed = false
+  private credentialError: Error | null = null
+
+  constructor(readonly port: TunnelsPort, private readonly opts: TunnelsOptions) {
+    this.now = opts.now ?? Date.now
+    this.status = new TunnelsStatus(this.now)
+    this.credentials = new OwnCredentials(port, opts.credentials)
+    port.onConnection({
+      reconnected: () => {
+        // charon may have restarted and forgotten everything: forget what we believe it holds, then resync.
+        this.loaded.clear()
+        this.listedConns = null
+        this.credentials.forget()
+        this.saState.clear()
+        this.counters.reconnects++
+        opts.onReconnect?.()
+        opts.log.warn({ op: 'vici-reconnected' }, 'reconnected to charon; reloading connections and credentials')
+        opts.trigger('vici:reconnected')
+      },
+      disconnected: (err) => opts.log.error({ err: err.message }, 'lost the connection to charon; reconnecting'),
+    })
+  }
+
+  /** Subscribes to SA up/down events; safe to call again. */
+  async subscribe(): Promise<void> {
+    if (this.subscribed) return
+    await this.port.subscribe((event, up, sas) => this.onEvent(event, up, sas))
+    this.subscribed = true
+  }
+
+  private onEvent(event: SaEvent, up: boolean, sas: ObservedIkeSa[]): void {
+    for (const sa of sas) this.opts.log.info({ op: event, conn: sa.name, up, state: sa.state }, `${event} ${up ? 'up' : 'down'}`)
+    this.saState.onEvent(event, up, sas)
+    this.opts.trigger(`vici:${event}`)
+  }
+
+  async prepare(desired: Desired, ctx: PassContext): Promise<void> {
+    // charon was not up when we started (a failed first connect is not retried by the client, so no `reconnected`
+    // will come): subscribe as soon as a pass can reach it, or SA events would never trigger passes.
+    if (!this.subscribed) await this.subscribe()
+    if (this.opts.credentials && (ctx.credentials || !this.credentials.current)) {
+      this.credentialError = await this.credentials.refresh()
+      const err = this.credentialError as (Error & { code?: string; file?: string }) | null
+      if (err) this.opts.log.error({ op: 'credentials', code: err.code, file: err.file, err: err.message }, this.credentials.current ? 'credentials rejected; keeping the last good ones' : 'credentials rejected')
+    }
+    const names = new Set(Object.keys(desired.conns))
+    this.saState.prune(names)
+    // A removed peer's hash stays while charon still lists its connection: it marks the connection as ours.
+    for (const conn of this.loaded.keys()) if (!names.has(conn) && !this.listedConns?.has(conn)) this.loaded.delete(conn)
+  }
+
+  async plan(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
+    // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
+    // last listing as amended by our own applied ops (see PassContext).
+    if (ctx.deep || !this.listedConns) this.listedConns = await this.port.listConns()
+    // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out and look missing.
+    const sas = await this.port.listSas()
+    const credentials = this.opts.credentials ? await this.credentials.observe(ctx.deep) : NO_CREDENTIALS_CHANGE
+    const conns = this.sectionsWithOwnCert(desired.conns)
+    const observed = { conns: this.listedConns, sas }
+    const { ops, waiting, wakes } = planTunnels({
+      desired: { conns, initiate: desired.initiate, initiateChildren: desired.initiateChildren },
+      observed,
+      loaded: this.loaded,
+      attempts: this.saState.view(),
+      now: this.now(),
+      ownership: { ids: ownIds(conns), loaded: new Set(this.loaded.keys()) },
+      ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
+    })
+    if (credentials.unloadKeys.length) this.reloadForRotation(conns, ops)
+    this.status.record(desired, observed, waiting)
+    const credentialWrites = (credentials.load ? 1 : 0) + credentials.unloadKeys.length + credentials.unloadAuthorities.length
+    const writes = ops.length + credentialWrites
+    if (this.credentialError && writes === 0) throw this.credentialError
+    return {
+      ops,
+      credentials,
+      credentialError: this.credentialError,
+      sas,
+      wakes,
+      writes,
+      describe: () => [
+        ...(credentials.load ? ['load credentials (CA authorities, certificate, private key)'] : []),
+        ...ops.map(describeOp),
+        ...credentials.unloadAuthorities.map((n) => `unload-authority ${n}`),
+        ...credentials.unloadKeys.map((k) => `unload-key ${k}`),
+      ],
+    }
+  }
+
+  /**
+   * Our certificate in force, never anything else, in every section's `local.certs`: the connections always name
+   * the certificate whose key we loaded, and a broken certificate file (which the desired state may see as no
+   * certificate at all) never changes a section we load.
+   */
+  private sectionsWithOwnCert(conns: Record<string, ViciSection>): Record<string, ViciSection> {
+    const pem = this.credentials.current?.certPem
+    if (!pem) return conns
+    const out: Record<string, ViciSection> = {}
+    for (const [name, section] of Object.entries(conns)) out[name] = withLocalCert(section, pem)
+    return out
+  }
+
+  /**
+   * Keys we rotated away from are unloaded only once every connection names the new certificate. After an agent
+   * restart we cannot know which certificate a listed connection holds (list-conns shows its subject only), so
+   * connections not loaded by this instance with the current section are loaded again first (load-conn of an
+   * unchanged connection leaves its SAs alone).
+   */
+  private reloadForRotation(conns: Record<string, ViciSection>, ops: TunnelOp[]): void {
+    const loading = new Set(ops.filter((o) => o.op === 'load').map((o) => o.conn))
+    const reloads: TunnelOp[] = []
+    for (const [conn, section] of Object.entries(conns)) {
+      const hash = sectionHash(section)
+      if (!loading.has(conn) && this.loaded.get(conn) !== hash) reloads.push({ op: 'load', conn, section, hash, reason: 'changed' })
+    }
+    ops.unshift(...reloads)
+  }
+
+  async apply(plan: TunnelsPlan): Promise<number> {
+    const { log } = this.opts
+    let done = 0
+    const failures: string[] = []
+    this.saState.settle(plan.sas)
+    const c = plan.credentials
+    if (c.load) {
+      await this.credentials.load(c.load)
+      this.counters.credentialLoads++
+      log.info({ op: 'load-credentials', fingerprint: c.load.fingerprint, keyId: c.load.keyId }, 'credentials loaded into charon')
+      done++
+    }
+    // A connection whose load failed keeps its live SAs: terminating its changed children would only bring them
+    // back on the old config, at every retry.
+    const loadFailed = new Set<string>()
+    const now = this.now()
+    for (const op of plan.ops) {
+      if (loadFailed.has(op.conn) && (op.op === 'terminate-child' || op.op.startsWith('initiate'))) continue
+      try {
+        switch (op.op) {
+          case 'load':
+            await this.port.loadConn(op.conn, op.section)
+            this.loaded.set(op.conn, op.hash)
+            this.listedConns?.set(op.conn, listedFromSection(op.section))
+            this.counters.loads++
+            break
+          case 'unload':
+            await this.port.unloadConn(op.conn)
+            this.loaded.delete(op.conn)
+            this.listedConns?.delete(op.conn)
+            this.counters.unloads++
+            break
+          case 'terminate-ike':
+            await this.port.terminate({ ikeId: op.ikeId })
+            this.counters.terminates++
+            break
+          case 'terminate-child':
+            await this.port.terminate({ childId: op.childId })
+            this.counters.terminates++
+            break
+          case 'initiate-ike':
+          case 'initiate-child': {
+            const child = op.op === 'initiate-child' ? op.child : ''
+            this.saState.initiated(op.conn, child, now)
+            try {
+              await this.port.initiate(child === '' ? { ike: op.conn } : { ike: op.conn, child })
+            } catch (err) {
+              this.saState.refused(op.conn, child, now)
+              throw err
+            }
+            this.counters.initiates++
+            break
+          }
+        }
+        done++
+        log.debug({ op: op.op, conn: op.conn }, describeOp(op))
+      } catch (err) {
+        if (op.op === 'load') loadFailed.add(op.conn)
+        const msg = `${describeOp(op)}: ${(err as Error).message}`
+        this.status.error(op.conn, msg)
+        failures.push(msg)
+        log.error({ op: op.op, conn: op.conn, err: (err as Error).message }, 'tunnel operation failed')
+      }
+    }
+    // Credentials we moved away from go last, and only once every connection was loaded with the new certificate.
+    if (loadFailed.size === 0) {
+      for (const name of c.unloadAuthorities) {
+        try {
+          await this.credentials.unloadAuthority(name)
+          done++
+        } catch (err) {
+          failures.push(`unload-authority ${name}: ${(err as Error).message}`)
+        }
+      }
+      for (const id of c.unloadKeys) {
+        try {
+          await this.credentials.unloadKey(id)
+          log.info({ op: 'unload-key', keyId: id }, 'unloaded a private key we rotated away from')
+          done++
+        } catch (err) {
+          failures.push(`unload-key ${id}: ${(err as Error).message}`)
+        }
+      }
+    }
+    if (failures.length) throw new Error(`${failures.length} tunnel operation(s) failed: ${failures.slice(0, 3).join('; ')}`)
+    if (plan.credentialError) throw plan.credentialError
+    return done
+  }
+
+  /** Per-peer tunnel state from the last observation, for /status and metrics. */
+  peers(): PeerStatus[] {
+    return this.status.peers()
+  }
+
+  summary(): Record<string, unknown> {
+    return { loadedThisInstance: this.loaded.size, credentialsLoaded: this.credentials.loaded, counters: { ...this.counters } }
+  }
+
+  /** Sizes of every per-peer memory (tests assert that removed peers leave nothing behind). */
+  residue(): { loaded: number; attempts: number; since: number; lastError: number } {
+    return { loaded: this.loaded.size, attempts: this.saState.size, ...this.status.sizes }
+  }
+}
+
+const certMemo = new WeakMap<ViciSection, { pem: string; section: ViciSection }>()
+
+/** The section with `local.certs` = [pem] (the same object when it already is; memoized, so hashes stay cached). */
+export function withLocalCert(section: ViciSection, pem: string): ViciSection {
+  const local = section.local
+  if (local === undefined || typeof local !== 'object' || Array.isArray(local)) return section
+  const certs = local.certs
+  if (Array.isArray(certs) && certs.length === 1 && certs[0] === pem) return section
+  const memo = certMemo.get(section)
+  if (memo?.pem === pem) return memo.section
+  const patched: ViciSection = { ...section, local: { ...local, certs: [pem] } }
+  certMemo.set(section, { pem, section: patched })
+  return patched
+}
