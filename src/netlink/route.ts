@@ -321,28 +321,6 @@ export function routePlan(desired: readonly RouteSpec[], observed: readonly Rout
 }
 
 /**
- * Makes `table` hold exactly `desired` among the routes of `protocol` (both families unless `family` is given):
- * reads the table, plans, applies in one batch. Foreign routes are never modified.
- */
-export async function routeSync(
-  sock: NetlinkSocket,
-  desired: readonly RouteSpec[],
-  opts: { table?: number; protocol?: number; family?: Family } = {},
-): Promise<RoutePlan & { results: RouteResult[] }> {
-  const table = opts.table ?? ROUTE_TABLE
-  const protocol = opts.protocol ?? RTPROT_FABTUNNEL
-  if (opts.family) {
-    const other = desired.find((d) => parseCidr(d.dst).family !== opts.family)
-    if (other) throw NetlinkError.input(`${other.dst} is not IPv${opts.family} (routeSync limited to that family)`)
-  }
-  const want = await routeResolveDevs(sock, desired.map((d) => ({ ...d, table })))
-  const observed = await routeList(sock, opts.family ? { table, family: opts.family } : { table })
-  const plan = routePlan(want, observed, protocol)
-  const results = await routeApply(sock, plan.ops)
-  return { ...plan, results }
-}
-
-/**
  * The default route of the main table with the lowest metric, or undefined. CLI: `ip [-6] route show default`.
  * A default route without gateway (point-to-point uplink) has a dev and no via.
  */

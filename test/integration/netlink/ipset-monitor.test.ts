@@ -4,9 +4,18 @@ import t, { type Test } from 'tap'
 import { spawnSync } from 'node:child_process'
 import { Netns, needsRoot } from '../../harness/netns.js'
 import {
-  canonicalCidr, ipsetAdd, ipsetCreate, ipsetDel, ipsetDestroy, ipsetList, ipsetSwap, ipsetSync, ipsetTest, Monitor,
-  openNetfilter, openRoute, routeReplace, type NetlinkSocket, type Route,
+  canonicalCidr, ipsetAdd, ipsetAddMany, ipsetCreate, ipsetDel, ipsetDelMany, ipsetDestroy, ipsetList, ipsetPlan, ipsetSwap,
+  ipsetTest, Monitor, openNetfilter, openRoute, routeReplace, type NetlinkSocket, type Route,
 } from '../../../src/netlink/index.js'
+
+/** The library's verbs composed as docs/netlink.md shows: set `name` holds exactly `members`. */
+async function ipsetSync(nf: NetlinkSocket, name: string, family: 4 | 6, members: string[]): Promise<{ added: string[]; removed: string[] }> {
+  await ipsetCreate(nf, name, family)
+  const d = ipsetPlan(members, (await ipsetList(nf, name))!.members)
+  await ipsetAddMany(nf, name, d.add)
+  await ipsetDelMany(nf, name, d.del)
+  return { added: d.add, removed: d.del }
+}
 
 async function nsWith(t: Test): Promise<Netns> {
   const ns = await Netns.create('nl')
