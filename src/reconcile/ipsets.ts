@@ -53,8 +53,8 @@ export interface IpsetsPlan extends SubsystemPlan {
   wrong: Array<{ name: string; family: Family; live: IpsetInfo }>
 }
 
-/** The kernel's "in use by a rule" answers to a destroy. */
-const IN_USE = new Set(['IPSET_ERR_BUSY', 'IPSET_ERR_REFERENCED', 'EBUSY'])
+/** The kernel's answer to destroying a set an iptables rule still uses (checked in a namespace). */
+const IN_USE = 'IPSET_ERR_BUSY'
 
 export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
   readonly name = 'ipsets' as const
@@ -144,7 +144,7 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
       this.refused.delete(name)
       return true
     } catch (err) {
-      if (!(err instanceof NetlinkError && err.kind === 'kernel' && IN_USE.has(err.code))) throw err
+      if (!(err instanceof NetlinkError && err.kind === 'kernel' && err.code === IN_USE)) throw err
       if (this.refused.has(name)) {
         throw new NetlinkError('kernel', err.code, `stale set ${name} is still used by a rule that is not ours; it cannot be destroyed`, { cause: err })
       }
