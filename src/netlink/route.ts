@@ -300,7 +300,7 @@ export function routePlan(desired: readonly RouteSpec[], observed: readonly Rout
   const wanted = new Set<string>()
   for (const spec of desired) {
     const r = resolveRoute({ ...spec, protocol })
-    const key = routeKey(r.family, parseCidr(spec.dst).text, r.metric)
+    const key = routeKey(r.family, `${ipToString(r.dst)}/${r.dstLen}`, r.metric)
     wanted.add(key)
     const have = ours.get(key)
     if (have && have.table === r.table && sameRoute(r, have)) continue
