@@ -1,15 +1,17 @@
-// Benchmark: the cost of a converged iptables pass (observe with iptables-save -t filter/-t nat, parse, plan,
-// no write) against what an agent that rewrites every pass pays (one iptables-restore --noflush of the same
-// payload, as FabEdge does). Both run the real tools in a throwaway namespace through `ip netns exec`, so both
-// carry the same process overhead. Two hosts: no foreign rules, and a kube-proxy-sized nat table; both backends.
+// Benchmark: the cost of a converged iptables pass as the daemon runs it (IptablesSubsystem.plan on a deep pass
+// through the real runner: one iptables-save per family, parse, plan, no write) against what an agent that
+// rewrites every pass pays (one iptables-restore --noflush of the same payload, as FabEdge does). Both run the
+// real tools in a throwaway namespace through `ip netns exec`, so both carry the same process overhead. Two hosts:
+// no foreign rules, and a kube-proxy-sized nat table; both backends.
 // Run as root: node --import tsx scripts/bench/iptables.ts [iterations]
 import { performance } from 'node:perf_hooks'
 import { Netns, teardownOnSignals } from '../../test/harness/netns.js'
 import { execCapture } from '../../test/harness/exec.js'
+import { iptablesPass } from '../../test/harness/iptables-pass.js'
 import { IptablesRunner, type Backend } from '../../src/iptables/runner.js'
-import { iptablesObserve, iptablesSync } from '../../src/iptables/sync.js'
-import { iptablesPlan } from '../../src/iptables/plan.js'
 import { renderRuleset, type RulesetInput } from '../../src/iptables/render.js'
+import { IptablesSubsystem } from '../../src/reconcile/iptables.js'
+import { passContext } from '../../src/reconcile/subsystem.js'
 import { IPSET } from '../../src/fabedge.js'
 
 const iterations = Number(process.argv[2] ?? 30)
@@ -41,15 +43,18 @@ async function scenario(backend: Backend, name: string, services: number): Promi
     if (services > 0) await ns.run([`iptables-${backend}-restore`, '--noflush'], { input: foreignNat(services) })
     const input: RulesetInput = { role: 'connector', family: 4, localPodCidrs: [] }
     const payload = renderRuleset(input)
-    await iptablesSync(runner, input)
+    await iptablesPass(runner, input)
+    const subsystem = new IptablesSubsystem(runner, [4])
+    const desired = { iptables: { ipv4: payload, ipv6: '' } }
+    const deep = passContext(['resync'])
 
     const ours: number[] = []
     const baseline: number[] = []
     for (let i = 0; i < iterations; i++) {
       let t0 = performance.now()
-      const plan = iptablesPlan(payload, await iptablesObserve(runner, 4))
+      const plan = await subsystem.plan(desired, deep)
       ours.push(performance.now() - t0)
-      if (plan.restore !== null) throw new Error('bench: the pass was not converged')
+      if (plan.writes !== 0) throw new Error('bench: the pass was not converged')
       t0 = performance.now()
       await runner.restore(4, payload)
       baseline.push(performance.now() - t0)
@@ -57,7 +62,7 @@ async function scenario(backend: Backend, name: string, services: number): Promi
     const o = median(ours)
     const b = median(baseline)
     console.log(
-      `${name}: converged pass (observe+plan, 0 writes) ${o.toFixed(2)} ms | baseline one iptables-restore ${b.toFixed(2)} ms | ratio ours/baseline ${(o / b).toFixed(2)} (median of ${iterations}, backend ${runner.backend})`,
+      `${name}: converged deep pass (IptablesSubsystem.plan: observe+plan, 0 writes) ${o.toFixed(2)} ms | baseline one iptables-restore ${b.toFixed(2)} ms | ratio ours/baseline ${(o / b).toFixed(2)} (median of ${iterations}, backend ${runner.backend})`,
     )
   } finally {
     await ns.destroy()

@@ -4,12 +4,8 @@
 // without its key, as VICI cannot unload one certificate alone); our iptables jumps and chains (both families);
 // then our ipsets (a set referenced by a rule cannot be destroyed); routes carrying our protocol in table 220;
 // rules carrying our protocol.
-import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
-import { iptablesCleanup } from '../iptables/sync.js'
-import { ipsetDestroy, routeApply, routeList, ruleDel, ruleList } from '../netlink/index.js'
 import { readFile } from 'node:fs/promises'
 import { certificateBlocks } from '../cert.js'
-import { OWN_SETS } from '../reconcile/kernel.js'
 import { certSubject, isOwnAuthority, ownKeyIds, pemToDer } from '../reconcile/credentials.js'
 import type { TunnelsPort } from '../reconcile/tunnels-port.js'
 import { isOwnConn, isOwnSa, normalizeId, type Ownership } from '../reconcile/tunnels.js'
@@ -58,29 +54,17 @@ export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
   })
   for (const family of [4, 6] as const) {
     await step(`iptables (IPv${family})`, async () => {
-      const plan = await iptablesCleanup(p.iptables, family)
-      report.iptables.push({ family, chains: plan.deleted.map((c) => `${c.table}/${c.chain}`) })
+      report.iptables.push({ family, chains: await p.iptables.cleanup(family) })
     })
   }
   await step('ipsets', async () => {
-    for (const { name } of OWN_SETS) {
-      const r = await ipsetDestroy(p.nfSock, name)
-      if (r.ok) report.ipsets.push(name)
-    }
+    report.ipsets.push(...(await p.ipsets.cleanup()))
   })
   await step('routes', async () => {
-    const ours = (await routeList(p.routeSock, { table: ROUTE_TABLE })).filter((r) => r.protocol === RTPROT_FABTUNNEL)
-    const results = await routeApply(p.routeSock, ours.map((r) => ({ op: 'del' as const, route: { dst: r.dst, table: r.table, protocol: r.protocol, ...(r.metric !== undefined ? { metric: r.metric } : {}) } })))
-    ours.forEach((r, i) => {
-      if (results[i]?.ok) report.routes.push(r.dst)
-    })
+    report.routes.push(...(await p.routes.cleanupRoutes()))
   })
   await step('rules', async () => {
-    for (const r of await ruleList(p.routeSock)) {
-      if (r.protocol !== RTPROT_FABTUNNEL) continue
-      const res = await ruleDel(p.routeSock, { family: r.family, priority: r.priority, table: r.table, protocol: RTPROT_FABTUNNEL })
-      if (res.ok) report.rules++
-    }
+    report.rules += await p.routes.cleanupRules()
   })
   return report
 }

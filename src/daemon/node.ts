@@ -6,8 +6,9 @@ import type { Datapath } from '../desired/types.js'
 import { IptablesRunner } from '../iptables/runner.js'
 import type { Logger } from '../log.js'
 import { openNetfilter, openRoute, type NetlinkSocket } from '../netlink/index.js'
-import { FirewallSubsystem } from '../reconcile/firewall.js'
-import { IpsetsSubsystem, RoutesSubsystem } from '../reconcile/kernel.js'
+import { IptablesSubsystem } from '../reconcile/iptables.js'
+import { IpsetsSubsystem, netlinkIpsetsPort } from '../reconcile/ipsets.js'
+import { netlinkRoutesPort, RoutesSubsystem } from '../reconcile/routes.js'
 import { TunnelsSubsystem } from '../reconcile/tunnels-subsystem.js'
 import { viciTunnelsPort } from '../reconcile/tunnels-port.js'
 import { Vici } from '../vici/index.js'
@@ -36,9 +37,9 @@ export interface NodeParts {
   tunnels: TunnelsSubsystem
   routes: RoutesSubsystem
   ipsets: IpsetsSubsystem
-  firewall: FirewallSubsystem
+  iptables: IptablesSubsystem
   vici: Vici
-  iptables: IptablesRunner
+  iptablesRunner: IptablesRunner
   routeSock: NetlinkSocket
   nfSock: NetlinkSocket
   /** The credential files the node was built with (cleanup finds our key in charon through the certificate). */
@@ -52,7 +53,7 @@ export interface NodeParts {
 
 export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   const metrics = new Metrics()
-  const iptables = await IptablesRunner.create()
+  const iptablesRunner = await IptablesRunner.create()
   const routeSock = openRoute()
   const nfSock = openNetfilter()
   const vici = new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
@@ -63,13 +64,13 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     trigger: (r) => agent?.trigger(r),
     onReconnect: () => metrics.viciReconnects.inc(),
   })
-  const routes = new RoutesSubsystem(routeSock, o.log.child({ subsystem: 'routes' }))
-  const ipsets = new IpsetsSubsystem(nfSock, o.log.child({ subsystem: 'ipsets' }))
-  const firewall = new FirewallSubsystem(iptables)
+  const routes = new RoutesSubsystem(netlinkRoutesPort(routeSock), o.log.child({ subsystem: 'routes' }))
+  const ipsets = new IpsetsSubsystem(netlinkIpsetsPort(nfSock), o.log.child({ subsystem: 'ipsets' }))
+  const iptables = new IptablesSubsystem(iptablesRunner)
   agent = new Agent({
     configPath: o.config,
     datapath: o.datapath,
-    subsystems: [ipsets, firewall, routes, tunnels],
+    subsystems: [ipsets, iptables, routes, tunnels],
     certPem: () => readCertPem(o.cert),
     gateways: () => routes.gateways(),
     log: o.log,
@@ -84,9 +85,9 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
     },
   })
-  o.log.info({ backend: iptables.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
+  o.log.info({ backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
   return {
-    agent, metrics, tunnels, routes, ipsets, firewall, vici, iptables, routeSock, nfSock,
+    agent, metrics, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock,
     paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: async (graceMs?: number) => {
       if (!(await agent.stop(graceMs))) o.log.warn({ op: 'stop', graceMs }, 'a pass is still in flight; closing the connections under it')
@@ -115,7 +116,7 @@ export function statusDocument(p: NodeParts, datapath: Datapath): Record<string,
     peers: p.tunnels.peers().map((x) => ({ ...x, type: x.name === 'mediator' ? 'Mediator' : types.get(x.name) ?? 'unknown' })),
     routes: { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...p.routes.summary() },
     ipsets: p.ipsets.summary(),
-    iptables: p.firewall.summary(),
+    iptables: p.iptables.summary(),
     tunnels: p.tunnels.summary(),
     counters: p.agent.counters,
   }

@@ -2,12 +2,12 @@
 // (config/credential directory watch, VICI events, netlink route/rule monitor, SIGHUP, the resync timer).
 // SIGTERM/SIGINT stop it cleanly and leave the data plane up: teardown is `fabtunnel cleanup`, never a side
 // effect of stopping.
-import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
 import type { Datapath } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { Monitor } from '../netlink/index.js'
 import { startHttp, type HttpHandlers, type ListenAddress } from './http.js'
 import { SOLE_LEADER, type Leadership } from './leader.js'
+import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeParts } from './node.js'
 import { watchFiles } from './watch.js'
 
@@ -59,11 +59,12 @@ export async function startDaemon(o: RunOptions): Promise<Running> {
 
   const monitor = Monitor.open({ ref: false })
   monitor.on('route', (action, route) => {
-    // Only table 220 matters; our own writes also echo back here and cost one no-op pass.
-    if (route.table === ROUTE_TABLE && (route.protocol === RTPROT_FABTUNNEL || action === 'del')) agent.trigger(`netlink:route-${action}`)
+    const reason = routeTrigger(action, route)
+    if (reason) agent.trigger(reason)
   })
   monitor.on('rule', (action, rule) => {
-    if (rule.table === ROUTE_TABLE) agent.trigger(`netlink:rule-${action}`)
+    const reason = ruleTrigger(action, rule)
+    if (reason) agent.trigger(reason)
   })
   monitor.on('resync', () => agent.trigger('netlink:resync'))
   monitor.on('error', (err) => log.warn({ err: err.message }, 'netlink monitor error'))

@@ -17,8 +17,9 @@ export interface DesiredRoute {
   /** rtm_protocol the route is written with, so only our own routes are ever changed. */
   protocol: number
   /**
-   * Next hop. Omitted when the default gateway is not known to the pure layer: the route goes via the family's
-   * default gateway, resolved from the main table when applied.
+   * Next hop: the family's default gateway as the agent read it from the main table for this desired state.
+   * Omitted when that family has no default gateway: the routes subsystem then cannot program the route and
+   * reports it as an error naming the family.
    */
   via?: string
 }
@@ -33,7 +34,7 @@ export interface DesiredOptions {
   datapath: Datapath
   /** The local certificate PEM; sent inline in each connection's `local.certs` as FabEdge does. */
   certPem?: string
-  /** Known default gateways; when absent, routes carry no `via` and the applier resolves it. */
+  /** Default gateways of the main table per family (xfrm); a family without one gets routes without `via`. */
   gateways?: { 4?: string; 6?: string }
 }
 

@@ -1,17 +1,19 @@
-// The iptables reconciler's I/O half: observe (one iptables-save, tables filter and nat parsed), apply a plan from
-// plan.ts (a dry run, then one iptables-restore --noflush), sync (observe + plan + apply) and cleanup.
-// A plan without a payload performs no exec at all: a converged pass writes nothing.
+// The iptables verbs around the pure planner: observe (one iptables-save, tables filter and nat parsed), apply a
+// plan from plan.ts (a dry run, then one iptables-restore --noflush) and cleanup. The daemon's reconciler built on
+// them is src/reconcile/iptables.ts. A plan without a payload performs no exec at all.
 import type { Family } from '../fabedge.js'
 import { rulesetParse } from './parse.js'
-import { iptablesCleanupPlan, iptablesPlan, TABLES, type IptablesObserved, type IptablesPlan } from './plan.js'
-import { renderRuleset, type RulesetInput } from './render.js'
+import { iptablesCleanupPlan, TABLES, type IptablesObserved, type IptablesPlan } from './plan.js'
 import type { IptablesRunner } from './runner.js'
+
+/** The runner's reading, writing and locking verbs: an IptablesRunner, or a fake in unit tests. */
+export type IptablesTools = Pick<IptablesRunner, 'save' | 'restore' | 'counters' | 'exclusive'>
 
 /**
  * Reads tables filter and nat of one family with a single `iptables-save`: one process per pass instead of one
  * per table (the other tables it prints are small and are not parsed past their lines).
  */
-export async function iptablesObserve(runner: IptablesRunner, family: Family): Promise<IptablesObserved> {
+export async function iptablesObserve(runner: Pick<IptablesTools, 'save'>, family: Family): Promise<IptablesObserved> {
   const parsed = rulesetParse(await runner.save(family), family)
   const observed: IptablesObserved = { family, tables: {} }
   for (const table of TABLES) {
@@ -25,7 +27,7 @@ export async function iptablesObserve(runner: IptablesRunner, family: Family): P
  * Writes a plan: `iptables-restore --test` first, so a payload the tools reject (a missing set, an unknown
  * match) changes nothing in any table, then the real restore. Returns whether anything was written.
  */
-export async function iptablesApply(runner: IptablesRunner, plan: IptablesPlan): Promise<boolean> {
+export async function iptablesApply(runner: Pick<IptablesTools, 'restore' | 'counters'>, plan: IptablesPlan): Promise<boolean> {
   if (plan.restore === null) return false
   await runner.restore(plan.family, plan.restore, { test: true })
   await runner.restore(plan.family, plan.restore)
@@ -34,21 +36,11 @@ export async function iptablesApply(runner: IptablesRunner, plan: IptablesPlan):
   return true
 }
 
-/** One pass for one family: render, observe, plan, apply. Returns the plan that was applied (restore null: no-op). */
-export async function iptablesSync(runner: IptablesRunner, input: RulesetInput): Promise<IptablesPlan> {
-  const desired = renderRuleset(input)
-  return runner.exclusive(input.family, async () => {
-    const plan = iptablesPlan(desired, await iptablesObserve(runner, input.family))
-    await iptablesApply(runner, plan)
-    return plan
-  })
-}
-
 /**
  * Removes our jumps and flushes and deletes every own chain in filter and nat of one family. Run it for both
  * families before destroying the FABEDGE ipsets: the kernel refuses to destroy a set a rule still references.
  */
-export async function iptablesCleanup(runner: IptablesRunner, family: Family): Promise<IptablesPlan> {
+export async function iptablesCleanup(runner: IptablesTools, family: Family): Promise<IptablesPlan> {
   return runner.exclusive(family, async () => {
     const plan = iptablesCleanupPlan(await iptablesObserve(runner, family))
     await iptablesApply(runner, plan)

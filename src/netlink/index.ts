@@ -5,15 +5,14 @@ export { NetlinkSocket, nativeTransport, type Outcome, type Request, type Socket
 export { NETLINK_NETFILTER, NETLINK_ROUTE, type NlMsg } from './codec.js'
 export { canonicalCidr, parseCidr, parseIp, type Family } from './ip.js'
 export {
-  RT_TABLE_MAIN, defaultGateway, routeApply, routeDel, routeList, routePlan, routeReplace, routeResolveDevs,
-  routeSync, type Route, type RouteFilter, type RouteOp, type RoutePlan, type RouteResult, type RouteSpec,
+  RT_TABLE_MAIN, defaultGateway, routeApply, routeDel, routeList, routePlan, routeReplace, routeResolveDevs, type Route, type RouteFilter, type RouteOp, type RoutePlan, type RouteResult, type RouteSpec,
 } from './route.js'
 export { ruleAdd, ruleDel, ruleEnsure, ruleList, type Rule, type RuleResult, type RuleSpec } from './rule.js'
 export { linkByName, linkList, type Link } from './link.js'
 export { addrList, type Addr } from './addr.js'
 export {
   ipsetAdd, ipsetAddMany, ipsetCreate, ipsetDel, ipsetDelMany, ipsetDestroy, ipsetFlush, ipsetList, ipsetPlan,
-  ipsetSwap, ipsetSync, ipsetTest, type IpsetInfo, type IpsetResult,
+  ipsetSwap, ipsetTest, type IpsetInfo, type IpsetResult,
 } from './ipset.js'
 export { Monitor, RTNLGRP, decodeEvent, type MonitorEvent, type MonitorEvents, type MonitorOptions } from './monitor.js'
 

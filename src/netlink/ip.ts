@@ -29,8 +29,18 @@ export interface Cidr extends Ip {
   text: string
 }
 
+/** ipaddr.js's four-part decimal form, without leading zeros; octets above 255 fall through to ipaddr.js. */
+const DOTTED_QUAD = /^(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})$/
+
 /** Parses one address; rejects anything but a strict IPv4 dotted quad or an IPv6 address (no zone). */
 export function parseIp(s: string): Ip {
+  // Fast path for the common case (a plan parses every desired route: ~10x cheaper than ipaddr.js); it accepts a
+  // subset of what the ipaddr.js check below accepts, so the result is the same.
+  const quad = typeof s === 'string' ? DOTTED_QUAD.exec(s) : null
+  if (quad) {
+    const octets = [Number(quad[1]), Number(quad[2]), Number(quad[3]), Number(quad[4])]
+    if (octets.every((o) => o <= 255)) return { family: 4, bytes: Buffer.from(octets) }
+  }
   if (typeof s === 'string' && ipaddr.IPv4.isValidFourPartDecimal(s)) {
     return { family: 4, bytes: Buffer.from(ipaddr.IPv4.parse(s).octets) }
   }

@@ -384,36 +384,3 @@ export function ipsetPlan(want: readonly string[], live: readonly string[]): { a
   const l = new Set(live)
   return { add: [...w].filter((c) => !l.has(c)).sort(), del: [...l].filter((c) => !w.has(c)).sort() }
 }
-
-/**
- * Makes set `name` (hash:net, created when missing) hold exactly `members`: reads the live members, sends the
- * adds and deletes together in one batch. Unchanged sets cost one list and nothing else.
- */
-export async function ipsetSync(
-  sock: NetlinkSocket,
-  name: string,
-  family: Family,
-  members: readonly string[],
-): Promise<{ added: string[]; removed: string[] }> {
-  for (const c of members) {
-    if (parseMember(c).family !== family) throw NetlinkError.input(`${c} is not IPv${family} (set ${name})`)
-  }
-  let live = await ipsetList(sock, name)
-  if (!live) {
-    await ipsetCreate(sock, name, family)
-    live = { name, type: 'hash:net', family, revision: 0, members: [] }
-  }
-  if (live.family !== family || live.type !== 'hash:net') {
-    throw NetlinkError.input(`set ${name} is ${live.type} family ${live.family}, not hash:net IPv${family}`)
-  }
-  const plan = ipsetPlan(members, live.members)
-  const reqs = [
-    ...ipsetAdtBatchRequests(IPSET_CMD.ADD, name, plan.add),
-    ...ipsetAdtBatchRequests(IPSET_CMD.DEL, name, plan.del),
-  ]
-  if (reqs.length) {
-    const outs = await sock.requestAll(reqs, `ipset sync ${name}`)
-    for (const o of outs) if (!o.ok) throw o.error
-  }
-  return { added: plan.add, removed: plan.del }
-}

@@ -300,7 +300,7 @@ export function routePlan(desired: readonly RouteSpec[], observed: readonly Rout
   const wanted = new Set<string>()
   for (const spec of desired) {
     const r = resolveRoute({ ...spec, protocol })
-    const key = routeKey(r.family, parseCidr(spec.dst).text, r.metric)
+    const key = routeKey(r.family, `${ipToString(r.dst)}/${r.dstLen}`, r.metric)
     wanted.add(key)
     const have = ours.get(key)
     if (have && have.table === r.table && sameRoute(r, have)) continue
@@ -318,28 +318,6 @@ export function routePlan(desired: readonly RouteSpec[], observed: readonly Rout
     ops.push({ op: 'del', route: del })
   }
   return { ops, conflicts }
-}
-
-/**
- * Makes `table` hold exactly `desired` among the routes of `protocol` (both families unless `family` is given):
- * reads the table, plans, applies in one batch. Foreign routes are never modified.
- */
-export async function routeSync(
-  sock: NetlinkSocket,
-  desired: readonly RouteSpec[],
-  opts: { table?: number; protocol?: number; family?: Family } = {},
-): Promise<RoutePlan & { results: RouteResult[] }> {
-  const table = opts.table ?? ROUTE_TABLE
-  const protocol = opts.protocol ?? RTPROT_FABTUNNEL
-  if (opts.family) {
-    const other = desired.find((d) => parseCidr(d.dst).family !== opts.family)
-    if (other) throw NetlinkError.input(`${other.dst} is not IPv${opts.family} (routeSync limited to that family)`)
-  }
-  const want = await routeResolveDevs(sock, desired.map((d) => ({ ...d, table })))
-  const observed = await routeList(sock, opts.family ? { table, family: opts.family } : { table })
-  const plan = routePlan(want, observed, protocol)
-  const results = await routeApply(sock, plan.ops)
-  return { ...plan, results }
 }
 
 /**

@@ -17,8 +17,9 @@ export interface SubsystemPlan {
 /**
  * Why a pass runs, and so how deep it looks. A `deep` pass (start, resync, SIGHUP, retry, a charon reconnect, a
  * netlink overrun, `fabtunnel plan`) observes everything from scratch. Other passes are triggered by VICI SA
- * events, netlink route/rule events, a backoff expiring, a config / credential file change, or are the
- * verification pass after a pass that wrote (what it must confirm is what we just wrote); those
+ * events, netlink route/rule events (table 220, and a default route of the main table: `netlink:gateway`), a
+ * backoff expiring, a config / credential file change, or are the verification pass after a pass that wrote
+ * (what it must confirm is what we just wrote); those
  * cannot have changed iptables or what charon has loaded behind our back, so a subsystem may reuse an expensive
  * observation it made itself (iptables-save costs ~25-70 ms per family; list-conns of 1,000 connections ~250 ms)
  * and is only required to look at what the trigger could have changed. Whatever others change meanwhile is
@@ -31,7 +32,7 @@ export interface PassContext {
   credentials: boolean
 }
 
-const SHALLOW = /^(vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|backoff:.*|config.*|credentials|verify)$/
+const SHALLOW = /^(vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|netlink:gateway|backoff:.*|config.*|credentials|verify)$/
 
 export function passContext(reasons: readonly string[]): PassContext {
   const deep = reasons.length === 0 || reasons.some((r) => !SHALLOW.test(r))

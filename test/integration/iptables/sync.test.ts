@@ -1,10 +1,12 @@
-// iptables/ip6tables in throwaway namespaces, both backends: what we write is what iptables holds, a second pass
-// writes nothing, jumps stay single and first, foreign rules and chains survive, cleanup restores the namespace.
+// iptables/ip6tables in throwaway namespaces, both backends, through the daemon's IptablesSubsystem over the real
+// runner: what we write is what iptables holds, a second pass writes nothing, jumps stay single and first, foreign
+// rules and chains survive, cleanup restores the namespace.
 import t from 'tap'
 import { Netns, needsRoot } from '../../harness/netns.js'
 import { execCapture } from '../../harness/exec.js'
 import { IptablesRunner, type Backend } from '../../../src/iptables/runner.js'
-import { iptablesCleanup, iptablesObserve, iptablesSync } from '../../../src/iptables/sync.js'
+import { iptablesCleanup, iptablesObserve } from '../../../src/iptables/sync.js'
+import { iptablesPass } from '../../harness/iptables-pass.js'
 import { iptablesPlan } from '../../../src/iptables/plan.js'
 import { renderRuleset, type RulesetInput } from '../../../src/iptables/render.js'
 import { IPSET, ipsetName, type Family } from '../../../src/fabedge.js'
@@ -57,11 +59,11 @@ for (const backend of BACKENDS) {
       for (const input of [connector(family), edge(family)]) {
         const { ns, runner } = await nsWithRunner(t, backend)
         await setsCreate(ns, family)
-        const first = await iptablesSync(runner, input)
+        const first = await iptablesPass(runner, input)
         t.ok(first.restore, `${input.role} v${family}: first pass writes`)
         const after1 = await saveText(ns, family, backend)
         const writes = { ...runner.counters }
-        const second = await iptablesSync(runner, input)
+        const second = await iptablesPass(runner, input)
         t.equal(second.restore, null, `${input.role} v${family}: second pass plans nothing`)
         t.equal(runner.counters.restores, writes.restores, 'no restore ran')
         t.equal(runner.counters.tests, writes.tests, 'not even a dry run')
@@ -82,17 +84,17 @@ for (const backend of BACKENDS) {
     for (const family of FAMILIES) {
       const { ns, runner } = await nsWithRunner(t, backend)
       await setsCreate(ns, family)
-      await iptablesSync(runner, edge(family))
+      await iptablesPass(runner, edge(family))
       const theirs = family === 4 ? '10.77.0.0/16' : 'fd00:77::/64'
       await ns.run([cmd(family, backend), '-w', '-t', 'nat', '-I', 'POSTROUTING', '1', '-s', theirs, '-j', 'MASQUERADE'])
       await ns.run([cmd(family, backend), '-w', '-t', 'nat', '-A', 'POSTROUTING', '-j', 'ACCEPT'])
       const before = { ...runner.counters }
-      const plan = await iptablesSync(runner, edge(family))
+      const plan = await iptablesPass(runner, edge(family))
       t.same(plan.replaced, [], 'chains untouched')
       t.same(await chainRules(ns, family, backend, 'nat', 'POSTROUTING'), ['-j FABEDGE-POSTROUTING', `-s ${theirs} -j MASQUERADE`, '-j ACCEPT'])
       t.equal(runner.counters.restores - before.restores, 1, 'one restore')
       t.equal(runner.counters.jumpWrites - before.jumpWrites, 2, 'delete + insert')
-      t.equal((await iptablesSync(runner, edge(family))).restore, null, 'then converged')
+      t.equal((await iptablesPass(runner, edge(family))).restore, null, 'then converged')
     }
   })
 }
@@ -103,11 +105,11 @@ t.test('many passes with another tool fighting over POSTROUTING, a duplicated ju
   const { ns, runner } = await nsWithRunner(t, backend)
   await setsCreate(ns, family)
   for (let i = 0; i < 8; i++) {
-    await iptablesSync(runner, edge(family))
+    await iptablesPass(runner, edge(family))
     if (i % 2 === 0) await ns.run(['iptables', '-w', '-t', 'nat', '-I', 'POSTROUTING', '1', '-d', `10.88.${i}.0/24`, '-j', 'RETURN'])
     if (i === 3) await ns.run(['iptables', '-w', '-A', 'FORWARD', '-j', 'FABEDGE-FORWARD'])
   }
-  await iptablesSync(runner, edge(family))
+  await iptablesPass(runner, edge(family))
   const post = await chainRules(ns, family, backend, 'nat', 'POSTROUTING')
   t.equal(post[0], '-j FABEDGE-POSTROUTING')
   t.equal(post.filter((r) => r === '-j FABEDGE-POSTROUTING').length, 1)
@@ -119,14 +121,14 @@ t.test('many passes with another tool fighting over POSTROUTING, a duplicated ju
   const plan = iptablesPlan(renderRuleset(edge(family)), await iptablesObserve(runner, family))
   const filterOnly = plan.restore!.slice(0, plan.restore!.indexOf('*nat'))
   await runner.restore(family, filterOnly)
-  await iptablesSync(runner, edge(family))
+  await iptablesPass(runner, edge(family))
   t.same(await chainRules(ns, family, backend, 'filter', 'INPUT'), ['-j FABEDGE-INPUT'])
   t.same(await chainRules(ns, family, backend, 'filter', 'FORWARD'), ['-j FABEDGE-FORWARD'])
   t.same(ourJumpAndFirst(await chainRules(ns, family, backend, 'nat', 'POSTROUTING')), { count: 1, first: true })
 
   // Overlapping passes from one process are serialized, so both cannot insert the same missing jump.
   await iptablesCleanup(runner, family)
-  await Promise.all([iptablesSync(runner, edge(family)), iptablesSync(runner, edge(family)), iptablesSync(runner, edge(family))])
+  await Promise.all([iptablesPass(runner, edge(family)), iptablesPass(runner, edge(family)), iptablesPass(runner, edge(family))])
   t.same(await chainRules(ns, family, backend, 'filter', 'INPUT'), ['-j FABEDGE-INPUT'])
   t.same(ourJumpAndFirst(await chainRules(ns, family, backend, 'nat', 'POSTROUTING')), { count: 1, first: true })
 })
@@ -147,7 +149,7 @@ for (const backend of BACKENDS) {
       await ipt('-t', 'nat', '-A', 'POSTROUTING', '-j', 'KUBE-POSTROUTING')
       const original = await saveText(ns, family, backend)
 
-      await iptablesSync(runner, connector(family))
+      await iptablesPass(runner, connector(family))
       const applied = await saveText(ns, family, backend)
       for (const line of original.split('\n').filter((l) => l.startsWith('-A') || l.startsWith(':'))) {
         t.ok(applied.includes(line), `v${family} after apply still holds: ${line}`)
@@ -178,18 +180,18 @@ t.test('role switch edge -> connector -> edge ends with exactly the new role; Fa
     const fresh = async (input: RulesetInput): Promise<string> => {
       const other = await nsWithRunner(t, backend)
       await setsCreate(other.ns, family)
-      await iptablesSync(other.runner, input)
+      await iptablesPass(other.runner, input)
       return saveText(other.ns, family, backend)
     }
     const edgeOnly = await fresh(edge(family))
     const connectorOnly = await fresh(connector(family))
 
-    const p1 = await iptablesSync(runner, edge(family))
+    const p1 = await iptablesPass(runner, edge(family))
     t.same(p1.deleted, [{ table: 'nat', chain: 'FABEDGE-NAT-OUTGOING' }])
     t.equal(await saveText(ns, family, backend), edgeOnly, `v${family} edge == fresh edge`)
-    await iptablesSync(runner, connector(family))
+    await iptablesPass(runner, connector(family))
     t.equal(await saveText(ns, family, backend), connectorOnly, `v${family} connector == fresh connector`)
-    await iptablesSync(runner, edge(family))
+    await iptablesPass(runner, edge(family))
     t.equal(await saveText(ns, family, backend), edgeOnly, `v${family} back to edge == fresh edge`)
   }
 })
@@ -199,18 +201,18 @@ for (const backend of BACKENDS) {
     const family: Family = 4
     const { ns, runner } = await nsWithRunner(t, backend)
     await setsCreate(ns, family, [IPSET.remoteCidr])
-    await iptablesSync(runner, edge(family))
+    await iptablesPass(runner, edge(family))
     const before = await saveText(ns, family, backend)
     // The connector's sets were never created: its FORWARD chain (table filter) already references one.
-    const err = await iptablesSync(runner, connector(family)).catch((e: unknown) => e)
+    const err = await iptablesPass(runner, connector(family)).catch((e: unknown) => e)
     t.match(err, { name: 'IptablesError', code: 'restore-failed', restore: { line: Number, context: /> \d+: -A FABEDGE-FORWARD -m set --match-set FABEDGE-LOCAL-POD-CIDR/ } })
     t.match((err as Error).message, /FABEDGE-LOCAL-POD-CIDR/)
     t.equal(await saveText(ns, family, backend), before, 'no table changed, not even the ones before the failing line')
     t.equal(runner.counters.failures, 1)
     t.equal(runner.counters.restores, 1, 'the failing pass stopped at its dry run: only the first pass restored')
     await setsCreate(ns, family)
-    await iptablesSync(runner, connector(family))
-    t.equal((await iptablesSync(runner, connector(family))).restore, null, 'recovers once the sets exist')
+    await iptablesPass(runner, connector(family))
+    t.equal((await iptablesPass(runner, connector(family))).restore, null, 'recovers once the sets exist')
   })
 }
 

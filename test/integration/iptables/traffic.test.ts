@@ -5,7 +5,8 @@ import t from 'tap'
 import { Netns, needsRoot, vethPair } from '../../harness/netns.js'
 import { execCapture } from '../../harness/exec.js'
 import { IptablesRunner } from '../../../src/iptables/runner.js'
-import { iptablesCleanup, iptablesSync } from '../../../src/iptables/sync.js'
+import { iptablesCleanup } from '../../../src/iptables/sync.js'
+import { iptablesPass } from '../../harness/iptables-pass.js'
 import { IPSET, ipsetName, type Family } from '../../../src/fabedge.js'
 
 interface Plan {
@@ -86,7 +87,7 @@ for (const family of [4, 6] as Family[]) {
     t.ok(await dropped(a.other), 'before our rules FORWARD drops the pod')
 
     const runner = await IptablesRunner.create({ exec: (argv, o) => execCapture(['ip', 'netns', 'exec', gw.name, ...argv], o) })
-    await iptablesSync(runner, { role: 'edge', family, localPodCidrs: [a.podNet] })
+    await iptablesPass(runner, { role: 'edge', family, localPodCidrs: [a.podNet] })
 
     t.ok(await reaches(a.peer), 'pod reaches the peer subnet')
     t.equal(await replyDst(gw, family, a.peer), a.pod, 'to the peer subnet: replies go to the pod itself (no NAT)')

@@ -1,0 +1,159 @@
+// The routes subsystem: FabEdge's routes in table 220 (xfrm datapath: `<peer subnet> via <default gateway>`) and
+// the `from all lookup 220` rule of each family, over netlink through RoutesPort. Only our own objects are ever
+// changed: routes and rules carrying RTPROT_FABTUNNEL; a foreign route holding a wanted slot is reported, not
+// touched. Desired routes carry the gateway the agent read for their family when it computed the desired state.
+import { ROUTE_TABLE, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
+import type { Desired, DesiredRoute } from '../desired/types.js'
+import type { Logger } from '../log.js'
+import {
+  defaultGateway, NetlinkError, routeApply, routeList, routePlan, ruleAdd, ruleDel, ruleList, type NetlinkSocket, type Route,
+  type RouteOp, type RouteResult, type Rule, type RuleResult, type RuleSpec,
+} from '../netlink/index.js'
+import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
+
+/** The few kernel operations the subsystem needs; netlinkRoutesPort is the real one. */
+export interface RoutesPort {
+  /** Every route of table 220, whatever its protocol (`ip route show table 220`). */
+  listRoutes(): Promise<Route[]>
+  /** `ip rule show`, both families. */
+  listRules(): Promise<Rule[]>
+  /** One batch of route replaces and deletes; per-op outcomes in op order. */
+  applyRoutes(ops: readonly RouteOp[]): Promise<RouteResult[]>
+  addRule(rule: RuleSpec): Promise<RuleResult>
+  delRule(rule: RuleSpec): Promise<RuleResult>
+  /** The gateway of the main table's default route of a family, if it has one with a gateway. */
+  defaultGateway(family: Family): Promise<string | undefined>
+}
+
+export function netlinkRoutesPort(sock: NetlinkSocket): RoutesPort {
+  return {
+    listRoutes: () => routeList(sock, { table: ROUTE_TABLE }),
+    listRules: () => ruleList(sock),
+    applyRoutes: (ops) => routeApply(sock, ops),
+    addRule: (rule) => ruleAdd(sock, rule),
+    delRule: (rule) => ruleDel(sock, rule),
+    defaultGateway: async (family) => (await defaultGateway(sock, family))?.via,
+  }
+}
+
+export interface RoutesPlan extends SubsystemPlan {
+  ops: RouteOp[]
+  rules: RuleSpec[]
+  /**
+   * Desired routes of a family without a default gateway. They cannot be written; they count as writes so that
+   * apply runs and reports them as an error naming the family (the pass is not converged). Our routes already
+   * there for their destinations are left as they are.
+   */
+  unroutable: DesiredRoute[]
+}
+
+export class RoutesSubsystem implements Subsystem<RoutesPlan> {
+  readonly name = 'routes' as const
+  private last = { routes: 0, rules: 0, conflicts: 0, unroutable: 0 }
+
+  constructor(private readonly port: RoutesPort, private readonly log: Logger) {}
+
+  /** Default gateways of the main table, for xfrm routes (`ip route show default`). */
+  async gateways(): Promise<{ 4?: string; 6?: string }> {
+    const out: { 4?: string; 6?: string } = {}
+    for (const f of [4, 6] as const) {
+      const via = await this.port.defaultGateway(f)
+      if (via) out[f] = via
+    }
+    return out
+  }
+
+  async plan(desired: Pick<Desired, 'routes' | 'rules'>, _ctx?: PassContext): Promise<RoutesPlan> {
+    const unroutable = desired.routes.filter((r) => r.via === undefined)
+    const held = new Set(unroutable.map((r) => r.dst))
+    const observed = await this.port.listRoutes()
+    const specs = desired.routes.filter((r) => r.via !== undefined).map((r) => ({ dst: r.dst, via: r.via!, table: r.table, protocol: r.protocol }))
+    const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL)
+    for (const c of plan.conflicts) this.log.warn({ op: 'route', dst: c.want.dst, foreignProtocol: c.foreign.protocol }, 'a foreign route holds this destination in table 220; left alone')
+    const rules = await this.port.listRules()
+    const missingRules: RuleSpec[] = desired.rules
+      .filter((want) => !rules.some((r) => r.family === want.family && r.priority === want.priority && r.table === want.table && r.src === undefined && r.dst === undefined && r.iif === undefined && r.oif === undefined && r.fwmark === undefined))
+      // Tagged with our protocol so cleanup removes only a rule the agent added, never charon's.
+      .map((r) => ({ family: r.family, priority: r.priority, table: r.table, protocol: RTPROT_FABTUNNEL }))
+    this.last = {
+      routes: observed.filter((r) => r.protocol === RTPROT_FABTUNNEL).length,
+      rules: desired.rules.length - missingRules.length,
+      conflicts: plan.conflicts.length,
+      unroutable: unroutable.length,
+    }
+    return {
+      ops: plan.ops,
+      rules: missingRules,
+      unroutable,
+      writes: plan.ops.length + missingRules.length + unroutable.length,
+      describe: () => [
+        ...missingRules.map((r) => `ip -${r.family} rule add from all lookup ${r.table} priority ${r.priority} protocol ${RTPROT_FABTUNNEL}`),
+        ...plan.ops.map((o) => `ip route ${o.op} ${o.route.dst}${o.route.via ? ` via ${o.route.via}` : ''} table ${o.route.table ?? ROUTE_TABLE} proto ${RTPROT_FABTUNNEL}`),
+        ...unroutable.map((r) => `cannot route ${r.dst} table ${r.table}: no IPv${r.family} default gateway in the main table`),
+      ],
+    }
+  }
+
+  /** Adds the rules and applies the route batch, then throws if anything failed or could not be routed. */
+  async apply(plan: RoutesPlan): Promise<number> {
+    let done = 0
+    const errors: Error[] = []
+    for (const r of plan.rules) {
+      try {
+        await this.port.addRule(r)
+        done++
+      } catch (err) {
+        errors.push(err as Error)
+      }
+    }
+    if (plan.ops.length) {
+      try {
+        const results = await this.port.applyRoutes(plan.ops)
+        const failed = results.map((r, i) => ({ r, op: plan.ops[i]! })).filter(({ r }) => !r.ok && r.reason !== 'missing')
+        done += results.filter((r) => r.ok).length
+        if (failed.length) {
+          const first = failed[0]!
+          errors.push(new Error(`${failed.length} route op(s) failed, first: ${first.op.op} ${first.op.route.dst}: ${(first.r as { error: Error }).error.message}`))
+        }
+      } catch (err) {
+        errors.push(err as Error)
+      }
+    }
+    for (const family of [4, 6] as const) {
+      const dsts = plan.unroutable.filter((r) => r.family === family).map((r) => r.dst)
+      if (!dsts.length) continue
+      const shown = dsts.length > 10 ? `${dsts.slice(0, 10).join(', ')} and ${dsts.length - 10} more` : dsts.join(', ')
+      errors.push(new NetlinkError('input', 'ENOGATEWAY', `no IPv${family} default gateway in the main table: ${dsts.length} route(s) in table ${ROUTE_TABLE} not programmed: ${shown}`))
+    }
+    if (errors.length === 1) throw errors[0]!
+    if (errors.length) throw new AggregateError(errors, errors.map((e) => e.message).join('; '))
+    return done
+  }
+
+  /** Deletes every route of ours in table 220 (`fabtunnel cleanup`); returns the destinations deleted. */
+  async cleanupRoutes(): Promise<string[]> {
+    const ours = (await this.port.listRoutes()).filter((r) => r.protocol === RTPROT_FABTUNNEL)
+    const results = await this.port.applyRoutes(ours.map((r) => ({
+      op: 'del' as const,
+      route: { dst: r.dst, table: r.table, protocol: r.protocol, ...(r.metric !== undefined ? { metric: r.metric } : {}) },
+    })))
+    return ours.filter((_, i) => results[i]?.ok).map((r) => r.dst)
+  }
+
+  /** Deletes every rule carrying our protocol (`fabtunnel cleanup`); returns how many went. */
+  async cleanupRules(): Promise<number> {
+    let n = 0
+    for (const r of await this.port.listRules()) {
+      if (r.protocol !== RTPROT_FABTUNNEL) continue
+      if ((await this.port.delRule({ family: r.family, priority: r.priority, table: r.table, protocol: RTPROT_FABTUNNEL })).ok) n++
+    }
+    return n
+  }
+
+  summary(): Record<string, unknown> {
+    return {
+      table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ownRoutes: this.last.routes, rulesPresent: this.last.rules, conflicts: this.last.conflicts,
+      unroutable: this.last.unroutable,
+    }
+  }
+}
