@@ -89,10 +89,6 @@ export class Agent {
     this.scheduler.trigger(reason)
   }
 
-  triggerAt(when: number, reason: string): void {
-    this.scheduler.triggerAt(when, reason)
-  }
-
   /** Resolves when no pass is running or pending. */
   idle(): Promise<void> {
     return this.scheduler.idle()
