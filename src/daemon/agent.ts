@@ -252,7 +252,7 @@ export class Agent {
       return null
     })
     if (!desired) {
-      this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, timings: {}, converged: false }
+      this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
       metrics.ready.set(0)
       return
     }
@@ -261,7 +261,8 @@ export class Agent {
       metrics.opsApplied.inc({ subsystem: name }, n)
       this.counters.writes += n
     }
-    for (const name of Object.keys(record.errors)) metrics.subsystemErrors.inc({ subsystem: name })
+    const failed = Object.keys(record.errors).filter((name) => !record.unsettled.includes(name as SubsystemName))
+    for (const name of failed) metrics.subsystemErrors.inc({ subsystem: name })
     this.lastPass = record
     this.counters.passes++
     const wrote = Object.keys(record.writes).length > 0
@@ -272,7 +273,8 @@ export class Agent {
     this.opts.onPass?.(record)
     // A failed subsystem (charon not up yet, a transient kernel error) is retried with backoff, not only by the
     // resync timer: 0.25 s, 0.5 s, ... up to 10 s.
-    if (record.converged) this.errorStreak = 0
+    // Unsettled work (peers backing off) comes back through the subsystem's own wakes.
+    if (failed.length === 0) this.errorStreak = 0
     else this.scheduler.triggerAt(this.now() + Math.min(10_000, 250 * 2 ** this.errorStreak++), 'retry')
     // One verification pass after a pass that wrote: it must find nothing to do (and picks up work that a later
     // subsystem made possible, such as destroying a set the rewritten rules no longer reference).

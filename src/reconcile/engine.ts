@@ -15,6 +15,8 @@ export interface PassRecord {
   reasons: string[]
   writes: Partial<Record<SubsystemName, number>>
   errors: Partial<Record<SubsystemName, string>>
+  /** Subsystems whose entry in `errors` is a failure they retry on their own schedule (see SubsystemPlan). */
+  unsettled: SubsystemName[]
   /** Milliseconds each subsystem took (plan + apply). */
   timings: Partial<Record<SubsystemName, number>>
   converged: boolean
@@ -50,7 +52,7 @@ export class PassEngine {
   async run(desired: Desired, ctx: PassContext): Promise<PassRecord> {
     const { log } = this.opts
     const t0 = process.hrtime.bigint()
-    const record: PassRecord = { startedAt: new Date(this.now()).toISOString(), durationMs: 0, reasons: [...ctx.reasons], writes: {}, errors: {}, timings: {}, converged: true }
+    const record: PassRecord = { startedAt: new Date(this.now()).toISOString(), durationMs: 0, reasons: [...ctx.reasons], writes: {}, errors: {}, unsettled: [], timings: {}, converged: true }
     for (const s of this.opts.subsystems) {
       const ts = process.hrtime.bigint()
       const sctx: PassContext = this.dirty.has(s.name) && !ctx.deep ? { ...ctx, deep: true, credentials: true } : ctx
@@ -63,6 +65,12 @@ export class PassEngine {
           record.writes[s.name] = await s.apply(plan)
         }
         this.dirty.delete(s.name)
+        // Failures the subsystem retries on its own schedule: nothing to re-observe, but not converged either.
+        if (plan.unsettled) {
+          record.errors[s.name] = plan.unsettled
+          record.unsettled.push(s.name)
+          record.converged = false
+        }
       } catch (err) {
         this.dirty.add(s.name)
         record.errors[s.name] = (err as Error).message

@@ -12,14 +12,20 @@ export interface SubsystemPlan {
   describe(): string[]
   /** Passes this subsystem wants later (a backoff expiring): the engine hands them to the scheduler. */
   wakes?: ReadonlyArray<{ at: number; reason: string }>
+  /**
+   * Failures this subsystem is still retrying on its own schedule (e.g. peers backing off after failed
+   * initiates), as one line for /status: the pass is not converged, and so not ready, while there are any.
+   */
+  unsettled?: string
 }
 
 /**
- * Why a pass runs, and so how deep it looks. A `deep` pass (start, resync, SIGHUP, retry, a charon reconnect, a
+ * Why a pass runs, and so how deep it looks. A `deep` pass (start, resync, SIGHUP, a charon reconnect, a
  * netlink overrun, `fabtunnel plan`) observes everything from scratch. Other passes are triggered by VICI SA
  * events, netlink route/rule events (table 220, and a default route of the main table: `netlink:gateway`), a
- * backoff expiring, a config / credential file change, or are the verification pass after a pass that wrote
- * (what it must confirm is what we just wrote); those
+ * backoff expiring, a config / credential file change, the retry after a failed pass (the engine makes each
+ * subsystem that failed plan deep, the others need not re-observe), or are the verification pass after a pass that
+ * wrote (what it must confirm is what we just wrote); those
  * cannot have changed iptables or what charon has loaded behind our back, so a subsystem may reuse an expensive
  * observation it made itself (iptables-save costs ~25-70 ms per family; list-conns of 1,000 connections ~250 ms)
  * and is only required to look at what the trigger could have changed. Whatever others change meanwhile is
@@ -32,7 +38,7 @@ export interface PassContext {
   credentials: boolean
 }
 
-const SHALLOW = /^(vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|netlink:gateway|backoff:.*|config.*|credentials|verify)$/
+const SHALLOW = /^(retry|vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|netlink:gateway|backoff:.*|config.*|credentials|verify)$/
 
 export function passContext(reasons: readonly string[]): PassContext {
   const deep = reasons.length === 0 || reasons.some((r) => !SHALLOW.test(r))
