@@ -2,6 +2,7 @@
 // the real Agent and the real TunnelsSubsystem over the in-memory charon (charon-fake.ts), and stand-ins for the
 // ipsets, iptables and routes subsystems that keep their "kernel" state in memory. No netlink socket, no
 // iptables, no VICI socket: the real adapters are proven in test/integration.
+import { readCertPem } from '../../src/cert.js'
 import { Agent } from '../../src/daemon/agent.js'
 import { Metrics } from '../../src/daemon/metrics.js'
 import { nodeCloser, type NodeParts } from '../../src/daemon/node.js'
@@ -95,6 +96,8 @@ export interface FakeNodeOptions {
   log: Logger
   charon?: FakeCharon
   coalesceMs?: number
+  /** Read the certificate file for local.certs, as the real node does (default: no certificate). */
+  readCert?: boolean
 }
 
 export function fakeNode(o: FakeNodeOptions): FakeNode {
@@ -108,6 +111,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
   const routes = new FakeKernelSubsystem('routes', (d) => Object.keys(d.conns).map((c) => `route-for:${c}`))
   agent = new Agent({
     configPath: o.config, datapath: 'libipsec', subsystems: [ipsets, iptables, routes, tunnels],
+    ...(o.readCert ? { certPem: () => readCertPem(o.cert) } : {}),
     gateways: () => routes.gateways(), log: o.log, metrics, coalesceMs: o.coalesceMs ?? 1, resyncMs: 0,
   })
   const trigger = agent.trigger.bind(agent)
