@@ -28,7 +28,7 @@ export class FakeKernelSubsystem implements Subsystem {
   readonly cleanupFailures = new Map<string, Error>()
   readonly cleanupCalls: string[] = []
 
-  constructor(readonly name: SubsystemName, private readonly pick: (d: Desired) => string[]) {}
+  constructor(readonly name: SubsystemName, private readonly pick: (d: Desired) => string[], private readonly order: string[] = []) {}
 
   async plan(d: Desired, ctx: PassContext): Promise<SubsystemPlan & { add: string[] }> {
     this.contexts.push(ctx)
@@ -52,6 +52,7 @@ export class FakeKernelSubsystem implements Subsystem {
   /** Removes every item (the cleanup of each kind returns what went). */
   private async clean(method: string): Promise<string[]> {
     this.cleanupCalls.push(method)
+    this.order.push(`${this.name} ${method}`)
     const err = this.cleanupFailures.get(method)
     if (err) throw err
     const gone = [...this.live].sort()
@@ -84,6 +85,8 @@ export interface FakeNode {
   routes: FakeKernelSubsystem
   /** Every reason given to agent.trigger, in order. */
   triggers: string[]
+  /** Every cleanup call of the three kernel-side subsystems, in order (`iptables cleanup 4`, `routes cleanupRules`). */
+  cleanupOrder: string[]
   /** How many times the connections under the agent were closed. */
   closed: { count: number }
 }
@@ -106,9 +109,10 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
   const triggers: string[] = []
   let agent: Agent | undefined
   const tunnels = new TunnelsSubsystem(charon, { credentials: null, log: o.log, trigger: (r) => agent?.trigger(r) })
-  const ipsets = new FakeKernelSubsystem('ipsets', (d) => Object.entries(d.ipsets).flatMap(([n, s]) => s.members.map((m) => `${n}:${m}`)))
-  const iptables = new FakeKernelSubsystem('iptables', (d) => Object.keys(d.iptables ?? {}))
-  const routes = new FakeKernelSubsystem('routes', (d) => Object.keys(d.conns).map((c) => `route-for:${c}`))
+  const cleanupOrder: string[] = []
+  const ipsets = new FakeKernelSubsystem('ipsets', (d) => Object.entries(d.ipsets).flatMap(([n, s]) => s.members.map((m) => `${n}:${m}`)), cleanupOrder)
+  const iptables = new FakeKernelSubsystem('iptables', (d) => Object.keys(d.iptables), cleanupOrder)
+  const routes = new FakeKernelSubsystem('routes', (d) => Object.keys(d.conns).map((c) => `route-for:${c}`), cleanupOrder)
   agent = new Agent({
     configPath: o.config, datapath: 'libipsec', subsystems: [ipsets, iptables, routes, tunnels],
     ...(o.readCert ? { certPem: () => readCertPem(o.cert) } : {}),
@@ -130,7 +134,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
     paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: nodeCloser(agent, o.log, async () => { closed.count++ }),
   }
-  return { parts, charon, ipsets, iptables, routes, triggers, closed }
+  return { parts, charon, ipsets, iptables, routes, triggers, cleanupOrder, closed }
 }
 
 /** A pino logger writing into an array (one parsed object per line). */
