@@ -45,6 +45,8 @@ t.test('a converged connector: every field a user reads', async (t) => {
   const r = await rig(t, { config: 'connector.yaml' })
   r.parts.agent.start()
   t.ok(await until(() => r.parts.agent.ready))
+  // Readiness is the last pass; the peer's up event may still be on its way (charon answers asynchronously).
+  t.ok(await until(() => r.parts.tunnels.peers().some((p) => p.name === 'shanghai.connector' && p.state === 'up')))
   const s = statusDocument(r.parts, 'xfrm') as Record<string, any>
   t.same(s.node, { name: 'beijing.connector', type: 'Connector', role: 'connector' })
   t.equal(s.ready, true)
