@@ -89,12 +89,19 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   return {
     agent, metrics, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock,
     paths: { cert: o.cert, key: o.key, ca: o.ca },
-    close: async (graceMs?: number) => {
-      if (!(await agent.stop(graceMs))) o.log.warn({ op: 'stop', graceMs }, 'a pass is still in flight; closing the connections under it')
+    close: nodeCloser(agent, o.log, async () => {
       await vici.close().catch(() => undefined)
       routeSock.close()
       nfSock.close()
-    },
+    }),
+  }
+}
+
+/** NodeParts.close: stops the agent within the grace period, then closes the connections under it either way. */
+export function nodeCloser(agent: Agent, log: Logger, closeConnections: () => Promise<void>): (graceMs?: number) => Promise<void> {
+  return async (graceMs?: number) => {
+    if (!(await agent.stop(graceMs))) log.warn({ op: 'stop', graceMs }, 'a pass is still in flight; closing the connections under it')
+    await closeConnections()
   }
 }
 

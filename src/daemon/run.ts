@@ -8,7 +8,7 @@ import { Monitor } from '../netlink/index.js'
 import { startHttp, type HttpHandlers, type ListenAddress } from './http.js'
 import { SOLE_LEADER, type Leadership } from './leader.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
-import { buildNode, statusDocument, type NodeParts } from './node.js'
+import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
 import { watchFiles } from './watch.js'
 
 export interface RunOptions {
@@ -33,6 +33,17 @@ export interface Running {
   stop(): Promise<void>
 }
 
+/** The route/rule monitor as the daemon uses it (the netlink Monitor, or a stand-in in unit tests). */
+export type RouteMonitor = Pick<Monitor, 'on' | 'close'>
+
+/** What startDaemon builds on; unit tests replace both so no socket to the host's kernel or charon is opened. */
+export interface DaemonDeps {
+  buildNode(o: NodeOptions): Promise<NodeParts>
+  openMonitor(): RouteMonitor
+}
+
+const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }) }
+
 /** What the HTTP endpoints answer: health is the process, readiness the last pass, leadership the election. */
 export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Partial<NodeParts>, leadership: Leadership, status: () => unknown): HttpHandlers {
   return {
@@ -44,9 +55,9 @@ export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Part
   }
 }
 
-export async function startDaemon(o: RunOptions): Promise<Running> {
+export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): Promise<Running> {
   const { log } = o
-  const node = await buildNode({ ...o, credentials: true })
+  const node = await deps.buildNode({ ...o, credentials: true })
   const { agent } = node
   const http = await startHttp(o.listen, daemonHandlers(node, SOLE_LEADER, () => statusDocument(node, o.datapath)))
   log.info({ listen: `${http.address.address}:${http.address.port}` }, 'HTTP endpoints up (/healthz /readyz /is-leader /metrics /status)')
@@ -57,7 +68,7 @@ export async function startDaemon(o: RunOptions): Promise<Running> {
     log.warn({ err: (err as Error).message }, 'cannot reach charon yet; retrying with every pass')
   })
 
-  const monitor = Monitor.open({ ref: false })
+  const monitor = deps.openMonitor()
   monitor.on('route', (action, route) => {
     const reason = routeTrigger(action, route)
     if (reason) agent.trigger(reason)
