@@ -94,3 +94,28 @@ t.test('wakes a plan asks for reach the scheduler, also from a plan with nothing
   t.same(wakes, [[1234, 'backoff:peer']])
   t.equal(r.converged, true)
 })
+
+t.test('unsettled failures (peers backing off) keep the pass from converging, without forcing deep passes', async (t) => {
+  let unsettled: string | undefined = '1 peer(s) backing off after failed initiates'
+  const contexts: PassContext[] = []
+  const sub: Subsystem = {
+    name: 'tunnels',
+    async plan(_d, ctx) {
+      contexts.push(ctx)
+      return { writes: 0, describe: () => [], ...(unsettled ? { unsettled } : {}) }
+    },
+    async apply() { return 0 },
+  }
+  const engine = new PassEngine({ subsystems: [sub], log, wake: () => {} })
+  const r1 = await engine.run(desired, passContext(['vici:child-updown']))
+  t.equal(r1.converged, false, 'not converged while a peer backs off: readiness does not lie')
+  t.same(r1.errors, { tunnels: unsettled })
+  t.same(r1.unsettled, ['tunnels'])
+  t.same(engine.dirtySubsystems, [], 'nothing to re-observe: not dirty')
+  await engine.run(desired, passContext(['vici:child-updown']))
+  t.equal(contexts[1]!.deep, false, 'the next pass stays shallow')
+  unsettled = undefined
+  const r3 = await engine.run(desired, passContext(['backoff:peer']))
+  t.equal(r3.converged, true)
+  t.same(r3.unsettled, [])
+})

@@ -118,7 +118,8 @@ t.test('only deep passes observe everything from scratch', async (t) => {
   t.same(passContext(['config']), { reasons: ['config'], deep: false, credentials: false }, 'a config change: re-read config, reuse expensive observations')
   t.same(passContext(['credentials']), { reasons: ['credentials'], deep: false, credentials: true })
   t.same(passContext(['verify']), { reasons: ['verify'], deep: false, credentials: false }, 'verification re-reads only what is cheap')
-  for (const r of ['start', 'resync', 'sighup', 'retry', 'vici:reconnected', 'netlink:resync', 'manual']) {
+  t.same(passContext(['retry']), { reasons: ['retry'], deep: false, credentials: false }, 'a retry: the engine makes the failed subsystems plan deep, not every subsystem')
+  for (const r of ['start', 'resync', 'sighup', 'vici:reconnected', 'netlink:resync', 'manual']) {
     t.same(passContext([r]), { reasons: [r], deep: true, credentials: true }, r)
   }
   t.equal(passContext(['vici:child-updown', 'resync']).deep, true, 'any deep reason makes the pass deep')
