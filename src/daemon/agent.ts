@@ -247,13 +247,18 @@ export class Agent {
       // No file yet (a ConfigMap not mounted yet): look again shortly, bounded by nothing but our own stop.
       if (outcome === 'missing') this.scheduler.triggerAt(this.now() + 1000, 'config-wait')
     }
+    let desiredError: string | null = null
     const desired = await this.desired(ctx).catch((err: unknown) => {
+      desiredError = (err as Error).message
       log.error({ err }, 'cannot compute the desired state')
       return null
     })
     if (!desired) {
       this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
       metrics.ready.set(0)
+      // A config in force whose desired state could not be computed (a failing read of the default gateways, the
+      // certificate): retried with the same backoff as a failed subsystem. Without a config the watch wakes us.
+      if (desiredError !== null) this.scheduler.triggerAt(this.now() + Math.min(10_000, 250 * 2 ** this.errorStreak++), 'retry')
       return
     }
     const record = await this.engine.run(desired, ctx)

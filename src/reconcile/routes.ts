@@ -57,7 +57,12 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
   async gateways(): Promise<{ 4?: string; 6?: string }> {
     const out: { 4?: string; 6?: string } = {}
     for (const f of [4, 6] as const) {
-      const via = await this.port.defaultGateway(f)
+      // A family whose default route cannot be read is a family without a gateway: its routes are reported as not
+      // programmed (ENOGATEWAY) and the other family still converges.
+      const via = await this.port.defaultGateway(f).catch((err: unknown) => {
+        this.log.warn({ op: 'default-gateway', family: f, err: (err as Error).message }, 'cannot read the default route')
+        return undefined
+      })
       if (via) out[f] = via
     }
     return out

@@ -139,7 +139,9 @@ export class DaemonDriver implements AgentDriver {
 
   argv(g: Gateway): string[] {
     return [
-      'ip', 'netns', 'exec', g.ns.name, process.execPath, CLI, 'run',
+      // `env -u NODE_OPTIONS`: a test runner's preload hooks (tap's process-info, with signal-exit) must not ride
+      // along into the agent: it runs as in production. `env` execs too, so the pid stays the daemon's.
+      'ip', 'netns', 'exec', g.ns.name, 'env', '-u', 'NODE_OPTIONS', process.execPath, CLI, 'run',
       '--config', g.configPath,
       '--vici', g.charon.uri,
       '--cert', g.cert.certPath,

@@ -1,0 +1,370 @@
+// The `fabtunnel` commands (the executable is cli.ts). Exit codes: 0 ok, 1 invalid input or failure, 2 usage error.
+import { takeEarlySignals } from './early-signals.js'
+import { DEFAULTS } from './fabedge.js'
+import { VERSION } from './version.js'
+import { loadConfig } from './config/load.js'
+import { ConfigError, formatIssue, type ConfigIssue } from './config/errors.js'
+import { desiredState, type Datapath, type Desired } from './desired/index.js'
+import { CertError, readCertPem } from './cert.js'
+import { createLogger, isLogLevel, type Logger } from './log.js'
+import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
+import { parseListen } from './daemon/http.js'
+import { formatStatus } from './daemon/status-format.js'
+
+export interface Io {
+  out: (text: string) => void
+  err: (text: string) => void
+  env: NodeJS.ProcessEnv
+}
+
+const COMMON: Record<string, FlagSpec> = {
+  help: { type: 'boolean', short: 'h', help: 'show help' },
+  'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'fatal|error|warn|info|debug|trace|silent' },
+}
+
+const CONFIG: FlagSpec = { type: 'string', arg: 'FILE', default: DEFAULTS.config, help: 'FabEdge tunnels.yaml' }
+const DATAPATH: FlagSpec = { type: 'string', arg: 'KIND', default: 'xfrm', help: 'xfrm (kernel ESP, agent owns table-220 routes) or libipsec (charon routes via ipsec0)' }
+const LIVE: Record<string, FlagSpec> = {
+  config: CONFIG,
+  vici: { type: 'string', arg: 'URI', default: DEFAULTS.vici, help: "charon's VICI socket" },
+  cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM' },
+  key: { type: 'string', arg: 'FILE', default: DEFAULTS.key, help: 'private key PEM (sent to charon only, never logged)' },
+  ca: { type: 'string', arg: 'FILE', default: DEFAULTS.ca, help: 'CA certificate PEM' },
+  datapath: DATAPATH,
+}
+
+function datapathOf(p: Parsed): Datapath {
+  const d = String(p.values.datapath)
+  if (d !== 'xfrm' && d !== 'libipsec') throw new UsageError(`--datapath must be xfrm or libipsec, got "${d}"`)
+  return d
+}
+
+interface Command {
+  summary: string
+  usage: string
+  flags: Record<string, FlagSpec>
+  run: (p: Parsed, io: Io, log: Logger) => Promise<number>
+}
+
+const COMMANDS: Record<string, Command> = {
+  validate: {
+    summary: 'check a tunnels.yaml and report every problem with its line and field',
+    usage: 'fabtunnel validate [--config FILE] [--json]',
+    flags: {
+      config: CONFIG,
+      json: { type: 'boolean', help: 'print {valid, file, errors[], warnings[]} as JSON' },
+    },
+    run: validate,
+  },
+  plan: {
+    summary: 'print the operations a pass would apply to this node now (--offline: the desired state from the config alone)',
+    usage: 'fabtunnel plan [--offline] [--config FILE] [--json] [--datapath xfrm|libipsec] [--cert FILE] [--vici URI]',
+    flags: {
+      config: CONFIG,
+      offline: { type: 'boolean', help: 'compute from the config alone, without reading the live node' },
+      json: { type: 'boolean', help: 'print the desired state as JSON' },
+      datapath: DATAPATH,
+      cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM sent in local.certs' },
+      vici: LIVE.vici!,
+    },
+    run: plan,
+  },
+  run: {
+    summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec]',
+    flags: {
+      ...LIVE,
+      listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
+      'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
+    },
+    run: runCommand,
+  },
+  status: {
+    summary: "print the running agent's per-peer tunnel state (from its /status)",
+    usage: 'fabtunnel status [--listen HOST:PORT] [--json]',
+    flags: {
+      listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'where the agent serves /status' },
+      json: { type: 'boolean', help: 'print the raw /status JSON' },
+    },
+    run: statusCommand,
+  },
+  cleanup: {
+    summary: 'remove everything the agent owns (connections, SAs, chains, ipsets, routes, rules) and nothing else',
+    usage: 'fabtunnel cleanup [--vici URI] [--json]',
+    flags: {
+      ...LIVE,
+      json: { type: 'boolean', help: 'print the report as JSON' },
+    },
+    run: cleanupCommand,
+  },
+}
+
+function mainHelp(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length)) + 2
+  return [
+    `fabtunnel ${VERSION}: FabEdge-compatible IPsec tunnel agent (strongSwan over VICI, routes/ipsets over netlink, iptables)`,
+    '',
+    'Usage: fabtunnel <command> [options]',
+    '',
+    'Commands:',
+    ...Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(width)}${c.summary}`),
+    '',
+    'Options:',
+    '  -h, --help     show help (also `fabtunnel <command> --help`)',
+    '  -V, --version  print the version',
+    '',
+    'Every option also reads an environment variable: --foo-bar from FABTUNNEL_FOO_BAR.',
+    'Exit codes: 0 ok, 1 invalid input or failure, 2 usage error.',
+  ].join('\n')
+}
+
+function commandHelp(name: string, cmd: Command): string {
+  return [`Usage: ${cmd.usage}`, '', `${name}: ${cmd.summary}`, '', 'Options:', formatFlags({ ...cmd.flags, ...COMMON })].join('\n')
+}
+
+function issueJson(i: ConfigIssue): Record<string, unknown> {
+  return { line: i.line, column: i.column, path: i.path, message: i.message }
+}
+
+async function validate(p: Parsed, io: Io): Promise<number> {
+  const file = String(p.values.config)
+  try {
+    const { config, warnings } = await loadConfig(file)
+    if (p.values.json) {
+      io.out(JSON.stringify({ valid: true, file, errors: [], warnings: warnings.map(issueJson) }, null, 2))
+    } else {
+      for (const w of warnings) io.err(formatIssue(file, w))
+      const extra = config.mediator ? ', mediator' : ''
+      io.out(`${file}: valid (${config.local.type} ${config.local.name}, ${config.peers.length} peer${config.peers.length === 1 ? '' : 's'}${extra})`)
+    }
+    return 0
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    if (p.values.json) {
+      io.out(JSON.stringify({ valid: false, file, errors: err.errors.map(issueJson), warnings: err.warnings.map(issueJson) }, null, 2))
+    } else {
+      for (const i of err.issues) io.err(formatIssue(file, i))
+      io.err(`${file}: invalid (${err.errors.length} error${err.errors.length === 1 ? '' : 's'})`)
+    }
+    return 1
+  }
+}
+
+function renderPlanText(d: Desired): string {
+  const lines: string[] = [`role: ${d.role}`, '', 'connections:']
+  for (const [name, section] of Object.entries(d.conns)) {
+    const kids = section.children && typeof section.children === 'object' && !Array.isArray(section.children) ? Object.keys(section.children) : []
+    const remote = Array.isArray(section.remote_addrs) ? ` remote_addrs=${section.remote_addrs.join(',')}` : ''
+    lines.push(`  ${name}${remote}${kids.length ? ` children=${kids.join(',')}` : ''}${d.initiate.includes(name) ? ' (initiate)' : ' (respond)'}`)
+  }
+  lines.push('', `initiate order: ${d.initiate.join(', ') || '(none)'}`, '', 'routes:')
+  for (const r of d.routes) lines.push(`  ${r.dst} via ${r.via ?? '<default gateway>'} table ${r.table} proto ${r.protocol}`)
+  if (!d.routes.length) lines.push('  (none: charon installs tunnel routes under libipsec)')
+  lines.push('', 'rules:')
+  for (const r of d.rules) lines.push(`  ipv${r.family}: from all lookup ${r.table} priority ${r.priority}`)
+  lines.push('', 'ipsets:')
+  for (const [name, s] of Object.entries(d.ipsets)) lines.push(`  ${name} (inet${s.family === 6 ? '6' : ''}): ${s.members.join(' ') || '(empty)'}`)
+  lines.push('', 'iptables-restore (ipv4):', d.iptables.ipv4.trimEnd(), '', 'ip6tables-restore (ipv6):', d.iptables.ipv6.trimEnd())
+  return lines.join('\n')
+}
+
+async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
+  const datapath = datapathOf(p)
+  if (!p.values.offline) return planLive(p, io, log, datapath)
+  const file = String(p.values.config)
+  let loaded
+  try {
+    loaded = await loadConfig(file)
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    for (const i of err.issues) io.err(formatIssue(file, i))
+    return 1
+  }
+  for (const w of loaded.warnings) log.warn({ file, line: w.line, path: w.path }, w.message)
+  let certPem: string | undefined
+  const certFile = String(p.values.cert)
+  try {
+    certPem = await readCertPem(certFile)
+  } catch (err) {
+    if (!(err instanceof CertError)) throw err
+    // A missing default certificate is normal on a workstation; an explicitly named one must exist.
+    if (p.sources.cert !== 'default') {
+      io.err(`fabtunnel plan: ${err.message}`)
+      return 1
+    }
+    log.warn({ file: certFile, err: err.message }, 'certificate not readable; connections are shown without local.certs')
+  }
+  const desired = desiredState(loaded.config, { datapath, ...(certPem ? { certPem } : {}) })
+  io.out(p.values.json ? JSON.stringify(desired, null, 2) : renderPlanText(desired))
+  return 0
+}
+
+async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Promise<number> {
+  const { buildNode } = await import('./daemon/node.js')
+  const node = await buildNode({
+    config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: DEFAULTS.key, ca: DEFAULTS.ca,
+    datapath, resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+  })
+  try {
+    const outcome = await node.agent.reloadConfig()
+    if (outcome === 'rejected' || outcome === 'missing') {
+      io.err(`fabtunnel plan: ${node.agent.configState.rejected?.message ?? 'no config'}`)
+      return 1
+    }
+    const plans = await node.agent.planAll()
+    if (p.values.json) {
+      io.out(JSON.stringify(Object.fromEntries(plans.map((x) => [x.subsystem, x.error ? { error: x.error } : { writes: x.plan!.writes, ops: x.plan!.describe() }])), null, 2))
+    } else {
+      for (const x of plans) {
+        io.out(`${x.subsystem}: ${x.error ? `ERROR ${x.error}` : x.plan!.writes === 0 ? 'converged (nothing to do)' : `${x.plan!.writes} write(s)`}`)
+        for (const line of x.plan?.describe() ?? []) io.out(`  ${line}`)
+      }
+    }
+    return plans.some((x) => x.error) ? 1 : 0
+  } finally {
+    await node.close()
+  }
+}
+
+/** SIGTERM must end the process within this bound (pod grace period and systemd TimeoutStopSec are 10 s). */
+const STOP_DEADLINE_MS = 5_000
+
+async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
+  // Signal handlers first, before anything that awaits: a SIGHUP from systemd's ExecReload right after start must
+  // not kill the process (its default action), and a SIGTERM during start-up must stop it cleanly.
+  let stopSignal: string | null = null
+  let wakeStop: (() => void) | null = null
+  let hup: (() => void) | null = null
+  const onTerm = (sig: string): void => {
+    if (stopSignal) {
+      log.warn({ signal: sig }, 'second stop signal: exiting now')
+      process.exit(1)
+    }
+    stopSignal = sig
+    log.info({ signal: sig }, 'stopping')
+    // The last resort: whatever is still open (a stuck child process, a socket) must not outlive the bound.
+    setTimeout(() => {
+      log.warn({ op: 'stop', deadlineMs: STOP_DEADLINE_MS }, 'shutdown did not finish in time; exiting')
+      process.exit(0)
+    }, STOP_DEADLINE_MS).unref()
+    wakeStop?.()
+  }
+  const onTermSignal = (): void => onTerm('SIGTERM')
+  const onIntSignal = (): void => onTerm('SIGINT')
+  const onHupSignal = (): void => {
+    if (hup) hup()
+    else log.info({ op: 'sighup' }, 'SIGHUP during start-up: the first pass reads config and credentials anyway')
+  }
+  process.on('SIGTERM', onTermSignal)
+  process.on('SIGINT', onIntSignal)
+  process.on('SIGHUP', onHupSignal)
+  // What arrived while the commands were loading (cli.ts's early handlers), handled as if it came now.
+  for (const sig of takeEarlySignals()) (sig === 'SIGHUP' ? onHupSignal : sig === 'SIGTERM' ? onTermSignal : onIntSignal)()
+  log.info({ op: 'start', pid: process.pid }, 'fabtunnel run: starting')
+  try {
+    const { startDaemon } = await import('./daemon/run.js')
+    let listen
+    try {
+      listen = parseListen(String(p.values.listen))
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
+    const running = await startDaemon({
+      config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
+      ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log,
+    })
+    hup = () => running.sighup()
+    if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })
+    await running.stop()
+    io.out('fabtunnel: stopped')
+    return 0
+  } finally {
+    process.off('SIGTERM', onTermSignal)
+    process.off('SIGINT', onIntSignal)
+    process.off('SIGHUP', onHupSignal)
+  }
+}
+
+async function statusCommand(p: Parsed, io: Io): Promise<number> {
+  let addr
+  try {
+    addr = parseListen(String(p.values.listen))
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host === '0.0.0.0' ? '127.0.0.1' : addr.host
+  let body: unknown
+  try {
+    const res = await fetch(`http://${host}:${addr.port}/status`, { signal: AbortSignal.timeout(5000) })
+    if (!res.ok) throw new Error(`HTTP ${res.status}`)
+    body = await res.json()
+  } catch (err) {
+    io.err(`fabtunnel status: cannot read http://${host}:${addr.port}/status: ${(err as Error).message} (is \`fabtunnel run\` running with this --listen?)`)
+    return 1
+  }
+  io.out(p.values.json ? JSON.stringify(body, null, 2) : formatStatus(body as Parameters<typeof formatStatus>[0]))
+  return 0
+}
+
+async function cleanupCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
+  const { buildNode } = await import('./daemon/node.js')
+  const { cleanupNode } = await import('./daemon/cleanup.js')
+  const node = await buildNode({
+    config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key), ca: String(p.values.ca),
+    datapath: datapathOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+  })
+  try {
+    const r = await cleanupNode(node)
+    if (p.values.json) io.out(JSON.stringify(r, null, 2))
+    else {
+      io.out(`connections unloaded: ${r.conns.join(', ') || '(none)'} (${r.sasTerminated} IKE SA(s) terminated)`)
+      io.out(`credentials unloaded: ${r.keys.length} private key(s), authorities ${r.authorities.join(', ') || '(none)'}`)
+      for (const f of r.iptables) io.out(`iptables IPv${f.family}: removed ${f.chains.join(', ') || '(nothing)'}`)
+      io.out(`ipsets destroyed: ${r.ipsets.join(', ') || '(none)'}`)
+      io.out(`routes deleted (table 220, proto 220): ${r.routes.length}`)
+      io.out(`rules deleted: ${r.rules}`)
+      for (const e of r.errors) io.err(`error: ${e}`)
+    }
+    return r.errors.length ? 1 : 0
+  } finally {
+    await node.close()
+  }
+}
+
+export async function main(argv: string[], io: Io): Promise<number> {
+  const [first, ...rest] = argv
+  if (first === undefined || first === '-h' || first === '--help' || first === 'help') {
+    io.out(mainHelp())
+    return first === undefined ? 2 : 0
+  }
+  if (first === '-V' || first === '--version') {
+    io.out(VERSION)
+    return 0
+  }
+  const cmd = COMMANDS[first]
+  if (!cmd) {
+    io.err(`fabtunnel: unknown command "${first}"\n\n${mainHelp()}`)
+    return 2
+  }
+  let parsed: Parsed
+  try {
+    parsed = parseFlags(rest, { ...cmd.flags, ...COMMON }, io.env)
+    if (parsed.values.help) {
+      io.out(commandHelp(first, cmd))
+      return 0
+    }
+    if (parsed.positionals.length) throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`)
+    const level = String(parsed.values['log-level'])
+    if (!isLogLevel(level)) throw new UsageError(`--log-level must be one of fatal|error|warn|info|debug|trace|silent, got "${level}"`)
+    const log = createLogger(level)
+    return await cmd.run(parsed, io, log)
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`fabtunnel ${first}: ${err.message}\n\n${commandHelp(first, cmd)}`)
+      return 2
+    }
+    io.err(`fabtunnel ${first}: ${(err as Error).stack ?? String(err)}`)
+    return 1
+  }
+}
