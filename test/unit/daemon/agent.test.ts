@@ -188,3 +188,25 @@ t.test('stop waits for a pass in flight only up to its grace period', async (t) 
   await new Promise((r) => setTimeout(r, 20))
   t.equal(planned, 1, 'no pass started after stop')
 })
+
+t.test('a desired state that cannot be computed (default gateways unreadable) is retried without any trigger', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftagent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const configPath = join(dir, 'tunnels.yaml')
+  writeFileSync(configPath, readFileSync(join(FIX, 'edge.yaml')))
+  let failures = 1
+  const agent = new Agent({
+    configPath, datapath: 'xfrm', subsystems: [], log: createLogger('silent'), metrics: new Metrics({ processMetrics: false }), coalesceMs: 1, resyncMs: 0,
+    gateways: async () => {
+      if (failures-- > 0) throw new Error('netlink: ENOBUFS')
+      return { 4: '192.0.2.1' }
+    },
+  })
+  t.teardown(() => agent.stop())
+  agent.start()
+  await agent.idle()
+  t.notOk(agent.ready, 'not ready while the desired state cannot be computed')
+  const deadline = Date.now() + 3000
+  while (!agent.ready && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  t.ok(agent.ready, 'the retry computed it and converged')
+})

@@ -61,7 +61,9 @@ class FakeRoutes implements RoutesPort {
     return { ok: true }
   }
 
+  gwBroken = new Set<Family>()
   async defaultGateway(f: Family): Promise<string | undefined> {
+    if (this.gwBroken.has(f)) throw new Error(`dump of IPv${f} routes failed`)
     return this.gw[f]
   }
 }
@@ -185,4 +187,14 @@ t.test('cleanup deletes only our routes and our rules', async (t) => {
   t.same(port.routes.map((r) => r.dst), ['10.9.0.0/16'])
   t.equal(await s.cleanupRules(), 1)
   t.same(port.rules, [{ family: 4, priority: 220, table: 220, action: 1 }], 'charon\'s rule stays')
+})
+
+t.test('a family whose default route cannot be read counts as without a gateway; the other family keeps its own', async (t) => {
+  const port = new FakeRoutes()
+  port.gw = { 4: '192.0.2.1', 6: '2001:db8::1' }
+  port.gwBroken.add(6)
+  const s = new RoutesSubsystem(port, log)
+  t.same(await s.gateways(), { 4: '192.0.2.1' })
+  port.gwBroken.clear()
+  t.same(await s.gateways(), { 4: '192.0.2.1', 6: '2001:db8::1' })
 })
