@@ -2,7 +2,8 @@
 // fault path: connections, IKE/CHILD SAs with events, and a VICI credential store (certificates, keys by id,
 // authorities by name, like strongSwan 5.9.8's vici_cred.c / vici_authority.c). Scriptable: failing or slow
 // calls, initiates that stay in negotiation (charon lists a child only once its exchange is done), initiates
-// answered by a down event, and a restart with reconnect. A stand-in for unit tests only: the real adapter is
+// answered by a down event, down events of terminated SAs delivered late (after later calls, as real charon may),
+// a restart with reconnect, and a reconnect of the session to a charon that kept everything. A stand-in for unit tests only: the real adapter is
 // proven against real charon in test/integration.
 import { createHash, createPublicKey, X509Certificate } from 'node:crypto'
 import type { ViciSection } from '../../src/desired/types.js'
@@ -78,6 +79,12 @@ export class FakeCharon implements TunnelsPort {
   readonly delays = new Map<PortMethod, number>()
   /** What an initiate does, per `conn/child` (child '' for an IKE-only initiate). Default `up`. */
   outcome: (conn: string, child: string) => InitiateOutcome = () => 'up'
+  /**
+   * Hold the down events of `terminate` back until deliverLate(): real charon sends them once the DELETE is done,
+   * which can be after the agent's next calls (e.g. the initiate of the replacing child).
+   */
+  lateDownEvents = false
+  private readonly late: Array<{ event: SaEvent; sas: ObservedIkeSa[] }> = []
   private readonly pending: Array<{ conn: string; child: string }> = []
   private handlers: SaEventHandler[] = []
   private connection: ConnectionHandlers | null = null
@@ -183,17 +190,27 @@ export class FakeCharon implements TunnelsPort {
       const sa = this.sas.find((s) => s.uniqueid === t.ikeId)
       if (!sa) throw new Error(`no IKE_SA #${t.ikeId} found`)
       this.sas = this.sas.filter((s) => s !== sa)
-      this.emit('ike-updown', false, [sa])
+      this.terminated('ike-updown', [sa])
       return
     }
     for (const sa of this.sas) {
       const c = sa.children.find((k) => k.uniqueid === t.childId)
       if (!c) continue
       sa.children = sa.children.filter((k) => k !== c)
-      this.emit('child-updown', false, [{ ...sa, children: [c] }])
+      this.terminated('child-updown', [{ ...sa, children: [c] }])
       return
     }
     throw new Error(`no CHILD_SA #${t.childId} found`)
+  }
+
+  private terminated(event: SaEvent, sas: ObservedIkeSa[]): void {
+    if (this.lateDownEvents) this.late.push({ event, sas: structuredClone(sas) })
+    else this.emit(event, false, sas)
+  }
+
+  /** Delivers the held-back down events of terminated SAs, in order. */
+  deliverLate(): void {
+    for (const e of this.late.splice(0)) this.emit(e.event, false, e.sas)
   }
 
   /** A CHILD_SA goes down on its own (peer deleted it, DPD). */
@@ -282,6 +299,11 @@ export class FakeCharon implements TunnelsPort {
     this.handlers.push(handler)
   }
 
+  /** Handlers registered by subscribe (one per subscription). */
+  get subscribers(): number {
+    return this.handlers.length
+  }
+
   onConnection(h: ConnectionHandlers): void {
     this.connection = h
   }
@@ -298,7 +320,14 @@ export class FakeCharon implements TunnelsPort {
     this.authorities.clear()
     this.certs.length = 0
     this.pending.length = 0
+    this.late.length = 0
     this.connection?.disconnected(new Error('VICI socket closed'))
+    this.connection?.reconnected()
+  }
+
+  /** The session drops and comes back while charon keeps everything (the client gave up on a late answer). */
+  reconnect(): void {
+    this.connection?.disconnected(new Error('VICI request timed out'))
     this.connection?.reconnected()
   }
 }
