@@ -58,6 +58,13 @@ export class SaStateTracker {
     this.terminated.delete(`${kind}#${uniqueid}`)
   }
 
+  /** Uniqueids of CHILD_SAs whose terminate we sent and whose down event has not come yet. */
+  terminatingChildren(): Set<string> {
+    const out = new Set<string>()
+    for (const key of this.terminated.keys()) if (key.startsWith('child#')) out.add(key.slice('child#'.length))
+    return out
+  }
+
   /** Forgets terminated SAs whose down event never came within `windowMs`. */
   expire(now: number, windowMs: number): void {
     for (const [key, t] of this.terminated) if (now - t.at >= windowMs) this.terminated.delete(key)
@@ -100,7 +107,8 @@ export class SaStateTracker {
     if (this.attempts.size === 0) return
     for (const sa of sas) {
       if (sa.state === 'ESTABLISHED') this.attempts.delete(attemptKey(sa.name, ''))
-      for (const c of sa.children) if (UP_CHILD.has(c.state)) this.attempts.delete(attemptKey(sa.name, c.name))
+      // A child we are terminating is listed until charon's terminate job ran: it settles nothing.
+      for (const c of sa.children) if (UP_CHILD.has(c.state) && !this.terminated.has(`child#${c.uniqueid}`)) this.attempts.delete(attemptKey(sa.name, c.name))
     }
     for (const [key, a] of this.attempts) {
       if (!a.unconfirmed) continue

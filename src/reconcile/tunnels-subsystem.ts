@@ -144,6 +144,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       now: this.now(),
       ownership: { ids: ownIds(conns), loaded: new Set(this.loaded.keys()) },
       replacing: this.replacing,
+      terminating: this.saState.terminatingChildren(),
       ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
     })
     if (credentials.unloadKeys.length) this.reloadForRotation(conns, ops)

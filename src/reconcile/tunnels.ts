@@ -101,6 +101,11 @@ export interface TunnelPlanInput {
    * the terminate was sent, but may have failed): terminated on every pass while charon still lists them.
    */
   replacing?: ReadonlyMap<string, ReadonlySet<string>>
+  /**
+   * Uniqueids of CHILD_SAs whose terminate was sent and is still pending: charon lists them until its terminate
+   * job ran, so they are neither terminated again nor counted as present.
+   */
+  terminating?: ReadonlySet<string>
 }
 
 export interface TunnelPlan {
@@ -340,15 +345,18 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
     const changed = reloaded.get(sa.name) ?? new Set<string>()
     const replace = input.replacing?.get(sa.name)
     for (const child of sa.children) {
+      if (input.terminating?.has(child.uniqueid)) continue
       if (!wanted.has(child.name) || (changed.has(child.name) && observed.conns.has(sa.name)) || replace?.has(child.uniqueid)) {
         ops.push({ op: 'terminate-child', conn: sa.name, child: child.name, childId: child.uniqueid })
       }
     }
   }
 
-  // A child counts as present only through a live CHILD_SA that is not being terminated: an old-selector child
-  // replaced in this pass needs its initiate, one whose replacement is already up does not.
+  // A child counts as present only through a live CHILD_SA that is not being terminated or replaced: an
+  // old-selector child replaced in this pass needs its initiate, one whose replacement is already up does not.
   const terminatedIds = new Set(ops.flatMap((o) => (o.op === 'terminate-child' ? [o.childId] : [])))
+  for (const id of input.terminating ?? []) terminatedIds.add(id)
+  for (const ids of input.replacing?.values() ?? []) for (const id of ids) terminatedIds.add(id)
   const mediatorUp = connUp(MEDIATOR_CONN, [], observed.sas)
   for (const conn of desired.initiate) {
     const children = desired.initiateChildren[conn] ?? []

@@ -80,11 +80,13 @@ export class FakeCharon implements TunnelsPort {
   /** What an initiate does, per `conn/child` (child '' for an IKE-only initiate). Default `up`. */
   outcome: (conn: string, child: string) => InitiateOutcome = () => 'up'
   /**
-   * Hold the down events of `terminate` back until deliverLate(): real charon sends them once the DELETE is done,
-   * which can be after the agent's next calls (e.g. the initiate of the replacing child).
+   * Late down events of terminated SAs, delivered by deliverLate(). `deletion`: `terminate` only queues the
+   * deletion, as real charon does (its terminate job runs later, e.g. after the agent's initiate of the replacing
+   * child): the SA stays listed as it was until its deletion runs and sends the event. `event`: the SA leaves the
+   * listing at once, only its down event comes late (the event reaching the agent after a later listing).
    */
-  lateDownEvents = false
-  private readonly late: Array<{ event: SaEvent; sas: ObservedIkeSa[] }> = []
+  lateDownEvents: false | 'deletion' | 'event' = false
+  private readonly late: Array<() => void> = []
   private readonly pending: Array<{ conn: string; child: string }> = []
   private handlers: SaEventHandler[] = []
   private connection: ConnectionHandlers | null = null
@@ -189,28 +191,41 @@ export class FakeCharon implements TunnelsPort {
     if (t.ikeId !== undefined) {
       const sa = this.sas.find((s) => s.uniqueid === t.ikeId)
       if (!sa) throw new Error(`no IKE_SA #${t.ikeId} found`)
-      this.sas = this.sas.filter((s) => s !== sa)
-      this.terminated('ike-updown', [sa])
+      this.deleting(
+        () => (this.sas = this.sas.filter((s) => s !== sa)),
+        () => this.emit('ike-updown', false, [sa]),
+      )
       return
     }
     for (const sa of this.sas) {
       const c = sa.children.find((k) => k.uniqueid === t.childId)
       if (!c) continue
-      sa.children = sa.children.filter((k) => k !== c)
-      this.terminated('child-updown', [{ ...sa, children: [c] }])
+      const event = { ...structuredClone(sa), children: [c] }
+      this.deleting(
+        () => (sa.children = sa.children.filter((k) => k !== c)),
+        () => this.emit('child-updown', false, [event]),
+      )
       return
     }
     throw new Error(`no CHILD_SA #${t.childId} found`)
   }
 
-  private terminated(event: SaEvent, sas: ObservedIkeSa[]): void {
-    if (this.lateDownEvents) this.late.push({ event, sas: structuredClone(sas) })
-    else this.emit(event, false, sas)
+  private deleting(remove: () => void, event: () => void): void {
+    if (this.lateDownEvents === 'deletion') {
+      this.late.push(() => {
+        remove()
+        event()
+      })
+      return
+    }
+    remove()
+    if (this.lateDownEvents === 'event') this.late.push(event)
+    else event()
   }
 
-  /** Delivers the held-back down events of terminated SAs, in order. */
+  /** Runs what lateDownEvents held back (deletions with their events, or events), in order. */
   deliverLate(): void {
-    for (const e of this.late.splice(0)) this.emit(e.event, false, e.sas)
+    for (const run of this.late.splice(0)) run()
   }
 
   /** A CHILD_SA goes down on its own (peer deleted it, DPD). */

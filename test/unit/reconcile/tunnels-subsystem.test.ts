@@ -507,8 +507,9 @@ t.test('defect 3: a late down event of a child we replaced does not cancel the i
   const changed = structuredClone(config)
   changed.peers.find((p) => p.name === CONNECTOR)!.subnets.push('10.233.66.0/24')
   const d2 = await desired(changed)
-  // charon sends the down events of the old children only after the replacements' initiates (slow link).
-  r.fake.lateDownEvents = true
+  // charon deletes the old children (and sends their down events) only after the replacements' initiates; until
+  // then it still lists them as installed (slow link).
+  r.fake.lateDownEvents = 'deletion'
   r.fake.outcome = () => 'pending'
   const callsBefore = r.fake.calls.length
   const { plan, error } = await r.pass(d2, 'config')
@@ -517,6 +518,12 @@ t.test('defect 3: a late down event of a child we replaced does not cancel the i
   t.ok(replaced.length > 0, 'children with changed selectors are replaced')
   const initiates = (): string[] => r.fake.calls.slice(callsBefore).filter((c) => c.startsWith('initiate '))
   t.same(initiates().sort(), replaced.map((c) => `initiate ${CONNECTOR}/${c}`).sort(), 'one initiate per replaced child')
+  // Passes while the old children are still listed: no second terminate, no second initiate.
+  r.clock.now += 5
+  await r.pass(d2, 'verify')
+  await r.pass(d2, 'resync')
+  t.equal(r.fake.calls.slice(callsBefore).filter((c) => c.startsWith('terminate ')).length, replaced.length, 'each old child terminated once')
+  t.same(initiates().sort(), replaced.map((c) => `initiate ${CONNECTOR}/${c}`).sort(), 'the old children still listed do not settle the new initiates')
   r.fake.deliverLate()
   t.equal(r.sub.residue().terminated, 0, 'the down events of the terminated children were recognised and forgotten')
   r.clock.now += 1000
@@ -535,7 +542,7 @@ t.test('defect 3: a late ike-updown down of an IKE_SA we terminated does not can
   const d = await desired(config)
   await r.pass(d)
   await r.pass(d, 'vici:ike-updown')
-  r.fake.lateDownEvents = true
+  r.fake.lateDownEvents = 'event'
   const without = structuredClone(config)
   without.peers = without.peers.filter((p) => p.name !== CONNECTOR)
   const removed = await r.pass(await desired(without), 'config')
