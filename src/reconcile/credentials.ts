@@ -154,6 +154,11 @@ export function certSubject(der: Buffer): string {
 /**
  * Our keys among those loaded over VICI (`get-keys`): those whose certificate in charon carries our subject (also
  * keys of certificates we rotated away from in earlier agent runs), plus any we loaded ourselves.
+ *
+ * Limitation: charon keeps one copy of a key per key id and records no owner, so a key that another VPN on the same
+ * charon loaded with a certificate of our subject (e.g. a bare-metal edge's own VPN using the node certificate) is
+ * indistinguishable from ours: a rotation away from it, or `fabtunnel cleanup`, unloads it for that VPN too. VICI
+ * offers nothing to tell them apart (that VPN's operator reloads its key, e.g. `swanctl --load-creds`, afterwards).
  */
 export function ownKeyIds(subject: string, certs: ReadonlyArray<{ flag: string; data: Buffer }>, keys: readonly string[], loadedByUs: ReadonlySet<string> = new Set()): string[] {
   const ours = new Set(loadedByUs)

@@ -12,6 +12,7 @@ import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
 import type { SaEvent, TunnelsPort } from './tunnels-port.js'
 import { TunnelsStatus, type PeerStatus } from './tunnels-status.js'
 import {
+  DEFAULT_BACKOFF,
   describeOp,
   listedFromSection,
   ownIds,
@@ -57,7 +58,15 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   private readonly saState = new SaStateTracker()
   private readonly status: TunnelsStatus
   private readonly now: () => number
-  private subscribed = false
+  /** The subscription, once asked for (also while in progress, so a concurrent caller never registers twice). */
+  private subscription: Promise<void> | null = null
+  private readonly eventHandler = (event: SaEvent, up: boolean, sas: ObservedIkeSa[]): void => this.onEvent(event, up, sas)
+  /**
+   * conn -> uniqueids of CHILD_SAs to replace: their connection was reloaded with other selectors, so they are
+   * terminated on every pass until charon no longer lists them (a failed terminate is retried; the listing matching
+   * the config after the load would never plan it again). Pruned with the peer and by the listing.
+   */
+  private readonly replacing = new Map<string, Set<string>>()
   private credentialError: Error | null = null
 
   constructor(readonly port: TunnelsPort, private readonly opts: TunnelsOptions) {
@@ -70,7 +79,9 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
         this.loaded.clear()
         this.listedConns = null
         this.credentials.forget()
-        this.saState.clear()
+        this.saState.reconnected()
+        // A restarted charon reuses uniqueids: never terminate a new child for an old one's sake.
+        this.replacing.clear()
         this.counters.reconnects++
         opts.onReconnect?.()
         opts.log.warn({ op: 'vici-reconnected' }, 'reconnected to charon; reloading connections and credentials')
@@ -80,11 +91,16 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     })
   }
 
-  /** Subscribes to SA up/down events; safe to call again. */
-  async subscribe(): Promise<void> {
-    if (this.subscribed) return
-    await this.port.subscribe((event, up, sas) => this.onEvent(event, up, sas))
-    this.subscribed = true
+  /**
+   * Subscribes to SA up/down events; safe to call again, also concurrently (the daemon subscribes at start while
+   * the first pass may too): one subscription with one handler. A failed attempt is retried by the next call.
+   */
+  subscribe(): Promise<void> {
+    this.subscription ??= this.port.subscribe(this.eventHandler).catch((err: unknown) => {
+      this.subscription = null
+      throw err
+    })
+    return this.subscription
   }
 
   private onEvent(event: SaEvent, up: boolean, sas: ObservedIkeSa[]): void {
@@ -96,7 +112,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   async prepare(desired: Desired, ctx: PassContext): Promise<void> {
     // charon was not up when we started (a failed first connect is not retried by the client, so no `reconnected`
     // will come): subscribe as soon as a pass can reach it, or SA events would never trigger passes.
-    if (!this.subscribed) await this.subscribe()
+    await this.subscribe()
     if (this.opts.credentials && (ctx.credentials || !this.credentials.current)) {
       this.credentialError = await this.credentials.refresh()
       const err = this.credentialError as (Error & { code?: string; file?: string }) | null
@@ -104,6 +120,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     }
     const names = new Set(Object.keys(desired.conns))
     this.saState.prune(names)
+    this.saState.expire(this.now(), (this.opts.backoff ?? DEFAULT_BACKOFF).inflightMs)
+    for (const conn of this.replacing.keys()) if (!names.has(conn)) this.replacing.delete(conn)
     // A removed peer's hash stays while charon still lists its connection: it marks the connection as ours.
     for (const conn of this.loaded.keys()) if (!names.has(conn) && !this.listedConns?.has(conn)) this.loaded.delete(conn)
   }
@@ -114,6 +132,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     if (ctx.deep || !this.listedConns) this.listedConns = await this.port.listConns()
     // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out and look missing.
     const sas = await this.port.listSas()
+    this.forgetReplaced(sas)
     const credentials = this.opts.credentials ? await this.credentials.observe(ctx.deep) : NO_CREDENTIALS_CHANGE
     const conns = this.sectionsWithOwnCert(desired.conns)
     const observed = { conns: this.listedConns, sas }
@@ -124,6 +143,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       attempts: this.saState.view(),
       now: this.now(),
       ownership: { ids: ownIds(conns), loaded: new Set(this.loaded.keys()) },
+      replacing: this.replacing,
+      terminating: this.saState.terminatingChildren(),
       ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
     })
     if (credentials.unloadKeys.length) this.reloadForRotation(conns, ops)
@@ -209,13 +230,26 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
             this.counters.unloads++
             break
           case 'terminate-ike':
-            await this.port.terminate({ ikeId: op.ikeId })
+            this.saState.terminating('ike', op.conn, op.ikeId, now)
+            await this.port.terminate({ ikeId: op.ikeId }).catch((err: unknown) => {
+              this.saState.terminateFailed('ike', op.ikeId)
+              throw err
+            })
             this.counters.terminates++
             break
-          case 'terminate-child':
-            await this.port.terminate({ childId: op.childId })
+          case 'terminate-child': {
+            // Remembered before the call: if it fails, the next pass terminates the child again.
+            let ids = this.replacing.get(op.conn)
+            if (!ids) this.replacing.set(op.conn, (ids = new Set()))
+            ids.add(op.childId)
+            this.saState.terminating('child', op.conn, op.childId, now)
+            await this.port.terminate({ childId: op.childId }).catch((err: unknown) => {
+              this.saState.terminateFailed('child', op.childId)
+              throw err
+            })
             this.counters.terminates++
             break
+          }
           case 'initiate-ike':
           case 'initiate-child': {
             const child = op.op === 'initiate-child' ? op.child : ''
@@ -265,6 +299,15 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     return done
   }
 
+  /** Children to replace that the listing no longer shows are gone: forgotten (part of caching the observation). */
+  private forgetReplaced(sas: readonly ObservedIkeSa[]): void {
+    for (const [conn, ids] of this.replacing) {
+      const listed = new Set(sas.filter((s) => s.name === conn).flatMap((s) => s.children.map((c) => c.uniqueid)))
+      for (const id of ids) if (!listed.has(id)) ids.delete(id)
+      if (ids.size === 0) this.replacing.delete(conn)
+    }
+  }
+
   /** Per-peer tunnel state from the last observation, for /status and metrics. */
   peers(): PeerStatus[] {
     return this.status.peers()
@@ -275,8 +318,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   }
 
   /** Sizes of every per-peer memory (tests assert that removed peers leave nothing behind). */
-  residue(): { loaded: number; attempts: number; since: number; lastError: number } {
-    return { loaded: this.loaded.size, attempts: this.saState.size, ...this.status.sizes }
+  residue(): { loaded: number; attempts: number; terminated: number; replacing: number; since: number; lastError: number } {
+    return { loaded: this.loaded.size, attempts: this.saState.size, terminated: this.saState.terminatedSize, replacing: this.replacing.size, ...this.status.sizes }
   }
 }
 

@@ -7,8 +7,9 @@
 //      out-of-band changes in charon and adopts an already-correct charon after an agent restart without a write;
 //   2. a hash of the full section we loaded into this charon instance (kept in memory, forgotten when charon
 //      restarts): catches changes to fields `list-conns` does not show.
-// Ownership (isOwnConn): our own identity as the local id, what we loaded into this charon instance, the mediator's
-// name, or FabEdge's child names. Connections loaded by anyone else are never unloaded or terminated.
+// Ownership (isOwnConn): what we loaded into this charon instance, the mediator's name, FabEdge's child names, or
+// our own identity on a connection without any child. Connections loaded by anyone else are never unloaded or
+// terminated, also when they use our identity.
 import { createHash } from 'node:crypto'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
@@ -62,6 +63,12 @@ export interface InitiateAttempt {
    * from the listing is not proof that it needs another initiate.
    */
   inflight: boolean
+  /**
+   * Set on a reconnect to charon: the session dropped while this initiate was in flight, so charon may still be
+   * negotiating it (a late answer made the client reconnect) or may have restarted and forgotten it. It counts as
+   * in flight only while charon lists an IKE_SA of the connection (any state); otherwise it is gone.
+   */
+  unconfirmed?: boolean
 }
 
 /** Key of an attempt in the memory: `conn/child`, or `conn/` for a connection initiated through its IKE_SA alone. */
@@ -89,6 +96,16 @@ export interface TunnelPlanInput {
   now: number
   backoff?: BackoffPolicy
   ownership?: Ownership
+  /**
+   * conn -> uniqueids of CHILD_SAs that must be replaced (their connection was reloaded with other selectors and
+   * the terminate was sent, but may have failed): terminated on every pass while charon still lists them.
+   */
+  replacing?: ReadonlyMap<string, ReadonlySet<string>>
+  /**
+   * Uniqueids of CHILD_SAs whose terminate was sent and is still pending: charon lists them until its terminate
+   * job ran, so they are neither terminated again nor counted as present.
+   */
+  terminating?: ReadonlySet<string>
 }
 
 export interface TunnelPlan {
@@ -167,24 +184,32 @@ export function ownIds(conns: Record<string, ViciSection>): Set<string> {
 }
 
 /**
- * Whether a loaded connection is ours: named `mediator`; or loaded by us into this charon instance; or carrying
- * our own IKE identity as its local id (what survives an agent restart, also for a peer whose children were all
- * left out); or, without hints (e.g. no config), all its children carry FabEdge's child names
- * (`<conn>-p2p|n2p|p2n`). Anything else belongs to someone else and is never unloaded or terminated.
+ * Whether a loaded connection is ours: named `mediator`; or loaded by us into this charon instance; or all its
+ * children carry FabEdge's child names (`<conn>-p2p|n2p|p2n`); or it has no children at all and carries our own
+ * IKE identity as its local id (a peer whose children were all left out, recognised after an agent restart).
+ * Our identity alone never makes a connection ours: a bare-metal edge's own VPN may use the node certificate, and a
+ * connection with any child not named by FabEdge belongs to someone else. Foreign connections are never unloaded or
+ * terminated.
  */
 export function isOwnConn(name: string, listed: ListedConn, hints: Ownership = NO_OWNERSHIP_HINTS): boolean {
   if (name === MEDIATOR_CONN || hints.loaded.has(name)) return true
-  const local = localIdOf(listed)
-  if (local !== undefined && hints.ids.has(normalizeId(local))) return true
   const names = Object.keys(asRecord(listed.children) ?? {})
-  return names.length > 0 && names.every((c) => CHILD_SUFFIXES.some((s) => c === `${name}${s}`))
+  if (names.length === 0) {
+    const local = localIdOf(listed)
+    return local !== undefined && hints.ids.has(normalizeId(local))
+  }
+  return names.every((c) => isFabEdgeChild(name, c))
 }
 
 /** The same ownership test for an IKE SA whose connection is no longer loaded (list-sas shows its local id). */
 export function isOwnSa(sa: ObservedIkeSa, hints: Ownership = NO_OWNERSHIP_HINTS): boolean {
   if (sa.name === MEDIATOR_CONN) return true
-  if (sa.localId !== undefined && hints.ids.has(normalizeId(sa.localId))) return true
-  return sa.children.length > 0 && sa.children.every((c) => CHILD_SUFFIXES.some((s) => c.name === `${sa.name}${s}`))
+  if (sa.children.length === 0) return sa.localId !== undefined && hints.ids.has(normalizeId(sa.localId))
+  return sa.children.every((c) => isFabEdgeChild(sa.name, c.name))
+}
+
+function isFabEdgeChild(conn: string, child: string): boolean {
+  return CHILD_SUFFIXES.some((s) => child === `${conn}${s}`)
 }
 
 function localIdOf(listed: ListedConn): string | undefined {
@@ -318,14 +343,20 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
     if (!section) continue
     const wanted = new Set(Object.keys(asRecord(section.children) ?? {}))
     const changed = reloaded.get(sa.name) ?? new Set<string>()
+    const replace = input.replacing?.get(sa.name)
     for (const child of sa.children) {
-      if (!wanted.has(child.name) || (changed.has(child.name) && observed.conns.has(sa.name))) {
+      if (input.terminating?.has(child.uniqueid)) continue
+      if (!wanted.has(child.name) || (changed.has(child.name) && observed.conns.has(sa.name)) || replace?.has(child.uniqueid)) {
         ops.push({ op: 'terminate-child', conn: sa.name, child: child.name, childId: child.uniqueid })
       }
     }
   }
 
-  const terminated = new Set(ops.filter((o) => o.op === 'terminate-child').map((o) => `${o.conn}/${(o as { child: string }).child}`))
+  // A child counts as present only through a live CHILD_SA that is not being terminated or replaced: an
+  // old-selector child replaced in this pass needs its initiate, one whose replacement is already up does not.
+  const terminatedIds = new Set(ops.flatMap((o) => (o.op === 'terminate-child' ? [o.childId] : [])))
+  for (const id of input.terminating ?? []) terminatedIds.add(id)
+  for (const ids of input.replacing?.values() ?? []) for (const id of ids) terminatedIds.add(id)
   const mediatorUp = connUp(MEDIATOR_CONN, [], observed.sas)
   for (const conn of desired.initiate) {
     const children = desired.initiateChildren[conn] ?? []
@@ -338,9 +369,11 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
     const sas = observed.sas.filter((s) => s.name === conn)
     const missing = children.length === 0
       ? (sas.some((s) => LIVE_IKE.has(s.state)) ? [] : [''])
-      : children.filter((c) => terminated.has(`${conn}/${c}`) || !sas.some((s) => s.children.some((k) => k.name === c && LIVE_CHILD.has(k.state))))
+      : children.filter((c) => !sas.some((s) => s.children.some((k) => k.name === c && LIVE_CHILD.has(k.state) && !terminatedIds.has(k.uniqueid))))
     for (const child of missing) {
-      const wait = attemptWait(input.attempts.get(attemptKey(conn, child)), now, policy)
+      const attempt = input.attempts.get(attemptKey(conn, child))
+      const gone = attempt?.unconfirmed === true && sas.length === 0
+      const wait = gone ? null : attemptWait(attempt, now, policy)
       if (wait) {
         waiting.push({ conn, ...wait })
         continue

@@ -2,7 +2,8 @@
 // fault path: connections, IKE/CHILD SAs with events, and a VICI credential store (certificates, keys by id,
 // authorities by name, like strongSwan 5.9.8's vici_cred.c / vici_authority.c). Scriptable: failing or slow
 // calls, initiates that stay in negotiation (charon lists a child only once its exchange is done), initiates
-// answered by a down event, and a restart with reconnect. A stand-in for unit tests only: the real adapter is
+// answered by a down event, down events of terminated SAs delivered late (after later calls, as real charon may),
+// a restart with reconnect, and a reconnect of the session to a charon that kept everything. A stand-in for unit tests only: the real adapter is
 // proven against real charon in test/integration.
 import { createHash, createPublicKey, X509Certificate } from 'node:crypto'
 import type { ViciSection } from '../../src/desired/types.js'
@@ -78,6 +79,14 @@ export class FakeCharon implements TunnelsPort {
   readonly delays = new Map<PortMethod, number>()
   /** What an initiate does, per `conn/child` (child '' for an IKE-only initiate). Default `up`. */
   outcome: (conn: string, child: string) => InitiateOutcome = () => 'up'
+  /**
+   * Late down events of terminated SAs, delivered by deliverLate(). `deletion`: `terminate` only queues the
+   * deletion, as real charon does (its terminate job runs later, e.g. after the agent's initiate of the replacing
+   * child): the SA stays listed as it was until its deletion runs and sends the event. `event`: the SA leaves the
+   * listing at once, only its down event comes late (the event reaching the agent after a later listing).
+   */
+  lateDownEvents: false | 'deletion' | 'event' = false
+  private readonly late: Array<() => void> = []
   private readonly pending: Array<{ conn: string; child: string }> = []
   private handlers: SaEventHandler[] = []
   private connection: ConnectionHandlers | null = null
@@ -182,18 +191,41 @@ export class FakeCharon implements TunnelsPort {
     if (t.ikeId !== undefined) {
       const sa = this.sas.find((s) => s.uniqueid === t.ikeId)
       if (!sa) throw new Error(`no IKE_SA #${t.ikeId} found`)
-      this.sas = this.sas.filter((s) => s !== sa)
-      this.emit('ike-updown', false, [sa])
+      this.deleting(
+        () => (this.sas = this.sas.filter((s) => s !== sa)),
+        () => this.emit('ike-updown', false, [sa]),
+      )
       return
     }
     for (const sa of this.sas) {
       const c = sa.children.find((k) => k.uniqueid === t.childId)
       if (!c) continue
-      sa.children = sa.children.filter((k) => k !== c)
-      this.emit('child-updown', false, [{ ...sa, children: [c] }])
+      const event = { ...structuredClone(sa), children: [c] }
+      this.deleting(
+        () => (sa.children = sa.children.filter((k) => k !== c)),
+        () => this.emit('child-updown', false, [event]),
+      )
       return
     }
     throw new Error(`no CHILD_SA #${t.childId} found`)
+  }
+
+  private deleting(remove: () => void, event: () => void): void {
+    if (this.lateDownEvents === 'deletion') {
+      this.late.push(() => {
+        remove()
+        event()
+      })
+      return
+    }
+    remove()
+    if (this.lateDownEvents === 'event') this.late.push(event)
+    else event()
+  }
+
+  /** Runs what lateDownEvents held back (deletions with their events, or events), in order. */
+  deliverLate(): void {
+    for (const run of this.late.splice(0)) run()
   }
 
   /** A CHILD_SA goes down on its own (peer deleted it, DPD). */
@@ -282,6 +314,11 @@ export class FakeCharon implements TunnelsPort {
     this.handlers.push(handler)
   }
 
+  /** Handlers registered by subscribe (one per subscription). */
+  get subscribers(): number {
+    return this.handlers.length
+  }
+
   onConnection(h: ConnectionHandlers): void {
     this.connection = h
   }
@@ -298,7 +335,14 @@ export class FakeCharon implements TunnelsPort {
     this.authorities.clear()
     this.certs.length = 0
     this.pending.length = 0
+    this.late.length = 0
     this.connection?.disconnected(new Error('VICI socket closed'))
+    this.connection?.reconnected()
+  }
+
+  /** The session drops and comes back while charon keeps everything (the client gave up on a late answer). */
+  reconnect(): void {
+    this.connection?.disconnected(new Error('VICI request timed out'))
     this.connection?.reconnected()
   }
 }

@@ -1,6 +1,6 @@
 // Defect 5 on real charon: another VPN's credentials (certificate, private key, CA, PSK) loaded with
 // `swanctl --load-creds` into the charon the agent uses survive the agent's start, a certificate rotation and
-// `fabtunnel cleanup`; ours are gone after cleanup (key and CA authority; the certificate stays, inert without its
+// `fabtunnel cleanup`, and so does its connection using the node's own identity; ours are gone after cleanup (key and CA authority; the certificate stays, inert without its
 // key: VICI cannot unload one certificate alone). After the rotation the new certificate is the one used: the old
 // key is unloaded, and a fresh IKE_SA authenticates with the new one.
 import t from 'tap'
@@ -64,14 +64,23 @@ t.test('foreign VICI credentials survive start, rotation and cleanup; ours are r
   const foreignCerts = foreign.certs.map((c) => c.data)
   t.equal(foreignCerts.length, 2, 'the foreign certificate and CA are loaded')
 
+  // The other VPN's connection uses the node's own identity (the node certificate), with a child of its own
+  // name: our identity alone never makes it ours.
+  const fv = new Vici({ uri: edge.charon.uri, reconnect: false, timeoutMs: 5_000 })
+  await fv.loadConn('office', {
+    version: '2', remote_addrs: ['192.0.2.77'], local: { auth: 'pubkey', id: edge.plan.id }, remote: { auth: 'pubkey', id: 'C=DE, O=office, CN=office-peer' },
+    children: { office: { local_ts: ['10.250.1.0/24'], remote_ts: ['10.250.2.0/24'] } },
+  })
+  await fv.close()
+
   const hasAll = (v: CredsView): boolean =>
-    v.keys.includes(foreignKey) && v.shared.includes('ike-office') && foreignCerts.every((d) => v.certs.some((c) => c.data.equals(d)))
+    v.keys.includes(foreignKey) && v.shared.includes('ike-office') && foreignCerts.every((d) => v.certs.some((c) => c.data.equals(d))) && v.conns.includes('office')
 
   await startAgents(topo, driver, 40_000)
   await waitFor('tunnels up', 30_000, () => tunnelsUp(topo))
   const oldKey = keyIdOf(pemToDer(edge.cert.certPem))
   const started = await view(edge.charon.uri)
-  t.ok(hasAll(started), 'foreign credentials survive the agent start')
+  t.ok(hasAll(started), 'foreign credentials and the foreign connection survive the agent start')
   t.same(started.keys.sort(), [foreignKey, oldKey].sort(), 'our key next to theirs (charon computes the same key id we do)')
   t.ok(started.authorities.includes('fabtunnel-ca'), 'our CA as a named authority')
 
@@ -128,7 +137,7 @@ t.test('foreign VICI credentials survive start, rotation and cleanup; ours are r
   t.ok(hasAll(after), 'foreign credentials survive cleanup')
   t.same(after.keys, [foreignKey], 'only the foreign key is left')
   t.same(after.authorities, [], 'no authority of ours left')
-  t.same(after.conns, [], 'no connection of ours left')
+  t.same(after.conns, ['office'], 'no connection of ours left; the foreign one with our identity stays')
   const left = new Vici({ uri: edge.charon.uri, reconnect: false, timeoutMs: 5_000 })
   t.same((await left.listSas().finally(() => left.close())).map((s) => s.name), [], 'no SA of ours left')
 })

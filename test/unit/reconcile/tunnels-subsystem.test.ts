@@ -131,7 +131,7 @@ t.test('defect 3: an initiate in flight on an ESTABLISHED IKE_SA is not sent aga
   const down = await r.pass(d, 'vici:child-updown')
   t.equal(initiatesOf(r.fake, P2N) - before, 1, 'a child that went down is redone at once')
   t.ok(r.fake.sas.find((s) => s.name === CONNECTOR)?.state === 'ESTABLISHED', 'on the ESTABLISHED IKE_SA')
-  t.match(down.plan.wakes, [], 'no wake needed before the first initiate')
+  t.same(down.plan.wakes, [], 'no wake needed before the first initiate')
   // The verification pass (and any event pass) races the negotiation.
   r.clock.now += 5
   const verify = await r.pass(d, 'verify')
@@ -172,7 +172,7 @@ t.test('defect 3: a failed initiate is retried after the backoff, never at once;
   r.fake.fail('initiate')
   r.clock.now += DEFAULT_BACKOFF.inflightMs
   const third = await r.pass(d, `backoff:${CONNECTOR}`)
-  t.match(third.plan.wakes, [], 'the third attempt expired unanswered too: retried (and refused) at once, its backoff long over')
+  t.same(third.plan.wakes, [], 'the third attempt expired unanswered too: retried (and refused) at once, its backoff long over')
   r.fake.heal()
   const afterRefusal = await r.pass(d, 'verify')
   t.same(afterRefusal.plan.wakes, [{ at: r.clock.now + 8 * DEFAULT_BACKOFF.baseMs, reason: `backoff:${CONNECTOR}` }])
@@ -368,7 +368,7 @@ t.test('defect 9: 10,000 peer add/remove cycles leave no per-peer residue', asyn
   const base = await desired(config)
   await r.pass(base)
   const baseline = r.sub.residue()
-  t.same(baseline, { loaded: 1, attempts: 0, since: 1, lastError: 0 })
+  t.same(baseline, { loaded: 1, attempts: 0, terminated: 0, replacing: 0, since: 1, lastError: 0 })
   const extra = structuredClone(config.peers[0]!)
   for (let i = 0; i < 10_000; i++) {
     const name = `beijing.peer${i}`
@@ -401,10 +401,11 @@ t.test('reconnect: memory of the old charon is dropped, the callback fires, ever
   t.equal(r.reconnects, 1, 'onReconnect (metric fabtunnel_vici_reconnects_total)')
   t.equal(r.sub.counters.reconnects, 1)
   t.ok(r.triggers.includes('vici:reconnected'))
-  t.same(r.sub.residue(), { loaded: 0, attempts: 0, since: 3, lastError: 0 })
+  t.same(r.sub.residue(), { loaded: 0, attempts: 4, terminated: 0, replacing: 0, since: 3, lastError: 0 }, 'initiates in flight kept, unconfirmed')
   t.equal(r.sub.summary().credentialsLoaded, false)
   const back = await r.pass(d, 'vici:reconnected')
   t.equal(back.error, null)
+  t.equal(r.sub.residue().attempts, 0, 'settled by the new charon')
   t.equal(r.fake.conns.size, 3, 'connections loaded again')
   t.equal(r.fake.keys.size, 1, 'credentials loaded again')
 })
@@ -465,4 +466,180 @@ t.test('status: per-peer states and since timestamps follow the observation', as
   t.equal(r.sub.residue().attempts, 2, 'mediator and p2n in flight')
   t.ok(r.sub.residue().attempts <= Object.keys(d.conns).length * 3)
   t.equal(attemptKey('a', ''), 'a/')
+})
+
+t.test('ownership: a foreign connection and SA using our identity survive start, peer removal, restart and cleanup', async (t) => {
+  const config = await baseConfig()
+  const fake = new FakeCharon(ME)
+  // A bare-metal edge's own VPN with the node certificate: our local id, a child not named by FabEdge.
+  fake.foreignConns.set('office', { 'local-1': { id: ME }, children: { office: { 'local-ts': ['10.1.0.0/16'], 'remote-ts': ['10.2.0.0/16'] } } })
+  fake.sas.push({ name: 'office', uniqueid: '500', state: 'ESTABLISHED', localId: ME, children: [{ name: 'office', uniqueid: '501', state: 'INSTALLED' }] })
+  // And an SA of it whose connection is no longer loaded.
+  fake.sas.push({ name: 'office-old', uniqueid: '502', state: 'ESTABLISHED', localId: ME, children: [{ name: 'office-old', uniqueid: '503', state: 'INSTALLED' }] })
+  const untouched = (when: string): void => {
+    t.ok(fake.foreignConns.has('office'), `${when}: the foreign connection is loaded`)
+    t.same(fake.sas.filter((s) => s.name.startsWith('office')).map((s) => [s.uniqueid, s.children.map((c) => c.uniqueid)]), [['500', ['501']], ['502', ['503']]], `${when}: its SAs are up`)
+    t.same(fake.calls.filter((c) => /office|#50[0-3]/.test(c)), [], `${when}: never named in a call`)
+  }
+  const r = rig({ fake })
+  await r.pass(await desired(config))
+  await r.pass(await desired(config), 'vici:ike-updown')
+  untouched('start')
+  const fewer = structuredClone(config)
+  fewer.peers = fewer.peers.filter((p) => p.name !== 'beijing.edge2')
+  const removed = await r.pass(await desired(fewer), 'config')
+  t.ok(removed.plan.ops.some((o) => o.op === 'unload' && o.conn === 'beijing.edge2'), 'our removed peer is unloaded')
+  untouched('peer removal')
+  await rig({ fake }).pass(await desired(fewer))
+  untouched('agent restart')
+  const cleaned = await cleanupConnections(fake, { ids: new Set([normalizeId(ME)]), loaded: new Set() })
+  t.notOk(cleaned.conns.includes('office'))
+  t.same([...fake.conns.keys()], [], 'cleanup unloaded every connection of ours')
+  untouched('cleanup')
+})
+
+t.test('defect 3: a late down event of a child we replaced does not cancel the initiate of its replacement', async (t) => {
+  const r = rig()
+  const config = await baseConfig()
+  await r.pass(await desired(config))
+  await r.pass(await desired(config), 'vici:ike-updown')
+  const old = r.fake.sas.find((s) => s.name === CONNECTOR)!.children.map((c) => c.uniqueid)
+  const changed = structuredClone(config)
+  changed.peers.find((p) => p.name === CONNECTOR)!.subnets.push('10.233.66.0/24')
+  const d2 = await desired(changed)
+  // charon deletes the old children (and sends their down events) only after the replacements' initiates; until
+  // then it still lists them as installed (slow link).
+  r.fake.lateDownEvents = 'deletion'
+  r.fake.outcome = () => 'pending'
+  const callsBefore = r.fake.calls.length
+  const { plan, error } = await r.pass(d2, 'config')
+  t.equal(error, null)
+  const replaced = plan.ops.flatMap((o) => (o.op === 'terminate-child' ? [o.child] : []))
+  t.ok(replaced.length > 0, 'children with changed selectors are replaced')
+  const initiates = (): string[] => r.fake.calls.slice(callsBefore).filter((c) => c.startsWith('initiate '))
+  t.same(initiates().sort(), replaced.map((c) => `initiate ${CONNECTOR}/${c}`).sort(), 'one initiate per replaced child')
+  // Passes while the old children are still listed: no second terminate, no second initiate.
+  r.clock.now += 5
+  await r.pass(d2, 'verify')
+  await r.pass(d2, 'resync')
+  t.equal(r.fake.calls.slice(callsBefore).filter((c) => c.startsWith('terminate ')).length, replaced.length, 'each old child terminated once')
+  t.same(initiates().sort(), replaced.map((c) => `initiate ${CONNECTOR}/${c}`).sort(), 'the old children still listed do not settle the new initiates')
+  r.fake.deliverLate()
+  t.equal(r.sub.residue().terminated, 0, 'the down events of the terminated children were recognised and forgotten')
+  r.clock.now += 1000
+  await r.pass(d2, 'vici:child-updown')
+  await r.pass(d2, 'resync')
+  t.same(initiates().sort(), replaced.map((c) => `initiate ${CONNECTOR}/${c}`).sort(), 'no second initiate while the first is in flight')
+  r.fake.complete()
+  const children = r.fake.sas.find((s) => s.name === CONNECTOR)!.children
+  t.same(children.map((c) => c.name).sort(), Object.keys(d2.conns[CONNECTOR]!.children as object).sort(), 'exactly one CHILD_SA per child')
+  t.notOk(children.some((c) => replaced.includes(c.name) && old.includes(c.uniqueid)), 'the old children are gone')
+})
+
+t.test('defect 3: a late ike-updown down of an IKE_SA we terminated does not cancel a new initiate of the connection', async (t) => {
+  const r = rig()
+  const config = await baseConfig()
+  const d = await desired(config)
+  await r.pass(d)
+  await r.pass(d, 'vici:ike-updown')
+  r.fake.lateDownEvents = 'event'
+  const without = structuredClone(config)
+  without.peers = without.peers.filter((p) => p.name !== CONNECTOR)
+  const removed = await r.pass(await desired(without), 'config')
+  t.ok(removed.plan.ops.some((o) => o.op === 'terminate-ike' && o.conn === CONNECTOR))
+  // Added back before charon finished deleting the old IKE_SA; the new negotiation is slow.
+  r.fake.outcome = () => 'pending'
+  await r.pass(d, 'config')
+  const before = initiatesOf(r.fake, P2N)
+  t.equal(before, 2, 'initiated again')
+  r.fake.deliverLate()
+  r.clock.now += 1000
+  await r.pass(d, 'vici:ike-updown')
+  t.equal(initiatesOf(r.fake, P2N), before, 'no second initiate while the first is in flight')
+  r.fake.complete()
+  t.equal(r.fake.installed().get(P2N), 1)
+})
+
+t.test('replacing children: a failed terminate after a successful load is retried on shallow and deep passes', async (t) => {
+  const r = rig()
+  const config = await baseConfig()
+  await r.pass(await desired(config))
+  await r.pass(await desired(config), 'vici:ike-updown')
+  const old = r.fake.sas.find((s) => s.name === CONNECTOR)!.children.map((c) => c.uniqueid)
+  const changed = structuredClone(config)
+  changed.peers.find((p) => p.name === CONNECTOR)!.subnets.push('10.233.66.0/24')
+  const d2 = await desired(changed)
+  r.fake.fail('terminate')
+  const first = await r.pass(d2, 'config')
+  t.match(first.error?.message, /terminate child .*: terminate failed/)
+  t.ok(r.fake.conns.get(CONNECTOR), 'loaded')
+  const stale = first.plan.ops.flatMap((o) => (o.op === 'terminate-child' ? [o.childId] : []))
+  t.ok(stale.length > 0)
+  const shallow = await r.pass(d2, 'verify')
+  t.same(shallow.plan.ops.map((o) => (o.op === 'terminate-child' ? o.childId : o.op)).sort(), [...stale].sort(), 'a shallow pass terminates them again, and nothing else')
+  t.match(shallow.error?.message, /terminate failed/)
+  r.fake.heal()
+  const deep = await r.pass(d2, 'resync')
+  t.same(deep.plan.ops.map((o) => (o.op === 'terminate-child' ? o.childId : o.op)).sort(), [...stale].sort(), 'so does a deep pass')
+  t.equal(deep.error, null)
+  const children = r.fake.sas.find((s) => s.name === CONNECTOR)!.children
+  t.same([...r.fake.installed().values()].filter((n) => n !== 1), [], 'exactly one CHILD_SA per child')
+  t.same(children.map((c) => c.name).sort(), Object.keys(d2.conns[CONNECTOR]!.children as object).sort())
+  t.notOk(children.some((c) => stale.includes(c.uniqueid)), 'the old-selector children are gone')
+  t.ok(stale.every((id) => old.includes(id)), 'only old children were terminated')
+  const after = await r.pass(d2, 'resync')
+  t.equal(after.plan.writes, 0, 'converged')
+  t.equal(r.sub.residue().replacing, 0, 'nothing left to replace')
+})
+
+t.test('reconnect to the same busy charon: an initiate still negotiating is not sent again', async (t) => {
+  const r = rig()
+  const d = await desired()
+  await r.pass(d)
+  await r.pass(d, 'vici:ike-updown')
+  r.fake.outcome = () => 'pending'
+  r.fake.drop(CONNECTOR, P2N)
+  await r.pass(d, 'vici:child-updown')
+  const before = initiatesOf(r.fake, P2N)
+  // The client gave up on a late answer and reconnected; charon kept negotiating.
+  r.fake.reconnect()
+  await r.pass(d, 'vici:reconnected')
+  r.clock.now += 1000
+  await r.pass(d, 'verify')
+  t.equal(initiatesOf(r.fake, P2N), before, 'no duplicate initiate')
+  r.fake.complete()
+  t.equal(r.fake.installed().get(P2N), 1, 'exactly one CHILD_SA')
+  t.equal(r.sub.residue().attempts, 0)
+})
+
+t.test('reconnect after a charon restart: an initiate that was in flight is sent again at once', async (t) => {
+  const r = rig()
+  const d = await desired()
+  await r.pass(d)
+  await r.pass(d, 'vici:ike-updown')
+  r.fake.outcome = () => 'pending'
+  r.fake.drop(CONNECTOR, P2N)
+  await r.pass(d, 'vici:child-updown')
+  const before = initiatesOf(r.fake, P2N)
+  r.fake.restart()
+  r.fake.outcome = () => 'up'
+  const back = await r.pass(d, 'vici:reconnected')
+  t.equal(back.error, null)
+  t.equal(initiatesOf(r.fake, P2N), before + 1, 'initiated in the first pass, not after the in-flight window')
+  t.equal(r.fake.installed().get(P2N), 1)
+})
+
+t.test('subscribe: concurrent calls register one handler; every event triggers one pass', async (t) => {
+  const r = rig()
+  const d = await desired()
+  // The daemon subscribes at start without waiting while the first pass subscribes too.
+  const early = r.sub.subscribe()
+  await r.pass(d)
+  await early
+  await r.pass(d, 'vici:ike-updown')
+  t.equal(r.fake.subscribers, 1, 'one handler')
+  t.equal(r.fake.calls.filter((c) => c === 'subscribe').length, 1)
+  const triggers = r.triggers.length
+  r.fake.drop(CONNECTOR, P2N)
+  t.same(r.triggers.slice(triggers), ['vici:child-updown'], 'one trigger per event')
 })

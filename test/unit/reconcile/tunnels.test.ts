@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { loadConfig } from '../../../src/config/load.js'
 import { desiredConns } from '../../../src/desired/conns.js'
 import {
-  attemptKey, backoffDelay, connDiffers, isOwnConn, listedFromSection, planTunnels, sectionHash, type InitiateAttempt, type ListedConn, type ObservedIkeSa, type TunnelPlanInput,
+  attemptKey, backoffDelay, connDiffers, isOwnConn, isOwnSa, listedFromSection, planTunnels, sectionHash, type InitiateAttempt, type ListedConn, type ObservedIkeSa, type TunnelPlanInput,
 } from '../../../src/reconcile/tunnels.js'
 
 const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
@@ -92,6 +92,12 @@ t.test('stale connections: ours are unloaded then terminated, foreign ones never
   t.ok(isOwnConn('mediator', {}))
   t.notOk(isOwnConn('operator-vpn', { children: { office: {} } }))
   t.notOk(isOwnConn('x', { children: { 'x-p2p': {}, other: {} } }), 'one foreign child makes it foreign')
+  const me = { ids: new Set(['C=CN,O=fabedge.io,CN=beijing.edge1']), loaded: new Set<string>() }
+  t.ok(isOwnConn('edge9', { 'local-1': { id: 'C=CN, O=fabedge.io, CN=beijing.edge1' }, children: {} }, me), 'our id without children: ours')
+  t.notOk(isOwnConn('office', { 'local-1': { id: 'C=CN, O=fabedge.io, CN=beijing.edge1' }, children: { office: {} } }, me), 'our id with a foreign child: foreign')
+  t.ok(isOwnConn('office', { children: { office: {} } }, { ...me, loaded: new Set(['office']) }), 'loaded by us: ours')
+  t.ok(isOwnSa({ name: 'edge9', uniqueid: '1', state: 'ESTABLISHED', localId: 'C=CN, O=fabedge.io, CN=beijing.edge1', children: [] }, me))
+  t.notOk(isOwnSa({ name: 'office', uniqueid: '1', state: 'ESTABLISHED', localId: 'C=CN, O=fabedge.io, CN=beijing.edge1', children: [{ name: 'office', uniqueid: '2', state: 'INSTALLED' }] }, me))
 })
 
 const CONNECTOR_KIDS = ['beijing.connector-p2p', 'beijing.connector-n2p', 'beijing.connector-p2n']
@@ -115,6 +121,13 @@ t.test('initiation: in-flight children are not doubled, failures back off, a tun
 
   const retry = planTunnels(input(d, { observed: { conns, sas: [med] }, attempts: memory('beijing.connector', CONNECTOR_KIDS, { lastAttempt: now - 10_000, failures: 3, inflight: false }) }))
   t.equal(retry.ops.filter((o) => o.conn === 'beijing.connector').length, 3, 'after the backoff: initiate again')
+
+  // After a reconnect: in flight only while charon lists an IKE_SA of the connection (any state).
+  const unconfirmed = memory('beijing.connector', CONNECTOR_KIDS, { lastAttempt: now - 100, failures: 0, inflight: true, unconfirmed: true })
+  const busy = planTunnels(input(d, { observed: { conns, sas: [med, connecting] }, attempts: unconfirmed }))
+  t.notOk(busy.ops.some((o) => o.conn === 'beijing.connector'), 'charon still negotiating: no second initiate')
+  const restarted = planTunnels(input(d, { observed: { conns, sas: [med] }, attempts: unconfirmed }))
+  t.equal(restarted.ops.filter((o) => o.op === 'initiate-child' && o.conn === 'beijing.connector').length, 3, 'charon forgot it: initiated at once')
 
   const partial = up('beijing.connector', ['beijing.connector-p2p', 'beijing.connector-n2p'], '2')
   const down = planTunnels(input(d, { observed: { conns, sas: [med, partial] } }))
