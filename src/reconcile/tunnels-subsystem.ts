@@ -152,6 +152,12 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     const credentialWrites = (credentials.load ? 1 : 0) + credentials.unloadKeys.length + credentials.unloadAuthorities.length
     const writes = ops.length + credentialWrites
     if (this.credentialError && writes === 0) throw this.credentialError
+    // Peers backing off after failed initiates: the subsystem retries them on its own wakes, but the node is not
+    // converged while any is (an up-to-date but unreachable peer is not a tunnel that works).
+    const failing = waiting.filter((w) => w.reason.startsWith('backoff after'))
+    const unsettled = failing.length
+      ? `${failing.length} peer(s) backing off after failed initiates: ${failing.slice(0, 5).map((w) => w.conn).join(', ')}${failing.length > 5 ? ', ...' : ''}`
+      : undefined
     return {
       ops,
       credentials,
@@ -159,6 +165,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       sas,
       wakes,
       writes,
+      ...(unsettled ? { unsettled } : {}),
       describe: () => [
         ...(credentials.load ? ['load credentials (CA authorities, certificate, private key)'] : []),
         ...ops.map(describeOp),

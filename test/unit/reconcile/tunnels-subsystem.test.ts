@@ -159,6 +159,7 @@ t.test('defect 3: a failed initiate is retried after the backoff, never at once;
   t.equal(initiatesOf(r.fake, P2N) - before, 1, 'the first retry is not at 0 ms')
   t.match(verify.plan.wakes, [{ at: r.clock.now + DEFAULT_BACKOFF.baseMs }])
   t.match(r.sub.peers().find((p) => p.name === CONNECTOR)?.waiting, /backoff after 1 failed/)
+  t.equal(verify.plan.unsettled, `1 peer(s) backing off after failed initiates: ${CONNECTOR}`, 'not converged while it backs off')
   r.clock.now += DEFAULT_BACKOFF.baseMs
   r.fake.outcome = () => 'pending'
   await r.pass(d, `backoff:${CONNECTOR}`)
