@@ -31,8 +31,6 @@ export interface TunnelsPlan extends SubsystemPlan {
   credentials: CredentialsChange
   /** Broken credential files seen by this pass: reported after the ops are applied. */
   credentialError: Error | null
-  /** The SAs this plan saw: children up there settle our initiate memory when the plan is applied. */
-  sas: ObservedIkeSa[]
   wakes: Array<{ at: number; reason: string }>
 }
 
@@ -133,6 +131,10 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out and look missing.
     const sas = await this.port.listSas()
     this.forgetReplaced(sas)
+    // Children the listing shows up settle our initiate memory now, as part of recording the observation (like
+    // the listing cache): an up event that came late or not at all must not leave an initiate "in flight" for
+    // the next time that child goes down, when it would hold back the re-initiate for the in-flight window.
+    this.saState.settle(sas)
     const credentials = this.opts.credentials ? await this.credentials.observe(ctx.deep) : NO_CREDENTIALS_CHANGE
     const conns = this.sectionsWithOwnCert(desired.conns)
     const observed = { conns: this.listedConns, sas }
@@ -162,7 +164,6 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       ops,
       credentials,
       credentialError: this.credentialError,
-      sas,
       wakes,
       writes,
       ...(unsettled ? { unsettled } : {}),
@@ -208,7 +209,6 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     const { log } = this.opts
     let done = 0
     const failures: string[] = []
-    this.saState.settle(plan.sas)
     const c = plan.credentials
     if (c.load) {
       await this.credentials.load(c.load)
