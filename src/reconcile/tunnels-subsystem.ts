@@ -237,24 +237,14 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
             this.counters.unloads++
             break
           case 'terminate-ike':
-            this.saState.terminating('ike', op.conn, op.ikeId, now)
-            await this.port.terminate({ ikeId: op.ikeId }).catch((err: unknown) => {
-              this.saState.terminateFailed('ike', op.ikeId)
-              throw err
-            })
-            this.counters.terminates++
+            await this.terminateSa('ike', op.conn, op.ikeId, now)
             break
           case 'terminate-child': {
             // Remembered before the call: if it fails, the next pass terminates the child again.
             let ids = this.replacing.get(op.conn)
             if (!ids) this.replacing.set(op.conn, (ids = new Set()))
             ids.add(op.childId)
-            this.saState.terminating('child', op.conn, op.childId, now)
-            await this.port.terminate({ childId: op.childId }).catch((err: unknown) => {
-              this.saState.terminateFailed('child', op.childId)
-              throw err
-            })
-            this.counters.terminates++
+            await this.terminateSa('child', op.conn, op.childId, now)
             break
           }
           case 'initiate-ike':
@@ -307,6 +297,16 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   }
 
   /** Children to replace that the listing no longer shows are gone: forgotten (part of caching the observation). */
+  /** Terminates one SA of ours; its down event is expected (and ignored) unless the call fails. */
+  private async terminateSa(kind: 'ike' | 'child', conn: string, id: string, now: number): Promise<void> {
+    this.saState.terminating(kind, conn, id, now)
+    await this.port.terminate(kind === 'ike' ? { ikeId: id } : { childId: id }).catch((err: unknown) => {
+      this.saState.terminateFailed(kind, id)
+      throw err
+    })
+    this.counters.terminates++
+  }
+
   private forgetReplaced(sas: readonly ObservedIkeSa[]): void {
     for (const [conn, ids] of this.replacing) {
       const listed = new Set(sas.filter((s) => s.name === conn).flatMap((s) => s.children.map((c) => c.uniqueid)))
