@@ -1,13 +1,15 @@
 // The container images cannot be built here (no container engine), so their Dockerfiles are linted instead.
 // hadolint is on neither npm nor Debian; this is the documented equivalent: dockerfile-utils (the Dockerfile
 // validator of the VS Code Docker tooling, devDependency, pinned) for syntax and instruction errors, plus the
-// hadolint rules that matter here, checked directly (DL3000 absolute WORKDIR, DL3002 non-root agent, DL3003 no cd,
+// hadolint rules that matter here, checked directly (DL3000 absolute WORKDIR, DL3003 no cd,
 // DL3004 no sudo, DL3006/DL3007 tagged bases, DL3009 apt lists removed, DL3015 no recommends, DL3020 COPY not ADD,
 // DL3025 JSON-form ENTRYPOINT/CMD, DL4006-style no `curl | sh`). And the image-specific promises: the build
 // stage runs exactly scripts/setup's npm/native/tsc commands, installs only Debian packages setup installs, copies
-// only what exists and what its .dockerignore lets through, and labels the package version.
+// only what exists and what its .dockerignore lets through, and labels the package version. DL3002 (non-root
+// user) is deliberately not followed by the agent image: FabEdge's operator runs it privileged with no runAsUser,
+// so it must default to root (the Dockerfile says why). test/deploy/image.test.ts builds and runs both images.
 import t from 'tap'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { validate } from 'dockerfile-utils'
 
@@ -127,7 +129,7 @@ for (const [name, file] of Object.entries(FILES)) {
   })
 }
 
-t.test('agent image: builds like scripts/setup, runs fabtunnel, non-root by default', async (t) => {
+t.test("agent image: builds like scripts/setup, runs fabtunnel, root by default, FabEdge's init container contract", async (t) => {
   const text = readFileSync(FILES.agent, 'utf8')
   const stages = parseDockerfile(text)
   t.equal(stages.length, 2, 'multi-stage: build, run')
@@ -140,10 +142,32 @@ t.test('agent image: builds like scripts/setup, runs fabtunnel, non-root by defa
   t.ok(build.some((i) => i.keyword === 'ENV' && /^npm_config_nodedir=\//.test(i.args)), 'node-gyp gets a node dir, as in setup')
   t.match(SETUP, /export npm_config_nodedir=/)
   t.same(aptInstalls(build).sort(), ['g++', 'make', 'python3'])
-  t.same(aptInstalls(final), ['iptables'], 'the runtime needs iptables-restore/-save only')
+  t.same(aptInstalls(final), ['iptables', 'iproute2', 'containernetworking-plugins'], 'iptables-restore/-save, ip, the CNI plugins')
 
   const users = final.filter((i) => i.keyword === 'USER').map((i) => i.args)
-  t.notOk(['root', '0'].includes(users.at(-1)!), `final USER ${users.at(-1)} is not root (DL3002)`)
+  t.equal(users.at(-1), 'root', "final USER is root: FabEdge's operator sets no runAsUser")
+  t.ok(final.find((i) => i.keyword === 'USER')!.comments.some((c) => /runAsUser/.test(c)), 'the root user is explained')
+  // FabEdge's init container: /plugins/env_prepare.sh (operator HEAD) and env_prepare.sh on PATH (v1.0.0), and the
+  // five plugins it copies in /plugins/bin/.
+  const runs = final.filter((i) => i.keyword === 'RUN').map((i) => i.args).join(' && ')
+  t.ok(final.some((i) => i.keyword === 'COPY' && i.args === 'deploy/image/env_prepare.sh /plugins/env_prepare.sh'), '/plugins/env_prepare.sh')
+  t.match(runs, 'ln -s /plugins/env_prepare.sh /usr/local/bin/env_prepare.sh', 'env_prepare.sh on PATH')
+  const script = readFileSync(join(IMAGE, 'env_prepare.sh'), 'utf8')
+  for (const p of ['bridge', 'host-local', 'loopback', 'portmap', 'bandwidth']) {
+    t.match(runs, new RegExp(`/usr/lib/cni/${p} .*/plugins/bin/`), `${p} from Debian's package in /plugins/bin`)
+    t.match(script, new RegExp(`PLUGINS=".*\\b${p}\\b`), `env_prepare.sh copies ${p}`)
+  }
+  const code = script.split('\n').filter((l) => !/^\s*#/.test(l)).join('\n')
+  t.match(code, /iptables-\$backend-restore" --noflush/, 'env_prepare.sh edits nat with --noflush')
+  t.notMatch(code, /-F POSTROUTING|-t nat -F\b/, 'env_prepare.sh never flushes nat POSTROUTING (only FLANNEL-POSTRTG)')
+  const envPrepareMode = statSync(join(IMAGE, 'env_prepare.sh')).mode
+  t.ok(envPrepareMode & 0o111, 'env_prepare.sh is executable in the tree (COPY keeps the mode)')
+  // Files the final stage copies from the build context pass the .dockerignore too.
+  for (const c of final.filter((i) => i.keyword === 'COPY' && !i.args.startsWith('--from='))) {
+    const [src] = c.args.split(/\s+/)
+    t.ok(existsSync(join(ROOT, src!)), `COPY ${src} exists`)
+    t.match(readFileSync(join(IMAGE, 'Dockerfile.dockerignore'), 'utf8'), new RegExp(`^!${src!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), `${src} is let through the .dockerignore`)
+  }
   t.equal(final.find((i) => i.keyword === 'ENTRYPOINT')?.args, '["fabtunnel"]')
   t.equal(final.find((i) => i.keyword === 'CMD')?.args, '["run"]')
   t.match(text, new RegExp(`ln -s /opt/fabtunnel/${PKG.bin.fabtunnel} /usr/local/bin/fabtunnel`), 'fabtunnel is the package bin')
