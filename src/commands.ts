@@ -10,6 +10,7 @@ import { createLogger, isLogLevel, type Logger } from './log.js'
 import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
 import { parseListen } from './daemon/http.js'
 import { formatStatus } from './daemon/status-format.js'
+import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocation } from './compat/fabedge-argv.js'
 
 export interface Io {
   out: (text: string) => void
@@ -105,13 +106,14 @@ function mainHelp(): string {
     `fabtunnel ${VERSION}: FabEdge-compatible IPsec tunnel agent (strongSwan over VICI, routes/ipsets over netlink, iptables)`,
     '',
     'Usage: fabtunnel <command> [options]',
+    '       fabtunnel --<FabEdge flag>=<value> ...   FabEdge mode: FabEdge agent/connector flags, no command (`fabtunnel fabedge --help`)',
     '',
     'Commands:',
     ...Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(width)}${c.summary}`),
     '',
     'Options:',
     '  -h, --help     show help (also `fabtunnel <command> --help`)',
-    '  -V, --version  print the version',
+    '  -V, --version  print the version (FabEdge mode: also --show-version)',
     '',
     'Every option also reads an environment variable: --foo-bar from FABTUNNEL_FOO_BAR.',
     'Exit codes: 0 ok, 1 invalid input or failure, 2 usage error.',
@@ -332,6 +334,64 @@ async function cleanupCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
   }
 }
 
+/** Runs one command with its argv; `preamble` logs first with the command's logger (the FabEdge mode's notes). */
+async function runNamed(name: string, cmd: Command, rest: string[], io: Io, preamble?: (log: Logger) => void): Promise<number> {
+  let parsed: Parsed
+  try {
+    parsed = parseFlags(rest, { ...cmd.flags, ...COMMON }, io.env)
+    if (parsed.values.help) {
+      io.out(commandHelp(name, cmd))
+      return 0
+    }
+    if (parsed.positionals.length) throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`)
+    const level = String(parsed.values['log-level'])
+    if (!isLogLevel(level)) throw new UsageError(`--log-level must be one of fatal|error|warn|info|debug|trace|silent, got "${level}"`)
+    const log = createLogger(level)
+    preamble?.(log)
+    return await cmd.run(parsed, io, log)
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`fabtunnel ${name}: ${err.message}\n\n${commandHelp(name, cmd)}`)
+      return 2
+    }
+    io.err(`fabtunnel ${name}: ${(err as Error).stack ?? String(err)}`)
+    return 1
+  }
+}
+
+/**
+ * FabEdge mode: the image started with FabEdge's agent or connector flags and no command (see
+ * src/compat/fabedge-argv.ts and docs/fabedge-flags.md). Translates them into `fabtunnel run`.
+ */
+async function fabedgeMode(argv: string[], io: Io): Promise<number> {
+  let inv: FabedgeInvocation
+  try {
+    inv = translateFabedgeArgv(argv, { runFlags: new Set(Object.keys({ ...COMMANDS.run!.flags, ...COMMON })), env: io.env })
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`fabtunnel (FabEdge mode): ${err.message}\n\n${fabedgeHelp()}`)
+      return 2
+    }
+    if (err instanceof FabedgeRefusal) {
+      io.err(`fabtunnel (FabEdge mode): refusing to start: ${err.message}`)
+      return 1
+    }
+    throw err
+  }
+  if (inv.kind === 'help') {
+    io.out(fabedgeHelp())
+    return 0
+  }
+  if (inv.kind === 'version') {
+    io.out(VERSION)
+    return 0
+  }
+  const notes = inv.notes
+  return runNamed('run', COMMANDS.run!, inv.runArgv, io, (log) => {
+    for (const n of notes) log[n.level](n.fields ?? {}, n.msg)
+  })
+}
+
 export async function main(argv: string[], io: Io): Promise<number> {
   const [first, ...rest] = argv
   if (first === undefined || first === '-h' || first === '--help' || first === 'help') {
@@ -342,29 +402,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
     io.out(VERSION)
     return 0
   }
+  if (first === 'fabedge') return fabedgeMode(rest, io)
+  if (first.startsWith('-')) return fabedgeMode(argv, io)
   const cmd = COMMANDS[first]
   if (!cmd) {
     io.err(`fabtunnel: unknown command "${first}"\n\n${mainHelp()}`)
     return 2
   }
-  let parsed: Parsed
-  try {
-    parsed = parseFlags(rest, { ...cmd.flags, ...COMMON }, io.env)
-    if (parsed.values.help) {
-      io.out(commandHelp(first, cmd))
-      return 0
-    }
-    if (parsed.positionals.length) throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`)
-    const level = String(parsed.values['log-level'])
-    if (!isLogLevel(level)) throw new UsageError(`--log-level must be one of fatal|error|warn|info|debug|trace|silent, got "${level}"`)
-    const log = createLogger(level)
-    return await cmd.run(parsed, io, log)
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.err(`fabtunnel ${first}: ${err.message}\n\n${commandHelp(first, cmd)}`)
-      return 2
-    }
-    io.err(`fabtunnel ${first}: ${(err as Error).stack ?? String(err)}`)
-    return 1
-  }
+  return runNamed(first, cmd, rest, io)
 }

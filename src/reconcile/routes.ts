@@ -2,7 +2,7 @@
 // the `from all lookup 220` rule of each family, over netlink through RoutesPort. Only our own objects are ever
 // changed: routes and rules carrying RTPROT_FABTUNNEL; a foreign route holding a wanted slot is reported, not
 // touched. Desired routes carry the gateway the agent read for their family when it computed the desired state.
-import { ROUTE_TABLE, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
+import { ROUTE_TABLE, RTPROT_FABEDGE_GO, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
 import type { Desired, DesiredRoute } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import {
@@ -73,7 +73,8 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     const held = new Set(unroutable.map((r) => r.dst))
     const observed = await this.port.listRoutes()
     const specs = desired.routes.filter((r) => r.via !== undefined).map((r) => ({ dst: r.dst, via: r.via!, table: r.table, protocol: r.protocol }))
-    const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL)
+    const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL, { adopt: [RTPROT_FABEDGE_GO] })
+    for (const a of plan.adopted) this.log.info({ op: 'route', dst: a.want.dst, previousProtocol: a.previous.protocol }, "taking over FabEdge's route for this destination in table 220")
     for (const c of plan.conflicts) this.log.warn({ op: 'route', dst: c.want.dst, foreignProtocol: c.foreign.protocol }, 'a foreign route holds this destination in table 220; left alone')
     const rules = await this.port.listRules()
     const missingRules: RuleSpec[] = desired.rules

@@ -161,3 +161,28 @@ t.test('run: a bad --listen or --resync-interval is a usage error before anythin
   t.match(resync.err, /--resync-interval must be a duration like 500ms, 30s, 5m or 1h, got "often"/)
   t.same(['SIGTERM', 'SIGINT', 'SIGHUP'].map((s) => process.listenerCount(s)), signals, 'its signal handlers are removed again')
 })
+
+t.test('FabEdge mode: a first argument that is a flag runs the FabEdge translation', async (t) => {
+  const h = await cli(['--help'])
+  t.match(h.out, /FabEdge mode/, 'the main help mentions the FabEdge mode')
+  const proxy = await cli(['--enable-dns=false', '--enable-proxy=true', '--local-cert=tls.crt', '--masq-outgoing=true', '--v=3'])
+  t.equal(proxy.code, 1)
+  t.match(proxy.err, /refusing to start: --enable-proxy=true .*kube-proxy/)
+  const unknown = await cli(['--enable-dns=false', '--frobnicate'])
+  t.equal(unknown.code, 2)
+  t.match(unknown.err, /unknown flag: --frobnicate/)
+  t.match((await cli(['--show-version'])).out, /^\d+\.\d+\.\d+$/)
+  t.match((await cli(['fabedge', '--help'])).out, /--component=agent\|connector/)
+  t.equal((await cli(['fabedge', '--enable-dns=true'])).code, 1, '`fabtunnel fabedge` is the explicit alias')
+  // The translated argv goes through `run`'s own checks: a bad listen address is run's usage error.
+  const bad = await cli(['--component=connector', '--listen-address=nowhere'])
+  t.equal(bad.code, 2)
+  t.match(bad.err, /fabtunnel run: --listen must be host:port/)
+})
+
+t.test('FabEdge mode: the real executable refuses --enable-proxy=true naming kube-proxy', async (t) => {
+  const r = await execCapture([process.execPath, '--import', 'tsx', join(ROOT, 'src/cli.ts'), '--enable-dns=false', '--enable-proxy=true', '--local-cert=tls.crt', '--v=3'], { cwd: ROOT, timeoutMs: 30_000 })
+  t.equal(r.code, 1)
+  t.match(r.stderr, /kube-proxy/)
+  t.equal(r.stdout, '')
+})

@@ -35,7 +35,11 @@ class FakeRoutes implements RoutesPort {
     this.batches.push([...ops])
     return ops.map(({ op, route }) => {
       if (this.refuse.has(route.dst)) return { ok: false, reason: 'refused', error: NetlinkError.kernel(101, `ip route ${op} ${route.dst}`, 'Nexthop has invalid gateway') }
-      const at = this.routes.findIndex((r) => r.dst === route.dst && r.protocol === route.protocol)
+      // The kernel's delete matches the protocol it is given; a replace takes the slot (destination, table,
+      // metric), whatever protocol holds it.
+      const at = op === 'del'
+        ? this.routes.findIndex((r) => r.dst === route.dst && r.protocol === route.protocol)
+        : this.routes.findIndex((r) => r.dst === route.dst && r.table === (route.table ?? 220))
       if (op === 'del') {
         if (at < 0) return { ok: false, reason: 'missing', error: NetlinkError.kernel(3, 'ip route del') }
         this.routes.splice(at, 1)
@@ -100,6 +104,20 @@ t.test('a gateway change replaces every route of that family; removed peers lose
   t.match(s.summary(), { conflicts: 1 }, 'the foreign route holding 10.9.0.0/16 is a conflict, left alone')
   await s.apply(moved)
   t.same(port.routes.map((r) => [r.dst, r.via, r.protocol]).sort(), [['10.1.0.0/16', '192.0.2.254', 220], ['10.9.0.0/16', '192.0.2.9', 4]])
+})
+
+t.test("FabEdge's own routes (proto unspec) in slots we want are taken over; others stay", async (t) => {
+  const port = new FakeRoutes()
+  port.routes.push({ family: 4, dst: '10.1.0.0/16', via: '192.0.2.1', table: 220, protocol: 0, scope: 0, type: 1 })
+  port.routes.push({ family: 4, dst: '10.7.0.0/16', via: '192.0.2.1', table: 220, protocol: 0, scope: 0, type: 1 })
+  const s = new RoutesSubsystem(port, log)
+  const d = desired([route('10.1.0.0/16', '192.0.2.1')], [])
+  const plan = await s.plan(d, CTX)
+  t.same(plan.describe(), ['ip route replace 10.1.0.0/16 via 192.0.2.1 table 220 proto 220'])
+  t.match(s.summary(), { conflicts: 0 })
+  await s.apply(plan)
+  t.same(port.routes.map((r) => [r.dst, r.protocol]).sort(), [['10.1.0.0/16', 220], ['10.7.0.0/16', 0]], 'the unwanted FabEdge route is left alone')
+  t.equal((await s.plan(d, CTX)).writes, 0, 'then converged')
 })
 
 t.test('gateways() reads the default gateway of each family', async (t) => {
