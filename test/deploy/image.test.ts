@@ -120,7 +120,9 @@ t.test('agent and strongSwan images: built, then run as FabEdge edge pod against
       await writeFile(join(d.cniConf, '10-flannel.conflist'), '{"name":"cbr0"}\n')
       await writeFile(join(d.cniConf, 'fabedge.conflist'), '{"name":"fabedge"}\n')
       await exec(['ip', '-n', edge.ns.name, '-batch', '-'], {
-        input: 'link add cni0 type bridge\nlink add flannel.1 type bridge\nlink set flannel.1 up\nroute add 10.244.7.0/24 dev flannel.1\n',
+        // flannel-wg's route outlives the link deletions: the route step itself has to remove it.
+        input: 'link add cni0 type bridge\nlink add flannel.1 type bridge\nlink set flannel.1 up\nroute add 10.244.7.0/24 dev flannel.1\n' +
+          'link add flannel-wg type bridge\nlink set flannel-wg up\nroute add 10.244.8.0/24 dev flannel-wg\n',
       })
       await edge.ns.run(['iptables-restore', '--noflush'], { input: nat })
 
@@ -138,7 +140,9 @@ t.test('agent and strongSwan images: built, then run as FabEdge edge pod against
       }
       const links = await edge.ns.run(['ip', '-o', 'link', 'show'])
       t.notMatch(links, /\bcni0\b|flannel\.1/, `${cmd}: cni0 and flannel.1 deleted`)
-      t.notMatch(await edge.ns.run(['ip', 'route', 'show', 'table', 'main']), /flannel/, `${cmd}: no main-table route via flannel`)
+      t.notMatch(await edge.ns.run(['ip', 'route', 'show', 'table', 'main']), /flannel/, `${cmd}: no main-table route mentions flannel`)
+      t.match(r.stderr, /deleted route 10\.244\.8\.0\/24 dev flannel-wg/, `${cmd}: the route step deleted flannel-wg's route`)
+      await edge.ns.run(['ip', 'link', 'del', 'flannel-wg'])
       const saved = await edge.ns.run(['iptables-save', '-t', 'nat'])
       t.match(saved, /-A POSTROUTING -s 10\.99\.0\.0\/16 -m comment --comment "not flannel" -j MASQUERADE/, `${cmd}: the foreign nat POSTROUTING rule is untouched`)
       t.notMatch(saved, /flanneld masq|FLANNEL-POSTRTG/, `${cmd}: flannel's nat rules and chain are gone`)
