@@ -21,7 +21,7 @@ import { chmod, mkdir, readFile, readdir, rm, stat, symlink, writeFile } from 'n
 import { join } from 'node:path'
 import { defaultDriver, waitFor, waitForValue, ROOT, WaitAborted } from '../harness/agents.js'
 import { starTopology } from '../harness/addressing.js'
-import { Container, killNamespacePids, type Mount } from '../harness/containers.js'
+import { Container, killNamespacePids, removeStaleContainers, type Mount } from '../harness/containers.js'
 import { exec, execCapture } from '../harness/exec.js'
 import { ping } from '../harness/matrix.js'
 import { needsRoot } from '../harness/netns.js'
@@ -61,6 +61,8 @@ async function secretDir(dir: string, items: Record<string, string>): Promise<vo
 
 t.test('agent and strongSwan images: built, then run as FabEdge edge pod against a connector', { skip: needsRoot }, async (t) => {
   t.comment(await buildImages())
+  const stale = await removeStaleContainers()
+  if (stale.length) t.comment(`removed working containers of killed runs: ${stale.join(' ')}`)
 
   const topo = await Topology.create({ spec: starTopology(1) })
   const driver = await defaultDriver()

@@ -129,6 +129,26 @@ export class Container {
   }
 }
 
+/**
+ * Removes working containers a killed test run left behind (`fabtunnel-test-<pid>-…` whose pid is gone). Never
+ * touches containers of a live process or with other names.
+ */
+export async function removeStaleContainers(): Promise<string[]> {
+  const r = await execCapture(['buildah', 'containers', '--format', '{{.ContainerName}}'], { timeoutMs: 30_000 })
+  const stale = r.stdout.split('\n').filter((name) => {
+    const m = /^fabtunnel-test-(\d+)-\d+-[a-z0-9-]+$/.exec(name.trim())
+    if (!m || Number(m[1]) === process.pid) return false
+    try {
+      process.kill(Number(m[1]), 0)
+      return false
+    } catch {
+      return true
+    }
+  })
+  for (const name of stale) await execCapture(['buildah', 'rm', name.trim()], { timeoutMs: 60_000 })
+  return stale
+}
+
 /** SIGTERM, then SIGKILL after graceMs; resolves when the process has exited (or after a further bound). */
 export async function stopProcess(p: ChildProcess, graceMs: number): Promise<void> {
   if (p.exitCode !== null || p.signalCode !== null) return
