@@ -46,7 +46,7 @@ t.test('a converged connector: every field a user reads', async (t) => {
   r.parts.agent.start()
   t.ok(await until(() => r.parts.agent.ready))
   // Readiness is the last pass; the peer's up event may still be on its way (charon answers asynchronously).
-  t.ok(await until(() => r.parts.tunnels.peers().some((p) => p.name === 'shanghai.connector' && p.state === 'up')))
+  t.ok(await until(() => r.parts.tunnels!.peers().some((p) => p.name === 'shanghai.connector' && p.state === 'up')))
   const s = statusDocument(r.parts, 'xfrm') as Record<string, any>
   t.same(s.node, { name: 'beijing.connector', type: 'Connector', role: 'connector' })
   t.equal(s.ready, true)
@@ -58,13 +58,13 @@ t.test('a converged connector: every field a user reads', async (t) => {
   const types = Object.fromEntries((s.peers as Array<{ name: string; type: string }>).map((p) => [p.name, p.type]))
   t.same(types, { 'beijing.edge1': 'EdgeNode', 'beijing.edge2': 'EdgeNode', 'shanghai.connector': 'Connector', mediator: 'Mediator' })
   const strip = (peers: Array<{ type: string }>) => peers.map(({ type: _type, ...rest }) => rest)
-  t.same(strip(s.peers), strip(r.parts.tunnels.peers()), 'each peer as the tunnels subsystem reports it (state, SAs, errors), typed from the config')
+  t.same(strip(s.peers), strip(r.parts.tunnels!.peers()), 'each peer as the tunnels subsystem reports it (state, SAs, errors), typed from the config')
   t.ok((s.peers as Array<{ name: string; state: string }>).some((p) => p.name === 'shanghai.connector' && p.state === 'up'), 'the connector peer is up (fake charon)')
   t.match(s.routes, { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, routes: ['route-for:beijing.edge1', 'route-for:beijing.edge2', 'route-for:mediator', 'route-for:shanghai.connector'] })
   t.match(s.ipsets, { ipsets: Array })
   t.ok((s.ipsets.ipsets as string[]).length > 0)
   t.same(s.iptables, { iptables: ['ipv4', 'ipv6'] })
-  t.same(s.tunnels, r.parts.tunnels.summary())
+  t.same(s.tunnels, r.parts.tunnels!.summary())
   t.ok(s.counters.passes >= 1)
 })
 
