@@ -131,7 +131,8 @@ export class LeaseLeadership extends LeadershipBase {
   private async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       // Campaign: every RetryPeriod with jitter, until we hold the lease.
-      while (!signal.aborted && !(await this.tryAcquireOrRenew(signal))) {
+      // Each attempt bounded (a hung request must not stall the candidate for good), like client-go's HTTP timeout.
+      while (!signal.aborted && !(await this.tryAcquireOrRenew(signal, this.clock.now() + this.opts.renewDeadlineMs))) {
         await this.clock.sleep(this.opts.retryPeriodMs * (1 + this.random() * JITTER_FACTOR), signal)
       }
       if (signal.aborted) return
