@@ -110,6 +110,8 @@ export class LeaseLeadership extends LeadershipBase {
   private readonly random: () => number
   private readonly log: Logger | undefined
   private abort = new AbortController()
+  /** The last API error logged as a warning (repeats go to debug). */
+  private lastApiError: string | null = null
   private loop: Promise<void> | null = null
 
   constructor(private readonly api: LeaseApi, readonly opts: LeaseElectionOptions, deps: { clock?: LeaseClock; random?: () => number; log?: Logger } = {}) {
@@ -187,7 +189,7 @@ export class LeaseLeadership extends LeadershipBase {
     try {
       current = await call((s) => this.api.get(s))
     } catch (err) {
-      this.log?.debug({ err: (err as Error).message }, 'lease read failed')
+      this.apiError(err, 'lease read failed')
       return false
     }
     if (current === null) {
@@ -196,7 +198,7 @@ export class LeaseLeadership extends LeadershipBase {
         this.lastRenew = this.clock.now()
         return true
       } catch (err) {
-        this.log?.debug({ err: (err as Error).message }, 'lease create failed')
+        this.apiError(err, 'lease create failed')
         return false
       }
     }
@@ -215,12 +217,21 @@ export class LeaseLeadership extends LeadershipBase {
       this.lastRenew = this.clock.now()
       return true
     } catch (err) {
-      this.log?.debug({ err: (err as Error).message, conflict: err instanceof LeaseConflict }, 'lease update failed')
+      if (err instanceof LeaseConflict) this.log?.debug({ err: err.message }, 'lease update lost a conflict')
+      else this.apiError(err, 'lease update failed')
       return false
     }
   }
 
+  private apiError(err: unknown, what: string): void {
+    const message = (err as Error).message
+    if (message !== this.lastApiError) this.log?.warn({ err: message, lease: `${this.opts.namespace}/${this.opts.name}` }, what)
+    else this.log?.debug({ err: message }, what)
+    this.lastApiError = message
+  }
+
   private observe(o: LeaseObject): void {
+    this.lastApiError = null
     this.observed = o
     this.observedAt = this.clock.now()
   }
@@ -295,6 +306,13 @@ export class LeaseLeadership extends LeadershipBase {
   }
 }
 
+function inCluster(kc: import('@kubernetes/client-node').KubeConfig): void {
+  if (!process.env.KUBERNETES_SERVICE_HOST || !process.env.KUBERNETES_SERVICE_PORT) {
+    throw new Error('--leader-election lease needs in-cluster config: KUBERNETES_SERVICE_HOST/PORT are not set (run it in a pod)')
+  }
+  kc.loadFromCluster()
+}
+
 interface ApiErrorLike {
   code?: number
   statusCode?: number
@@ -309,10 +327,15 @@ function httpCode(err: unknown): number | undefined {
  * The real LeaseApi over @kubernetes/client-node (CoordinationV1Api) with in-cluster config (the pod's service
  * account token and CA). Imported lazily: only lease mode pays for loading the client.
  */
-export async function kubernetesLeaseApi(namespace: string, name = 'connector'): Promise<LeaseApi> {
+export async function kubernetesLeaseApi(
+  namespace: string,
+  name = 'connector',
+  /** How the client finds the API server; default in-cluster (tests point it at an HTTP double). */
+  configure: (kc: import('@kubernetes/client-node').KubeConfig) => void = inCluster,
+): Promise<LeaseApi> {
   const k8s = await import('@kubernetes/client-node')
   const kc = new k8s.KubeConfig()
-  kc.loadFromCluster()
+  configure(kc)
   const api = kc.makeApiClient(k8s.CoordinationV1Api)
   const toObject = (l: import('@kubernetes/client-node').V1Lease): LeaseObject => ({
     resourceVersion: l.metadata?.resourceVersion ?? '',
@@ -331,8 +354,9 @@ export async function kubernetesLeaseApi(namespace: string, name = 'connector'):
     spec: {
       holderIdentity: spec.holderIdentity,
       leaseDurationSeconds: spec.leaseDurationSeconds,
-      ...(spec.acquireTime !== null ? { acquireTime: new Date(spec.acquireTime) } : {}),
-      ...(spec.renewTime !== null ? { renewTime: new Date(spec.renewTime) } : {}),
+      // MicroTime: the API server parses exactly six fractional digits (a plain Date would send three).
+      ...(spec.acquireTime !== null ? { acquireTime: new k8s.V1MicroTime(spec.acquireTime) } : {}),
+      ...(spec.renewTime !== null ? { renewTime: new k8s.V1MicroTime(spec.renewTime) } : {}),
       leaseTransitions: spec.leaseTransitions,
     },
   })
