@@ -124,6 +124,8 @@ export interface DaemonOptions {
   resyncInterval?: string
   /** `--datapath`. Default libipsec (the only one whose packets flow in these namespaces). */
   datapath?: 'libipsec' | 'xfrm'
+  /** More `fabtunnel run` flags for some gateways (e.g. `--leader-election vip --vip ADDR` on a connector). */
+  extraArgs?: (g: Gateway) => string[]
 }
 
 export class DaemonDriver implements AgentDriver {
@@ -161,6 +163,7 @@ export class DaemonDriver implements AgentDriver {
       '--listen', g.listen,
       '--datapath', this.opts.datapath ?? 'libipsec',
       ...common,
+      ...(this.opts.extraArgs?.(g) ?? []),
     ]
   }
 
