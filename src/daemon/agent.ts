@@ -190,6 +190,8 @@ export class Agent {
   private desiredMemo: { key: string; desired: Desired } | null = null
   /** The last certificate read successfully; undefined before the first read, null when none was ever good. */
   private certPem: string | null | undefined = undefined
+  /** Why the last pass could not derive the desired state (e.g. `--role` contradicting the config), or null. */
+  desiredError: string | null = null
   /** Why the certificate file on disk is not the one in force, or null. */
   certError: string | null = null
 
@@ -268,6 +270,7 @@ export class Agent {
       log.error({ err }, 'cannot compute the desired state')
       return null
     })
+    this.desiredError = desiredError
     if (!desired) {
       this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
       metrics.ready.set(0)

@@ -144,6 +144,8 @@ export function statusDocument(p: NodeParts, datapath: Datapath): Record<string,
     config: p.agent.configState,
     /** Why the certificate file is not the one in the connections (the last good one stays), or null. */
     certificateError: p.agent.certError,
+    /** Why no desired state could be derived from the config in force (e.g. `--role` contradicts it), or null. */
+    desiredError: p.agent.desiredError,
     lastPass: p.agent.lastPass,
     peers: p.tunnels?.peers().map((x) => ({ ...x, type: x.name === 'mediator' ? 'Mediator' : types.get(x.name) ?? 'unknown' })) ?? [],
     routes: { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...p.routes.summary() },

@@ -134,6 +134,7 @@ t.test('buildNode --role cloud: no VICI client, no tunnels subsystem; status sho
   const s = statusDocument(node, 'xfrm') as Record<string, any>
   t.equal(s.role, 'cloud')
   t.same(s.connectorAddress, { 4: '192.168.1.5' })
+  t.equal(s.desiredError, null)
   t.same(s.node, { name: 'beijing.connector', type: 'Connector', role: 'cloud' })
   t.same(s.peers, [])
   t.notOk('tunnels' in s, 'no tunnels section: it runs none')
