@@ -103,8 +103,20 @@ t.test('cloud node: routes through the connector from the connector\'s config, o
     t.same(s.peers, [])
     t.notOk('tunnels' in s)
     t.same(Object.keys(s.lastPass.writes ?? {}).filter((k) => k === 'tunnels'), [], 'no tunnels subsystem ran')
-    const text = await driver.statusText(cloud)
-    t.match(text, new RegExp(`^cloud node of ${CONN.replace('.', '\\.')} \\(Connector\\)  ready=yes  via connector ${lanIp.replace(/\./g, '\\.')}  routes=2`))
+    const st = await fabtunnel(cloud, ['status', '--listen', cloud.listen])
+    t.equal(st.code, 0, st.stderr)
+    t.match(st.stdout, new RegExp(`^cloud node of ${CONN.replace('.', '\\.')} \\(Connector\\)  ready=yes  via connector ${lanIp.replace(/\./g, '\\.')}  routes=2`))
+  })
+
+  await t.test('`fabtunnel plan --role cloud` against the converged node: three subsystems, nothing to do, no charon', async (t) => {
+    const r = await fabtunnel(cloud, ['plan', '--json', '--role', 'cloud', '--connector-address', lanIp, '--config', cloud.configPath, '--log-level', 'silent'])
+    t.equal(r.code, 0, r.stderr)
+    const plan = JSON.parse(r.stdout)
+    t.same(Object.keys(plan), ['ipsets', 'iptables', 'routes'])
+    for (const [name, p] of Object.entries(plan) as Array<[string, any]>) t.same(p, { writes: 0, ops: [] }, name)
+    const moved = JSON.parse((await fabtunnel(cloud, ['plan', '--json', '--role', 'cloud', '--connector-address', '10.79.1.9', '--config', cloud.configPath, '--log-level', 'silent'])).stdout)
+    t.equal(moved.routes.writes, 2, 'another address: both routes would be replaced')
+    t.ok(moved.routes.ops.every((o: string) => / via 10\.79\.1\.9 table 220 proto 220$/.test(o)))
   })
 
   await t.test('kube-proxy\'s KUBE-POSTROUTING appearing: FabEdge\'s masquerade hand-off is added on the next full pass', async (t) => {
