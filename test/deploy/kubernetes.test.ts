@@ -171,11 +171,12 @@ const files = yamlFiles(K8S)
 const rendered = {
   top: render(K8S),
   edge: render(join(K8S, 'edge')),
+  cloud: render(join(K8S, 'cloud')),
 }
 const connector = rendered.top.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-connector')!
 const edge = rendered.edge.find((o) => o.kind === 'DaemonSet')!
-const cloud = rendered.top.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-cloud')!
-const cloudValues = rendered.top.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'fabtunnel-cloud')!
+const cloud = rendered.cloud.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-cloud')!
+const cloudValues = rendered.cloud.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'fabtunnel-cloud')!
 
 t.test('every manifest parses and every kustomization renders', async (t) => {
   t.ok(files.length >= 5, `${files.length} YAML files`)
@@ -183,15 +184,14 @@ t.test('every manifest parses and every kustomization renders', async (t) => {
   for (const f of files.filter((f) => f.endsWith('kustomization.yaml'))) {
     t.doesNotThrow(() => render(dirname(f)), `renders ${relative(ROOT, f)}`)
   }
-  t.same(rendered.top.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), [
-    'DaemonSet/fabedge/fabtunnel-connector', 'ConfigMap/fabedge/fabtunnel-cloud', 'DaemonSet/fabedge/fabtunnel-cloud',
-  ])
+  t.same(rendered.top.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-connector'])
+  t.same(rendered.cloud.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['ConfigMap/fabedge/fabtunnel-cloud', 'DaemonSet/fabedge/fabtunnel-cloud'])
   t.same(rendered.edge.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-edge'])
 })
 
 t.test('rendered objects and plain resource files validate against the Kubernetes schemas', async (t) => {
   const plain = files.filter((f) => !f.endsWith('kustomization.yaml')).flatMap(parseFile)
-  const all = [...rendered.top, ...rendered.edge, ...plain]
+  const all = [...rendered.top, ...rendered.edge, ...rendered.cloud, ...plain]
   for (const o of all) t.equal(await schemaErrors(o), null, `${o.kind} ${o.metadata?.name}: OpenAPI schema`)
   t.same(unknownFieldErrors(all), [], 'no unknown fields')
 })
@@ -266,7 +266,7 @@ t.test('pod shape: host network, no API access, shared /run, the host iptables l
     // Runtimes order mounts by depth: the lock must be deeper than /run or the emptyDir would hide it.
     t.ok(agentMounts.indexOf('/run') < agentMounts.indexOf('/run/xtables.lock'), 'lock mounted inside /run, after it')
   }
-  const kinds = [...rendered.top, ...rendered.edge].map((o) => o.kind)
+  const kinds = [...rendered.top, ...rendered.edge, ...rendered.cloud].map((o) => o.kind)
   for (const k of ['ServiceAccount', 'Role', 'ClusterRole', 'RoleBinding', 'ClusterRoleBinding', 'Namespace']) {
     t.notOk(kinds.includes(k), `no ${k}`)
   }
