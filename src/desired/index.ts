@@ -6,18 +6,23 @@ import { cidrFamily } from '../config/cidr.js'
 import { desiredConns, roleOf } from './conns.js'
 import { desiredRoutes, desiredRules } from './routes.js'
 import { desiredSets } from './sets.js'
-import type { Desired, DesiredOptions } from './types.js'
+import { cloudDesired } from './cloud.js'
+import { standbyState } from './standby.js'
+import { DesiredError, type Desired, type DesiredOptions, type Role } from './types.js'
 
 export * from './types.js'
 export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY } from './conns.js'
 export { desiredRoutes, desiredRules } from './routes.js'
 export { desiredSets } from './sets.js'
+export { cloudDesired, cloudPrefixes, parseConnectorAddresses, type CloudOptions } from './cloud.js'
+export { standbyState } from './standby.js'
 
 export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desired {
   const role = roleOf(config)
   const conns = desiredConns(config, opts)
   const podCidrs = (family: 4 | 6): string[] => config.local.subnets.filter((c) => cidrFamily(c) === family)
-  return {
+  const drain = (family: 4 | 6): { drainVip?: string } => (role === 'connector' && opts.drainVip && cidrFamily(opts.drainVip) === family ? { drainVip: opts.drainVip } : {})
+  const desired: Desired = {
     role,
     conns: conns.conns,
     initiate: conns.initiate,
@@ -26,8 +31,28 @@ export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desire
     rules: desiredRules(config),
     ipsets: desiredSets(config, role),
     iptables: {
-      ipv4: renderRuleset({ role, family: 4, localPodCidrs: podCidrs(4) }),
-      ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6) }),
+      ipv4: renderRuleset({ role, family: 4, localPodCidrs: podCidrs(4), ...drain(4) }),
+      ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6), ...drain(6) }),
     },
   }
+  return opts.standby ? standbyState(desired) : desired
+}
+
+export interface NodeDesiredOptions extends DesiredOptions {
+  /** Cloud role: the connector's internal address per family (cloud.ts). */
+  connectorAddresses?: { 4?: string; 6?: string }
+}
+
+/**
+ * The desired state for the role the node runs as: `role` undefined takes it from the config's local endpoint
+ * type (connector or edge); an explicit connector or edge must agree with the config; cloud is never implied
+ * (a cloud node reads the connector's own tunnels.yaml, so only the flag tells them apart).
+ */
+export function nodeDesired(config: TunnelConfig, role: Role | undefined, opts: NodeDesiredOptions): Desired {
+  if (role === 'cloud') return cloudDesired(config, { connectorAddresses: opts.connectorAddresses ?? {} })
+  if (role !== undefined && role !== roleOf(config)) {
+    throw new DesiredError('ROLE_MISMATCH', `--role ${role} but the config's local endpoint ${config.local.name} is of type ${config.local.type}`)
+  }
+  const { connectorAddresses: _unused, ...rest } = opts
+  return desiredState(config, rest)
 }

@@ -6,7 +6,11 @@ export interface ViciSection {
   [key: string]: string | string[] | ViciSection
 }
 
-export type Role = 'connector' | 'edge'
+/**
+ * What the node is: a connector and an edge run tunnels; a cloud node (a plain cluster node, FabEdge's cloud-agent)
+ * runs none and routes every remote prefix through the connector (src/desired/cloud.ts).
+ */
+export type Role = 'connector' | 'edge' | 'cloud'
 export type Datapath = 'xfrm' | 'libipsec'
 
 export interface DesiredRoute {
@@ -22,6 +26,11 @@ export interface DesiredRoute {
    * reports it as an error naming the family.
    */
   via?: string
+  /**
+   * Where `via` comes from: the main table's default gateway (connector, edge; the default) or the
+   * `--connector-address` of the family (cloud). Names the missing or unreachable next hop in errors.
+   */
+  viaFrom?: 'default-gateway' | 'connector-address'
 }
 
 export interface DesiredRule {
@@ -36,6 +45,14 @@ export interface DesiredOptions {
   certPem?: string
   /** Default gateways of the main table per family (xfrm); a family without one gets routes without `via`. */
   gateways?: { 4?: string; 6?: string }
+  /**
+   * Connector only: this node is a standby (another connector leads). It keeps the warm part (credentials,
+   * every connection loaded, responder-only toward edges) and drops what only the leader may have: initiators,
+   * table-220 routes, and the remote members of the steering ipsets. See standby.ts.
+   */
+  standby?: boolean
+  /** Connector only: draining while holding this VIP (canonical address); see iptables drainRules. */
+  drainVip?: string
 }
 
 export interface Desired {
@@ -51,4 +68,12 @@ export interface Desired {
   /** FabEdge set name -> sorted canonical members; every set of the role is present, possibly empty. */
   ipsets: Record<string, { family: Family; members: string[] }>
   iptables: { ipv4: string; ipv6: string }
+}
+
+/** The desired state cannot be derived from this config for this role (e.g. `--role` contradicts the config). */
+export class DesiredError extends Error {
+  override readonly name = 'DesiredError'
+  constructor(readonly code: 'ROLE_MISMATCH', message: string) {
+    super(message)
+  }
 }

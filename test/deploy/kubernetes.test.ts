@@ -12,7 +12,10 @@ import { dirname, join, relative } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import ts from 'typescript'
 import { parseAllDocuments } from 'yaml'
+import { roleFlags } from '../../src/commands.js'
+import { parseConnectorAddresses } from '../../src/desired/index.js'
 import { DEFAULTS } from '../../src/fabedge.js'
+import { parseFlags } from '../../src/options.js'
 import { execCapture } from '../harness/exec.js'
 
 const ROOT = new URL('../../', import.meta.url).pathname
@@ -168,9 +171,12 @@ const files = yamlFiles(K8S)
 const rendered = {
   top: render(K8S),
   edge: render(join(K8S, 'edge')),
+  cloud: render(join(K8S, 'cloud')),
 }
 const connector = rendered.top.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-connector')!
 const edge = rendered.edge.find((o) => o.kind === 'DaemonSet')!
+const cloud = rendered.cloud.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-cloud')!
+const cloudValues = rendered.cloud.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'fabtunnel-cloud')!
 
 t.test('every manifest parses and every kustomization renders', async (t) => {
   t.ok(files.length >= 5, `${files.length} YAML files`)
@@ -179,12 +185,13 @@ t.test('every manifest parses and every kustomization renders', async (t) => {
     t.doesNotThrow(() => render(dirname(f)), `renders ${relative(ROOT, f)}`)
   }
   t.same(rendered.top.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-connector'])
+  t.same(rendered.cloud.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['ConfigMap/fabedge/fabtunnel-cloud', 'DaemonSet/fabedge/fabtunnel-cloud'])
   t.same(rendered.edge.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-edge'])
 })
 
 t.test('rendered objects and plain resource files validate against the Kubernetes schemas', async (t) => {
   const plain = files.filter((f) => !f.endsWith('kustomization.yaml')).flatMap(parseFile)
-  const all = [...rendered.top, ...rendered.edge, ...plain]
+  const all = [...rendered.top, ...rendered.edge, ...rendered.cloud, ...plain]
   for (const o of all) t.equal(await schemaErrors(o), null, `${o.kind} ${o.metadata?.name}: OpenAPI schema`)
   t.same(unknownFieldErrors(all), [], 'no unknown fields')
 })
@@ -259,7 +266,7 @@ t.test('pod shape: host network, no API access, shared /run, the host iptables l
     // Runtimes order mounts by depth: the lock must be deeper than /run or the emptyDir would hide it.
     t.ok(agentMounts.indexOf('/run') < agentMounts.indexOf('/run/xtables.lock'), 'lock mounted inside /run, after it')
   }
-  const kinds = [...rendered.top, ...rendered.edge].map((o) => o.kind)
+  const kinds = [...rendered.top, ...rendered.edge, ...rendered.cloud].map((o) => o.kind)
   for (const k of ['ServiceAccount', 'Role', 'ClusterRole', 'RoleBinding', 'ClusterRoleBinding', 'Namespace']) {
     t.notOk(kinds.includes(k), `no ${k}`)
   }
@@ -314,4 +321,52 @@ t.test('probes, environment, resources, images', async (t) => {
   const deb = await execCapture(['dpkg-query', '-W', '-f', '${Version}', 'strongswan-charon'])
   const upstream = /^(?:\d+:)?([\d.]+)/.exec(deb.stdout)?.[1]
   for (const ds of [connector, edge]) t.equal(ds.spec.template.spec.containers[1].image, `fabtunnel-strongswan:${upstream}`)
+})
+
+t.test('cloud nodes: FabEdge cloud-agent placement, the connector\'s ConfigMap, --role cloud with the address the user sets', async (t) => {
+  const spec = cloud.spec.template.spec
+  t.same(spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms, [{
+    matchExpressions: [
+      { key: 'node-role.kubernetes.io/edge', operator: 'DoesNotExist' },
+      { key: 'node-role.kubernetes.io/connector', operator: 'DoesNotExist' },
+    ],
+  }], 'one term (both hold): neither an edge nor a connector node, like FabEdge\'s cloud-agent')
+  t.notOk(spec.tolerations.some((x: Obj) => /edge|connector/.test(x.key)), 'tolerates no edge or connector taint')
+  t.equal(spec.hostNetwork, true)
+  t.equal(spec.automountServiceAccountToken, false)
+  t.notOk(spec.serviceAccountName)
+  t.same(spec.containers.map((c: Obj) => c.name), ['fabtunnel'], 'no charon beside it')
+  t.same(spec.volumes.map((v: Obj) => v.name).sort(), ['fabedge-config', 'run', 'xtables-lock'], 'no certificates')
+  t.equal(spec.volumes.find((v: Obj) => v.name === 'fabedge-config').configMap.name, 'connector-config', 'the connector\'s tunnels.yaml')
+  const [agent] = spec.containers
+  const mounts = agent.volumeMounts.map((m: Obj) => m.mountPath)
+  t.same(agent.volumeMounts.find((m: Obj) => m.name === 'fabedge-config'), { name: 'fabedge-config', mountPath: dirname(DEFAULTS.config), readOnly: true })
+  t.same(spec.volumes.find((v: Obj) => v.name === 'xtables-lock').hostPath, { path: '/run/xtables.lock', type: 'FileOrCreate' })
+  t.ok(mounts.indexOf('/run') >= 0 && mounts.indexOf('/run') < mounts.indexOf('/run/xtables.lock'), 'lock mounted inside /run, after it')
+  const sc = agent.securityContext
+  t.notOk(sc.privileged)
+  t.same(sc.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] })
+  t.equal(sc.readOnlyRootFilesystem, true)
+  t.same(agent.args, ['run'])
+  t.equal(agent.image, `fabtunnel:${PKG.version}`)
+  const [host, port] = DEFAULTS.listen.split(':')
+  t.same(agent.readinessProbe.httpGet, { host, path: '/readyz', port: Number(port) })
+  t.same(agent.livenessProbe.httpGet, { host, path: '/healthz', port: Number(port) })
+  const heap = Number(/--max-old-space-size=(\d+)/.exec(agent.env.find((e: Obj) => e.name === 'NODE_OPTIONS').value)?.[1])
+  t.ok(heap > 0 && heap < Number(/^(\d+)Mi$/.exec(agent.resources.limits.memory)?.[1]), 'V8 heap cap below the memory limit')
+
+  const ref = agent.env.find((e: Obj) => e.name === 'FABTUNNEL_CONNECTOR_ADDRESS').valueFrom.configMapKeyRef
+  t.same(ref, { name: cloudValues.metadata.name, key: 'connector-address' }, 'the address comes from the ConfigMap shipped beside it')
+  // The environment the container gets, resolved as the kubelet does, parsed as `fabtunnel run` parses it.
+  const envOf = (address: string): NodeJS.ProcessEnv => Object.fromEntries(agent.env.map((e: Obj) => [e.name, e.value ?? (e.valueFrom.configMapKeyRef.name === 'fabtunnel-cloud' ? address : undefined)]))
+  const run = (address: string) => roleFlags(parseFlags([], { role: { type: 'string', help: '' }, 'connector-address': { type: 'string', help: '' } }, envOf(address)))
+  t.same(run('10.20.0.5'), { role: 'cloud', connectorAddresses: { 4: '10.20.0.5' } })
+  t.same(run('10.20.0.5,fd00:20::5'), { role: 'cloud', connectorAddresses: { 4: '10.20.0.5', 6: 'fd00:20::5' } })
+  const placeholder = cloudValues.data['connector-address']
+  t.equal(parseConnectorAddresses(placeholder).ok, false, 'the shipped placeholder is refused: an unset address never routes anything')
+  t.throws(() => run(placeholder), { name: 'UsageError', message: /is not an IP address/ })
+  const runFlags = new Set(['config', 'listen', 'resync-interval', 'log-level', 'role', 'connector-address'])
+  for (const e of agent.env.filter((x: Obj) => x.name.startsWith('FABTUNNEL_'))) {
+    t.ok(runFlags.has(e.name.slice('FABTUNNEL_'.length).toLowerCase().replace(/_/g, '-')), `${e.name} is a run flag twin`)
+  }
 })

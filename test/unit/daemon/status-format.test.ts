@@ -76,3 +76,26 @@ t.test('a rejected config and failing subsystems are on the first lines', async 
   t.equal(lines[5], 'beijing.connector  Peer  initiator  down   5s     0/1       initiate: timeout')
   t.equal(lines.length, 6)
 })
+
+t.test('a cloud node: its connector address and routes, no peer table (it runs no tunnels)', async (t) => {
+  const doc: StatusDoc = {
+    version: '1.2.3', node: { name: 'beijing.connector', type: 'Connector' }, role: 'cloud', connectorAddress: { 4: '192.168.1.5', 6: 'fd00::5' },
+    ready: true, routes: { ownRoutes: 7 }, iptables: { backend: 'nft' },
+    config: { path: '/etc/fabedge/tunnels.yaml', generation: 2, rejected: null },
+    lastPass: { startedAt: before(3), durationMs: 1.25, writes: {}, errors: {}, converged: true },
+  }
+  t.equal(formatStatus(doc, NOW), [
+    'cloud node of beijing.connector (Connector)  ready=yes  via connector 192.168.1.5,fd00::5  routes=7  iptables=nft  fabtunnel 1.2.3',
+    'config /etc/fabedge/tunnels.yaml generation 2',
+    'last pass 3s ago, 1.3 ms, writes {}',
+  ].join('\n'))
+})
+
+t.test('leadership line: vip and lease modes; none prints nothing (a single connector)', async (t) => {
+  const since = new Date(NOW - 65_000).toISOString()
+  const vip = formatStatus({ leadership: { mode: 'vip', leader: true, since, transitions: 1, vip: { address: '10.0.0.100', present: true, interfaces: [2] } } }, NOW)
+  t.equal(vip.split('\n')[1], 'leadership vip 10.0.0.100: LEADER since 65s ago (1 transition)')
+  const lease = formatStatus({ leadership: { mode: 'lease', leader: false, since, transitions: 2, lease: { namespace: 'fabedge', name: 'connector', identity: 'node-a', holder: 'node-b', lastRenew: null } } }, NOW)
+  t.equal(lease.split('\n')[1], 'leadership lease fabedge/connector as node-a, holder node-b: STANDBY since 65s ago (2 transitions)')
+  t.notMatch(formatStatus({ leadership: { mode: 'none', leader: true, since, transitions: 0 } }, NOW), /leadership/)
+})
