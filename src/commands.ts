@@ -10,6 +10,8 @@ import { createLogger, isLogLevel, type Logger } from './log.js'
 import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
 import { parseListen } from './daemon/http.js'
 import { formatStatus } from './daemon/status-format.js'
+import { CNI_DEFAULTS, CniError, validateCniOptions, type CniOptions } from './daemon/cni.js'
+import { SysctlError } from './daemon/sysctl.js'
 import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocation } from './compat/fabedge-argv.js'
 
 export interface Io {
@@ -72,11 +74,18 @@ const COMMANDS: Record<string, Command> = {
   },
   run: {
     summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
-    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec]',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--ip-forward] [--cni-conf-path DIR ...]',
     flags: {
       ...LIVE,
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
+      'ip-forward': { type: 'boolean', help: 'set net.ipv4.ip_forward=1 at start, in this network namespace (FabEdge edge duty; always on in FabEdge mode)' },
+      'cni-conf-path': { type: 'string', arg: 'DIR', help: 'write <DIR>/<network name>.conflist (FabEdge\'s bridge + host-local config for the local subnets) after each pass whose tunnels applied; empty: off (FabEdge mode: /etc/cni/net.d)' },
+      'cni-network-name': { type: 'string', arg: 'NAME', default: CNI_DEFAULTS.networkName, help: 'CNI network name, also the conflist file name' },
+      'cni-bridge-name': { type: 'string', arg: 'IFNAME', default: CNI_DEFAULTS.bridgeName, help: 'bridge the CNI bridge plugin creates' },
+      'cni-version': { type: 'string', arg: 'VERSION', default: CNI_DEFAULTS.cniVersion, help: 'cniVersion of the conflist' },
+      'network-plugin-mtu': { type: 'string', arg: 'MTU', default: String(CNI_DEFAULTS.mtu), help: 'mtu of the CNI bridge (0 leaves it out)' },
+      'enable-hairpinmode': { type: 'string', arg: 'BOOL', default: String(CNI_DEFAULTS.hairpinMode), help: 'hairpinMode of the CNI bridge (true|false)' },
     },
     run: runCommand,
   },
@@ -228,6 +237,35 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Pro
   }
 }
 
+function boolOf(text: string, flag: string): boolean {
+  const t = text.trim().toLowerCase()
+  if (['1', 'true', 'yes', 'on', 't'].includes(t)) return true
+  if (['0', 'false', 'no', 'off', 'f'].includes(t)) return false
+  throw new UsageError(`${flag} must be true or false, got "${text}"`)
+}
+
+/** The CNI flags of `run`, validated (a bad name never reaches the filesystem); null when --cni-conf-path is empty. */
+function cniOptionsOf(p: Parsed): CniOptions | null {
+  const confDir = String(p.values['cni-conf-path'] ?? '')
+  if (confDir === '') return null
+  const mtuText = String(p.values['network-plugin-mtu'])
+  const o: CniOptions = {
+    confDir,
+    networkName: String(p.values['cni-network-name']),
+    bridgeName: String(p.values['cni-bridge-name']),
+    cniVersion: String(p.values['cni-version']),
+    mtu: /^\d+$/.test(mtuText) ? Number(mtuText) : Number.NaN,
+    hairpinMode: boolOf(String(p.values['enable-hairpinmode']), '--enable-hairpinmode'),
+  }
+  try {
+    validateCniOptions(o)
+  } catch (err) {
+    if (err instanceof CniError) throw new UsageError(err.message)
+    throw err
+  }
+  return o
+}
+
 /** SIGTERM must end the process within this bound (pod grace period and systemd TimeoutStopSec are 10 s). */
 const STOP_DEADLINE_MS = 5_000
 
@@ -272,10 +310,19 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
       throw new UsageError((err as Error).message)
     }
     const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
-    const running = await startDaemon({
-      config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-      ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log,
-    })
+    const cni = cniOptionsOf(p)
+    let running
+    try {
+      running = await startDaemon({
+        config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
+        ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log, ipForward: p.values['ip-forward'] === true, cni,
+      })
+    } catch (err) {
+      if (!(err instanceof SysctlError)) throw err
+      log.error({ op: 'sysctl', code: err.code, err: err.message }, 'cannot start')
+      io.err(`fabtunnel run: ${err.message}`)
+      return 1
+    }
     hup = () => running.sighup()
     if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })
     await running.stop()

@@ -9,6 +9,8 @@ import { startHttp, type HttpHandlers, type ListenAddress } from './http.js'
 import { SOLE_LEADER, type Leadership } from './leader.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
+import type { CniFs, CniOptions } from './cni.js'
+import { IP_FORWARD, realSysctlFs, sysctlEnsure, type SysctlFs } from './sysctl.js'
 import { watchFiles } from './watch.js'
 
 export interface RunOptions {
@@ -21,6 +23,10 @@ export interface RunOptions {
   datapath: Datapath
   resyncMs: number
   log: Logger
+  /** Set net.ipv4.ip_forward=1 at start (FabEdge's agent does; a failure stops the start with a SysctlError). */
+  ipForward?: boolean
+  /** Keep the CNI conflist written (see cni.ts); null or an empty confDir: not managed. */
+  cni?: CniOptions | null
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
   stopGraceMs?: number
 }
@@ -40,9 +46,13 @@ export type RouteMonitor = Pick<Monitor, 'on' | 'close'>
 export interface DaemonDeps {
   buildNode(o: NodeOptions): Promise<NodeParts>
   openMonitor(): RouteMonitor
+  /** /proc/sys (default: the real one). */
+  sysctl?: SysctlFs
+  /** The filesystem under the CNI conf dir (default: the real one). */
+  cniFs?: CniFs
 }
 
-const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }) }
+const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs }
 
 /** What the HTTP endpoints answer: health is the process, readiness the last pass, leadership the election. */
 export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Partial<NodeParts>, leadership: Leadership, status: () => unknown): HttpHandlers {
@@ -57,7 +67,13 @@ export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Part
 
 export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): Promise<Running> {
   const { log } = o
-  const node = await deps.buildNode({ ...o, credentials: true })
+  if (o.ipForward) {
+    // Before anything else: a node that cannot forward must not start (and claim readiness) as a gateway.
+    const before = await sysctlEnsure(IP_FORWARD, '1', deps.sysctl ?? realSysctlFs)
+    if (before === null) log.info({ op: 'sysctl', key: 'net.ipv4.ip_forward', value: '1' }, 'net.ipv4.ip_forward already 1')
+    else log.info({ op: 'sysctl', key: 'net.ipv4.ip_forward', from: before, to: '1' }, 'net.ipv4.ip_forward set to 1')
+  }
+  const node = await deps.buildNode({ ...o, credentials: true, ...(deps.cniFs ? { cniFs: deps.cniFs } : {}) })
   const { agent } = node
   const http = await startHttp(o.listen, daemonHandlers(node, SOLE_LEADER, () => statusDocument(node, o.datapath)))
   log.info({ listen: `${http.address.address}:${http.address.port}` }, 'HTTP endpoints up (/healthz /readyz /is-leader /metrics /status)')

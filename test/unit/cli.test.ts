@@ -186,3 +186,19 @@ t.test('FabEdge mode: the real executable refuses --enable-proxy=true naming kub
   t.match(r.stderr, /kube-proxy/)
   t.equal(r.stdout, '')
 })
+
+t.test('run: the node-duty flags are validated before anything starts', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--cni-conf-path', 'relative/dir'], /--cni-conf-path: must be an absolute directory/],
+    [['--cni-conf-path', '/tmp/x', '--cni-network-name', '../evil'], /--cni-network-name/],
+    [['--cni-conf-path', '/tmp/x', '--network-plugin-mtu', '1400x'], /--network-plugin-mtu/],
+    [['--cni-conf-path', '/tmp/x', '--enable-hairpinmode', 'maybe'], /--enable-hairpinmode must be true or false/],
+  ]
+  for (const [argv, re] of cases) {
+    const r = await cli(['run', '--listen', '127.0.0.1:0', ...argv])
+    t.equal(r.code, 2, argv.join(' '))
+    t.match(r.err, re)
+  }
+  const help = await cli(['run', '--help'])
+  for (const flag of ['--ip-forward', '--cni-conf-path DIR', '--cni-network-name NAME', '--cni-bridge-name IFNAME', '--cni-version VERSION', '--network-plugin-mtu MTU', '--enable-hairpinmode BOOL']) t.match(help.out, flag)
+})
