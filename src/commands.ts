@@ -406,6 +406,11 @@ async function runNamed(name: string, cmd: Command, rest: string[], io: Io, prea
   }
 }
 
+/** Hands back signals held for a daemon that is not going to run (as cli.ts does for every other command). */
+function releaseEarlySignals(): void {
+  for (const sig of takeEarlySignals()) if (sig !== 'SIGHUP') process.kill(process.pid, sig)
+}
+
 /**
  * FabEdge mode: the image started with FabEdge's agent or connector flags and no command (see
  * src/compat/fabedge-argv.ts and docs/fabedge-flags.md). Translates them into `fabtunnel run`.
@@ -415,6 +420,7 @@ async function fabedgeMode(argv: string[], io: Io): Promise<number> {
   try {
     inv = translateFabedgeArgv(argv, { runFlags: new Set(Object.keys({ ...COMMANDS.run!.flags, ...COMMON })), env: io.env })
   } catch (err) {
+    releaseEarlySignals()
     if (err instanceof UsageError) {
       io.err(`fabtunnel (FabEdge mode): ${err.message}\n\n${fabedgeHelp()}`)
       return 2
@@ -425,6 +431,7 @@ async function fabedgeMode(argv: string[], io: Io): Promise<number> {
     }
     throw err
   }
+  if (inv.kind !== 'run') releaseEarlySignals()
   if (inv.kind === 'help') {
     io.out(fabedgeHelp())
     return 0
@@ -437,6 +444,16 @@ async function fabedgeMode(argv: string[], io: Io): Promise<number> {
   return runNamed('run', COMMANDS.run!, inv.runArgv, io, (log) => {
     for (const n of notes) log[n.level](n.fields ?? {}, n.msg)
   })
+}
+
+/**
+ * Whether this command line may run the daemon (`run`, or the FabEdge mode that translates into it): the
+ * executable keeps its early signal handlers for those, so a SIGHUP while the commands load cannot kill it.
+ */
+export function mayRunDaemon(argv: readonly string[]): boolean {
+  const first = argv[0]
+  if (first === 'run' || first === 'fabedge') return true
+  return first !== undefined && first.startsWith('-') && !['-h', '--help', '-V', '--version'].includes(first)
 }
 
 export async function main(argv: string[], io: Io): Promise<number> {

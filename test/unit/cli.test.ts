@@ -202,3 +202,9 @@ t.test('run: the node-duty flags are validated before anything starts', async (t
   const help = await cli(['run', '--help'])
   for (const flag of ['--ip-forward', '--cni-conf-path DIR', '--cni-network-name NAME', '--cni-bridge-name IFNAME', '--cni-version VERSION', '--network-plugin-mtu MTU', '--enable-hairpinmode BOOL']) t.match(help.out, flag)
 })
+
+t.test('the executable keeps its early signal handlers for command lines that may run the daemon', async (t) => {
+  const { mayRunDaemon } = await import('../../src/commands.js')
+  for (const argv of [['run'], ['fabedge', '--v=3'], ['--enable-dns=false'], ['-v=3'], ['--component=connector']]) t.ok(mayRunDaemon(argv), argv.join(' '))
+  for (const argv of [[], ['--help'], ['-h'], ['--version'], ['-V'], ['plan'], ['status'], ['validate', '--json']]) t.notOk(mayRunDaemon(argv), argv.join(' ') || '(none)')
+})

@@ -17,7 +17,7 @@ import { CLI, assertBuilt, defaultDriver, waitForValue } from '../../harness/age
 import { renderTunnelsYaml, starTopology, tunnelsView } from '../../harness/addressing.js'
 import { execCapture } from '../../harness/exec.js'
 import { ping } from '../../harness/matrix.js'
-import { needsRoot } from '../../harness/netns.js'
+import { Netns, needsRoot } from '../../harness/netns.js'
 import { Topology, type Gateway } from '../../harness/topology.js'
 
 const CONN = 'beijing.connector'
@@ -104,6 +104,45 @@ t.test('--enable-proxy=true: the real executable exits non-zero naming kube-prox
   const dns = await execCapture(['env', '-u', 'NODE_OPTIONS', process.execPath, CLI, '--enable-dns=true'], { timeoutMs: 30_000 })
   t.equal(dns.code, 1)
   t.match(dns.stderr, /169\.254\.25\.10/)
+})
+
+t.test('FabEdge mode keeps the start-up SIGHUP safety of `run`', { skip: needsRoot, timeout: 60_000 }, async (t) => {
+  await assertBuilt()
+  const ns = await Netns.create('ffs')
+  const dir = await mkdtemp(join(tmpdir(), 'ft-fabedge-hup-'))
+  t.teardown(async () => {
+    await ns.destroy()
+    await rm(dir, { recursive: true, force: true })
+  })
+  await copyFile(new URL('../../fixtures/config/edge.yaml', import.meta.url), join(dir, 'tunnels.yaml'))
+  // No charon: the tunnels never apply, so nothing is written under --cni-conf-path (a temp dir anyway).
+  const child = spawn('ip', ['netns', 'exec', ns.name, 'env', '-u', 'NODE_OPTIONS', 'FABTUNNEL_VICI=unix:///nonexistent/charon.vici', 'FABTUNNEL_DATAPATH=libipsec',
+    process.execPath, CLI, `--tunnels-conf=${join(dir, 'tunnels.yaml')}`, `--local-cert=${join(dir, 'none.crt')}`, `--cni-conf-path=${join(dir, 'cni')}`, '--v=3'], { stdio: 'ignore' })
+  ns.onDestroy(() => { child.kill('SIGKILL') })
+  const exited = once(child, 'exit')
+  const catches = async (): Promise<boolean> => {
+    const m = /^SigCgt:\s*([0-9a-f]+)/m.exec(await readFile(`/proc/${child.pid}/status`, 'utf8').catch(() => ''))
+    return m !== null && (BigInt(`0x${m[1]}`) & 1n) === 1n
+  }
+  const by = Date.now() + 20_000
+  while (!(await catches()) && Date.now() < by && child.exitCode === null) await new Promise((r) => setTimeout(r, 1))
+  t.ok(await catches(), 'the process catches SIGHUP')
+  for (let i = 0; i < 20 && child.exitCode === null; i++) {
+    process.kill(child.pid!, 'SIGHUP')
+    await new Promise((r) => setTimeout(r, 15))
+  }
+  t.equal(child.exitCode, null, 'SIGHUPs while the FabEdge flags are translated and the daemon loads did not kill it')
+  t.equal(child.signalCode, null)
+  const healthy = await waitForValue('/healthz', 15_000, async () => {
+    if (child.exitCode !== null) throw new Error(`exited ${child.exitCode}`)
+    const r = await ns.capture(['curl', '-s', '-m', '1', 'http://127.0.0.1:30306/healthz'], { timeoutMs: 3_000 })
+    return r.stdout.trim() === 'ok'
+  })
+  t.ok(healthy)
+  child.kill('SIGTERM')
+  const [code] = (await Promise.race([exited, new Promise((r) => setTimeout(() => r([null]), 10_000))])) as [number | null]
+  t.equal(code, 0, 'SIGTERM: clean exit')
+  t.notOk(existsSync(join(dir, 'cni', 'fabedge.conflist')), 'no conflist without a tunnel pass')
 })
 
 t.test("FabEdge's edge pod argv on a real edge node", { skip: needsRoot, timeout: 240_000 }, async (t) => {
