@@ -10,6 +10,8 @@ import { createLogger, isLogLevel, type Logger } from './log.js'
 import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
 import { parseListen } from './daemon/http.js'
 import { formatStatus } from './daemon/status-format.js'
+import { CNI_DEFAULTS, CniError, validateCniOptions, type CniOptions } from './daemon/cni.js'
+import { SysctlError } from './daemon/sysctl.js'
 import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocation } from './compat/fabedge-argv.js'
 import { canonicalVip } from './daemon/leader.js'
 import { checkLeaseTimings } from './daemon/lease.js'
@@ -171,13 +173,20 @@ const COMMANDS: Record<string, Command> = {
   },
   run: {
     summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
-    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]]',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]] [--ip-forward] [--cni-conf-path DIR ...]',
     flags: {
       ...LIVE,
       ...ROLE_FLAGS,
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
       ...ELECTION_FLAGS,
+      'ip-forward': { type: 'boolean', help: 'set net.ipv4.ip_forward=1 at start, in this network namespace (FabEdge edge duty; always on in FabEdge mode)' },
+      'cni-conf-path': { type: 'string', arg: 'DIR', help: 'write <DIR>/<network name>.conflist (FabEdge\'s bridge + host-local config for the local subnets) after each pass whose tunnels applied; empty: off (FabEdge mode: /etc/cni/net.d)' },
+      'cni-network-name': { type: 'string', arg: 'NAME', default: CNI_DEFAULTS.networkName, help: 'CNI network name, also the conflist file name' },
+      'cni-bridge-name': { type: 'string', arg: 'IFNAME', default: CNI_DEFAULTS.bridgeName, help: 'bridge the CNI bridge plugin creates' },
+      'cni-version': { type: 'string', arg: 'VERSION', default: CNI_DEFAULTS.cniVersion, help: 'cniVersion of the conflist' },
+      'network-plugin-mtu': { type: 'string', arg: 'MTU', default: String(CNI_DEFAULTS.mtu), help: 'mtu of the CNI bridge (0 leaves it out)' },
+      'enable-hairpinmode': { type: 'string', arg: 'BOOL', default: String(CNI_DEFAULTS.hairpinMode), help: 'hairpinMode of the CNI bridge (true|false)' },
     },
     run: runCommand,
   },
@@ -347,6 +356,35 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath, role
   }
 }
 
+function boolOf(text: string, flag: string): boolean {
+  const t = text.trim().toLowerCase()
+  if (['1', 'true', 'yes', 'on', 't'].includes(t)) return true
+  if (['0', 'false', 'no', 'off', 'f'].includes(t)) return false
+  throw new UsageError(`${flag} must be true or false, got "${text}"`)
+}
+
+/** The CNI flags of `run`, validated (a bad name never reaches the filesystem); null when --cni-conf-path is empty. */
+function cniOptionsOf(p: Parsed): CniOptions | null {
+  const confDir = String(p.values['cni-conf-path'] ?? '')
+  if (confDir === '') return null
+  const mtuText = String(p.values['network-plugin-mtu'])
+  const o: CniOptions = {
+    confDir,
+    networkName: String(p.values['cni-network-name']),
+    bridgeName: String(p.values['cni-bridge-name']),
+    cniVersion: String(p.values['cni-version']),
+    mtu: /^\d+$/.test(mtuText) ? Number(mtuText) : Number.NaN,
+    hairpinMode: boolOf(String(p.values['enable-hairpinmode']), '--enable-hairpinmode'),
+  }
+  try {
+    validateCniOptions(o)
+  } catch (err) {
+    if (err instanceof CniError) throw new UsageError(err.message)
+    throw err
+  }
+  return o
+}
+
 /** SIGTERM must end the process within this bound (pod grace period and systemd TimeoutStopSec are 10 s). */
 const STOP_DEADLINE_MS = 5_000
 
@@ -392,12 +430,23 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     }
     const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
     const election = electionOf(p, io.env)
+    const cni = cniOptionsOf(p)
     const roles = roleFlags(p)
     if (roles.role === 'cloud' && election.mode !== 'none') throw new UsageError('--leader-election is for connectors; a cloud node follows the connectors through --connector-address (their internal VIP)')
-    const running = await startDaemon({
-      config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-      ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log, ...roles, election,
-    })
+    // The conflist carries the local endpoint's pod subnets; a cloud node reads the connector's config.
+    if (cni && roles.role === 'cloud') throw new UsageError('--cni-conf-path is for edge nodes; a cloud node (--role cloud) keeps its own CNI')
+    let running
+    try {
+      running = await startDaemon({
+        config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
+        ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log, ipForward: p.values['ip-forward'] === true, cni, ...roles, election,
+      })
+    } catch (err) {
+      if (!(err instanceof SysctlError)) throw err
+      log.error({ op: 'sysctl', code: err.code, err: err.message }, 'cannot start')
+      io.err(`fabtunnel run: ${err.message}`)
+      return 1
+    }
     hup = () => running.sighup()
     if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })
     await running.stop()
@@ -485,6 +534,11 @@ async function runNamed(name: string, cmd: Command, rest: string[], io: Io, prea
   }
 }
 
+/** Hands back signals held for a daemon that is not going to run (as cli.ts does for every other command). */
+function releaseEarlySignals(): void {
+  for (const sig of takeEarlySignals()) if (sig !== 'SIGHUP') process.kill(process.pid, sig)
+}
+
 /**
  * FabEdge mode: the image started with FabEdge's agent or connector flags and no command (see
  * src/compat/fabedge-argv.ts and docs/fabedge-flags.md). Translates them into `fabtunnel run`.
@@ -494,6 +548,7 @@ async function fabedgeMode(argv: string[], io: Io): Promise<number> {
   try {
     inv = translateFabedgeArgv(argv, { runFlags: new Set(Object.keys({ ...COMMANDS.run!.flags, ...COMMON })), env: io.env })
   } catch (err) {
+    releaseEarlySignals()
     if (err instanceof UsageError) {
       io.err(`fabtunnel (FabEdge mode): ${err.message}\n\n${fabedgeHelp()}`)
       return 2
@@ -504,6 +559,7 @@ async function fabedgeMode(argv: string[], io: Io): Promise<number> {
     }
     throw err
   }
+  if (inv.kind !== 'run') releaseEarlySignals()
   if (inv.kind === 'help') {
     io.out(fabedgeHelp())
     return 0
@@ -516,6 +572,16 @@ async function fabedgeMode(argv: string[], io: Io): Promise<number> {
   return runNamed('run', COMMANDS.run!, inv.runArgv, io, (log) => {
     for (const n of notes) log[n.level](n.fields ?? {}, n.msg)
   })
+}
+
+/**
+ * Whether this command line may run the daemon (`run`, or the FabEdge mode that translates into it): the
+ * executable keeps its early signal handlers for those, so a SIGHUP while the commands load cannot kill it.
+ */
+export function mayRunDaemon(argv: readonly string[]): boolean {
+  const first = argv[0]
+  if (first === 'run' || first === 'fabedge') return true
+  return first !== undefined && first.startsWith('-') && !['-h', '--help', '-V', '--version'].includes(first)
 }
 
 export async function main(argv: string[], io: Io): Promise<number> {

@@ -49,6 +49,11 @@ export interface AgentOptions {
    * standby's share of the desired state (src/desired/standby.ts). Default: always the leader.
    */
   leader?: () => boolean
+  /**
+   * Node duties that follow the subsystems in every pass with a config in force (the CNI conflist). One that
+   * throws makes the pass unconverged (not ready), is recorded in `record.duties` and is retried with backoff.
+   */
+  duties?: ReadonlyArray<{ name: string; afterPass(record: PassRecord, config: TunnelConfig): Promise<void> }>
 }
 
 export type { PassRecord }
@@ -280,12 +285,22 @@ export class Agent {
       return
     }
     const record = await this.engine.run(desired, ctx)
+    for (const duty of this.opts.duties ?? []) {
+      try {
+        await duty.afterPass(record, this.config!)
+      } catch (err) {
+        record.duties = { ...record.duties, [duty.name]: (err as Error).message }
+        record.converged = false
+        log.error({ duty: duty.name, err: (err as Error).message }, 'node duty failed; not ready until it succeeds')
+      }
+    }
     for (const [name, n] of Object.entries(record.writes)) {
       metrics.opsApplied.inc({ subsystem: name }, n)
       this.counters.writes += n
     }
     const failed = Object.keys(record.errors).filter((name) => !record.unsettled.includes(name as SubsystemName))
     for (const name of failed) metrics.subsystemErrors.inc({ subsystem: name })
+    for (const name of Object.keys(record.duties ?? {})) metrics.subsystemErrors.inc({ subsystem: name })
     this.lastPass = record
     this.counters.passes++
     const wrote = Object.keys(record.writes).length > 0
@@ -297,7 +312,7 @@ export class Agent {
     // A failed subsystem (charon not up yet, a transient kernel error) is retried with backoff, not only by the
     // resync timer: 0.25 s, 0.5 s, ... up to 10 s.
     // Unsettled work (peers backing off) comes back through the subsystem's own wakes.
-    if (failed.length === 0) this.errorStreak = 0
+    if (failed.length === 0 && !record.duties) this.errorStreak = 0
     else this.scheduler.triggerAt(this.now() + Math.min(10_000, 250 * 2 ** this.errorStreak++), 'retry')
     // One verification pass after a pass that wrote: it must find nothing to do (and picks up work that a later
     // subsystem made possible, such as destroying a set the rewritten rules no longer reference).
@@ -305,7 +320,7 @@ export class Agent {
     // Tunnels may legitimately act again (an initiate the peer refused is retried); anything else writing twice
     // in a row means two writers fight over an object, or our plan and the kernel disagree.
     else if (Object.keys(record.writes).some((k) => k !== 'tunnels')) log.warn({ op: 'pass', writes: record.writes }, 'verification pass still had to write')
-    log[wrote || !record.converged ? 'info' : 'debug']({ op: 'pass', reasons, durationMs: Math.round(record.durationMs * 100) / 100, writes: record.writes, errors: record.errors, timings: record.timings }, 'pass done')
+    log[wrote || !record.converged ? 'info' : 'debug']({ op: 'pass', reasons, durationMs: Math.round(record.durationMs * 100) / 100, writes: record.writes, errors: record.errors, ...(record.duties ? { duties: record.duties } : {}), timings: record.timings }, 'pass done')
   }
 
   get configInForce(): TunnelConfig | null {

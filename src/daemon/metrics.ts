@@ -6,7 +6,7 @@ export class Metrics {
   readonly passes = new Counter({ name: 'fabtunnel_passes_total', help: 'Reconcile passes by result (converged: wrote nothing; applied: wrote; error: a subsystem failed)', labelNames: ['result'], registers: [this.registry] })
   readonly passDuration = new Histogram({ name: 'fabtunnel_pass_duration_seconds', help: 'Duration of reconcile passes', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry] })
   readonly opsApplied = new Counter({ name: 'fabtunnel_ops_applied_total', help: 'Write operations applied, per subsystem', labelNames: ['subsystem'], registers: [this.registry] })
-  readonly subsystemErrors = new Counter({ name: 'fabtunnel_subsystem_errors_total', help: 'Failed plan or apply steps, per subsystem', labelNames: ['subsystem'], registers: [this.registry] })
+  readonly subsystemErrors = new Counter({ name: 'fabtunnel_subsystem_errors_total', help: 'Failed plan or apply steps, per subsystem (and failed node duties: cni)', labelNames: ['subsystem'], registers: [this.registry] })
   readonly peers = new Gauge({ name: 'fabtunnel_peers', help: 'Peers by state: desired (in config), loaded (connection in charon), up (every child SA installed)', labelNames: ['state'], registers: [this.registry] })
   readonly childSasUp = new Gauge({ name: 'fabtunnel_child_sas_up', help: 'CHILD_SAs installed for desired connections', registers: [this.registry] })
   readonly configReloadErrors = new Counter({ name: 'fabtunnel_config_reload_errors_total', help: 'Config reads rejected (the last good config stays in force)', registers: [this.registry] })

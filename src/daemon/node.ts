@@ -2,6 +2,7 @@
 // subsystems in their apply order, and the status document. Used by `fabtunnel run`, `plan` and `cleanup`.
 import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
 import { readCertPem } from '../cert.js'
+import type { TunnelConfig } from '../config/schema.js'
 import type { Datapath, Role } from '../desired/types.js'
 import { IptablesRunner } from '../iptables/runner.js'
 import type { Logger } from '../log.js'
@@ -13,7 +14,8 @@ import { TunnelsSubsystem } from '../reconcile/tunnels-subsystem.js'
 import { viciTunnelsPort } from '../reconcile/tunnels-port.js'
 import { Vici } from '../vici/index.js'
 import { VERSION } from '../version.js'
-import { Agent } from './agent.js'
+import { Agent, type PassRecord } from './agent.js'
+import { CniConflist, realCniFs, type CniFs, type CniOptions } from './cni.js'
 import { Metrics } from './metrics.js'
 
 export interface NodeOptions {
@@ -34,6 +36,9 @@ export interface NodeOptions {
   viciTimeoutMs?: number
   /** Whether this node leads (read at every pass); default always. */
   leader?: () => boolean
+  /** The CNI conflist to keep written (the daemon with --cni-conf-path); absent or null: not managed. */
+  cni?: CniOptions | null
+  cniFs?: CniFs
 }
 
 export interface NodeParts {
@@ -51,6 +56,8 @@ export interface NodeParts {
   iptablesRunner: IptablesRunner
   routeSock: NetlinkSocket
   nfSock: NetlinkSocket
+  /** The CNI conflist this node keeps written, or null. */
+  cni: CniConflist | null
   /** The credential files the node was built with (cleanup finds our key in charon through the certificate). */
   paths: { cert: string; key: string; ca: string }
   /**
@@ -78,6 +85,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   const routes = new RoutesSubsystem(netlinkRoutesPort(routeSock), o.log.child({ subsystem: 'routes' }))
   const ipsets = new IpsetsSubsystem(netlinkIpsetsPort(nfSock), o.log.child({ subsystem: 'ipsets' }))
   const iptables = new IptablesSubsystem(iptablesRunner)
+  const cni = o.cni?.confDir ? new CniConflist(o.cni, o.cniFs ?? realCniFs) : null
   agent = new Agent({
     configPath: o.config,
     datapath: o.datapath,
@@ -99,18 +107,34 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       metrics.peers.set({ state: 'up' }, peers.filter((p) => p.state === 'up').length)
       metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
     },
+    ...(cni ? { duties: [cniDuty(cni, o.log.child({ duty: 'cni' }))] } : {}),
   })
   o.log.info(cloud
     ? { backend: iptablesRunner.backend, role: 'cloud', connectorAddresses: o.connectorAddresses }
     : { backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici, ...(o.role ? { role: o.role } : {}) }, `fabtunnel ${VERSION} starting`)
   return {
-    agent, metrics, role: o.role, connectorAddresses: o.connectorAddresses, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock,
+    agent, metrics, role: o.role, connectorAddresses: o.connectorAddresses, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock, cni,
     paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: nodeCloser(agent, o.log, async () => {
       await vici?.close().catch(() => undefined)
       routeSock.close()
       nfSock.close()
     }),
+  }
+}
+
+/**
+ * The conflist as a pass duty: written once the tunnels subsystem has not failed in the pass (FabEdge writes it
+ * right after `ensureConnections` succeeds; peers still backing off are not a failure there either), from the
+ * local endpoint's subnets of the config in force.
+ */
+export function cniDuty(cni: CniConflist, log: Logger): { name: string; afterPass(record: PassRecord, config: TunnelConfig): Promise<void> } {
+  return {
+    name: 'cni',
+    async afterPass(record, config) {
+      if (record.errors.tunnels !== undefined && !record.unsettled.includes('tunnels')) return
+      if (await cni.sync(config.local.subnets)) log.info({ op: 'cni', path: cni.status.path, subnets: config.local.subnets }, 'CNI conflist written')
+    },
   }
 }
 
@@ -153,5 +177,7 @@ export function statusDocument(p: NodeParts, datapath: Datapath): Record<string,
     iptables: p.iptables.summary(),
     ...(p.tunnels ? { tunnels: p.tunnels.summary() } : {}),
     counters: p.agent.counters,
+    /** The CNI conflist (path, when written, last error), or null when --cni-conf-path is empty. */
+    cni: p.cni?.status ?? null,
   }
 }

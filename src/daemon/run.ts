@@ -12,6 +12,8 @@ import { SoleLeadership, VipLeadership, type Leadership } from './leader.js'
 import type { LeaseElectionOptions } from './lease.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
+import type { CniFs, CniOptions } from './cni.js'
+import { IP_FORWARD, realSysctlFs, sysctlEnsure, type SysctlFs } from './sysctl.js'
 import { watchFiles } from './watch.js'
 
 export interface RunOptions {
@@ -27,6 +29,10 @@ export interface RunOptions {
   connectorAddresses?: { 4?: string; 6?: string }
   resyncMs: number
   log: Logger
+  /** Set net.ipv4.ip_forward=1 at start (FabEdge's agent does; a failure stops the start with a SysctlError). */
+  ipForward?: boolean
+  /** Keep the CNI conflist written (see cni.ts); null or an empty confDir: not managed. */
+  cni?: CniOptions | null
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
   stopGraceMs?: number
   /** Connector leader election (`--leader-election`); default none (always the leader). */
@@ -59,9 +65,13 @@ export interface DaemonDeps {
   openMonitor(): RouteMonitor
   /** The election of `o.election`; default: the real one (vip: netlink; lease: the Kubernetes API, in-cluster). */
   leadership?(election: ElectionOptions, ctx: { node: NodeParts; monitor: RouteMonitor; log: Logger }): Promise<Leadership>
+  /** /proc/sys (default: the real one). */
+  sysctl?: SysctlFs
+  /** The filesystem under the CNI conf dir (default: the real one). */
+  cniFs?: CniFs
 }
 
-const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }) }
+const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs }
 
 /** The real election of each mode. The Kubernetes client is loaded only in lease mode (start-up CPU). */
 export async function createLeadership(e: ElectionOptions, ctx: { node: NodeParts; monitor: RouteMonitor; log: Logger }): Promise<Leadership> {
@@ -101,10 +111,16 @@ export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Part
 
 export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): Promise<Running> {
   const { log } = o
+  if (o.ipForward) {
+    // Before anything else: a node that cannot forward must not start (and claim readiness) as a gateway.
+    const before = await sysctlEnsure(IP_FORWARD, '1', deps.sysctl ?? realSysctlFs)
+    if (before === null) log.info({ op: 'sysctl', key: 'net.ipv4.ip_forward', value: '1' }, 'net.ipv4.ip_forward already 1')
+    else log.info({ op: 'sysctl', key: 'net.ipv4.ip_forward', from: before, to: '1' }, 'net.ipv4.ip_forward set to 1')
+  }
   const election = o.election ?? { mode: 'none' }
   // Read at every pass; the election replaces it once started (before the first pass).
   let leadership: Leadership = new SoleLeadership()
-  const node = await deps.buildNode({ ...o, credentials: true, leader: () => leadership.isLeader() })
+  const node = await deps.buildNode({ ...o, credentials: true, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}) })
   const { agent, metrics } = node
   const monitor = deps.openMonitor()
   leadership = await (deps.leadership ?? createLeadership)(election, { node, monitor, log })

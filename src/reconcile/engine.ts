@@ -20,6 +20,11 @@ export interface PassRecord {
   /** Milliseconds each subsystem took (plan + apply). */
   timings: Partial<Record<SubsystemName, number>>
   converged: boolean
+  /**
+   * Node duties done after the subsystems (e.g. the CNI conflist, src/daemon/cni.ts) that failed in this pass,
+   * by name: the pass is then not converged either. Absent when none failed.
+   */
+  duties?: Record<string, string>
 }
 
 export interface EngineOptions {

@@ -5,7 +5,8 @@
 import { readCertPem } from '../../src/cert.js'
 import { Agent } from '../../src/daemon/agent.js'
 import { Metrics } from '../../src/daemon/metrics.js'
-import { nodeCloser, type NodeParts } from '../../src/daemon/node.js'
+import { cniDuty, nodeCloser, type NodeParts } from '../../src/daemon/node.js'
+import { CniConflist, type CniFs, type CniOptions } from '../../src/daemon/cni.js'
 import type { Desired } from '../../src/desired/types.js'
 import type { Logger } from '../../src/log.js'
 import type { IpsetsSubsystem } from '../../src/reconcile/ipsets.js'
@@ -106,6 +107,9 @@ export interface FakeNodeOptions {
   readCert?: boolean
   /** Whether the node leads (NodeOptions.leader); default always. */
   leader?: () => boolean
+  /** Keep a CNI conflist, as the real node does with --cni-conf-path (through `cniFs`, default the real fs). */
+  cni?: CniOptions
+  cniFs?: CniFs
 }
 
 export function fakeNode(o: FakeNodeOptions): FakeNode {
@@ -118,8 +122,10 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
   const ipsets = new FakeKernelSubsystem('ipsets', (d) => Object.entries(d.ipsets).flatMap(([n, s]) => s.members.map((m) => `${n}:${m}`)), cleanupOrder)
   const iptables = new FakeKernelSubsystem('iptables', (d) => Object.keys(d.iptables), cleanupOrder)
   const routes = new FakeKernelSubsystem('routes', (d) => Object.keys(d.conns).map((c) => `route-for:${c}`), cleanupOrder)
+  const cni = o.cni ? new CniConflist(o.cni, o.cniFs) : null
   agent = new Agent({
     configPath: o.config, datapath: 'libipsec', subsystems: [ipsets, iptables, routes, tunnels],
+    ...(cni ? { duties: [cniDuty(cni, o.log)] } : {}),
     ...(o.readCert ? { certPem: () => readCertPem(o.cert) } : {}),
     gateways: () => routes.gateways(), log: o.log, metrics, coalesceMs: o.coalesceMs ?? 1, resyncMs: 0,
     ...(o.leader ? { leader: o.leader } : {}),
@@ -138,6 +144,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
     // Never used by the daemon's run loop, status or cleanup: every kernel and charon call goes through the subsystems.
     vici: undefined as never, iptablesRunner: undefined as never, routeSock: undefined as never, nfSock: undefined as never,
     paths: { cert: o.cert, key: o.key, ca: o.ca },
+    cni,
     close: nodeCloser(agent, o.log, async () => { closed.count++ }),
   }
   return { parts, charon, ipsets, iptables, routes, triggers, cleanupOrder, closed }

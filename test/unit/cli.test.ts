@@ -229,3 +229,26 @@ t.test('--role cloud: flags checked together, plan --offline shows the cloud nod
   t.match((await cli(['cleanup', '--help'])).out, /--role ROLE .*cloud/)
   t.equal((await cli(['run', '--role', 'cloud', '--listen', '127.0.0.1:0'])).code, 2, 'run refuses cloud without an address before starting anything')
 })
+
+t.test('run: the node-duty flags are validated before anything starts', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--cni-conf-path', 'relative/dir'], /--cni-conf-path: must be an absolute directory/],
+    [['--cni-conf-path', '/tmp/x', '--cni-network-name', '../evil'], /--cni-network-name/],
+    [['--cni-conf-path', '/tmp/x', '--network-plugin-mtu', '1400x'], /--network-plugin-mtu/],
+    [['--cni-conf-path', '/tmp/x', '--enable-hairpinmode', 'maybe'], /--enable-hairpinmode must be true or false/],
+    [['--cni-conf-path', '/tmp/x', '--role', 'cloud', '--connector-address', '10.0.0.1'], /--cni-conf-path is for edge nodes/],
+  ]
+  for (const [argv, re] of cases) {
+    const r = await cli(['run', '--listen', '127.0.0.1:0', ...argv])
+    t.equal(r.code, 2, argv.join(' '))
+    t.match(r.err, re)
+  }
+  const help = await cli(['run', '--help'])
+  for (const flag of ['--ip-forward', '--cni-conf-path DIR', '--cni-network-name NAME', '--cni-bridge-name IFNAME', '--cni-version VERSION', '--network-plugin-mtu MTU', '--enable-hairpinmode BOOL']) t.match(help.out, flag)
+})
+
+t.test('the executable keeps its early signal handlers for command lines that may run the daemon', async (t) => {
+  const { mayRunDaemon } = await import('../../src/commands.js')
+  for (const argv of [['run'], ['fabedge', '--v=3'], ['--enable-dns=false'], ['-v=3'], ['--component=connector']]) t.ok(mayRunDaemon(argv), argv.join(' '))
+  for (const argv of [[], ['--help'], ['-h'], ['--version'], ['-V'], ['plan'], ['status'], ['validate', '--json']]) t.notOk(mayRunDaemon(argv), argv.join(' ') || '(none)')
+})
