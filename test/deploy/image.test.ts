@@ -20,7 +20,7 @@ import { existsSync } from 'node:fs'
 import { chmod, mkdir, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { defaultDriver, waitFor, waitForValue, ROOT, WaitAborted } from '../harness/agents.js'
-import { starTopology } from '../harness/addressing.js'
+import { starTopology, tunnelsView } from '../harness/addressing.js'
 import { Container, killNamespacePids, removeStaleContainers, type Mount } from '../harness/containers.js'
 import { exec, execCapture } from '../harness/exec.js'
 import { ping } from '../harness/matrix.js'
@@ -214,19 +214,18 @@ t.test('agent and strongSwan images: built, then run as FabEdge edge pod against
     const sas = await exec(['swanctl', '--list-sas', '--uri', connector.charon.uri])
     t.match(sas, /beijing\.edge1|CN=beijing\.edge1/, "the connector's charon holds the edge's SA")
 
-    const conflist = await readFile(join(d.cniConf, 'fabedge.conflist'), 'utf8').catch(() => '')
-    const parsed = (() => {
-      try {
-        return JSON.parse(conflist) as { name?: string; plugins?: Array<{ type?: string }> }
-      } catch {
-        return {}
-      }
-    })()
-    // The conflist writer (`run --cni-conf-path`, which the FabEdge mode already passes) is another part's work
-    // and not on this branch yet: until it is, these two fail visibly as todo instead of failing the suite.
-    const todo = { todo: 'needs the CNI conflist writer of `fabtunnel run` (FabEdge mode passes --cni-conf-path)' }
-    t.equal(parsed.name, 'fabedge', 'the agent wrote /etc/cni/net.d/fabedge.conflist (host dir)', todo)
-    t.ok(parsed.plugins?.some((p) => p.type === 'bridge'), 'the conflist chains the bridge plugin', todo)
+    // FabEdge's conflist for this edge's subnet: the golden generated from FabEdge's Go structs
+    // (test/fixtures/cni/generate.go), with the edge's pod subnet in place of the golden's.
+    const subnet = tunnelsView(topo.plan, edge.plan).local.subnets[0]!
+    const golden = await readFile(new URL('../fixtures/cni/fabedge-default.conflist', import.meta.url), 'utf8')
+    const expected = golden.replace('10.234.1.0/24', subnet)
+    t.not(expected, golden, "the golden is rewritten for this node's subnet")
+    const conflist = await waitForValue('the agent writes /etc/cni/net.d/fabedge.conflist (host dir)', 30_000, async () => {
+      await alive()
+      const text = await readFile(join(d.cniConf, 'fabedge.conflist'), 'utf8').catch(() => '')
+      return text === expected ? text : undefined
+    }, 250).catch((err: unknown) => { t.fail(String(err)); return '' })
+    t.equal(conflist, expected, "the conflist is FabEdge's, byte for byte, for this edge's subnet")
 
     // Stopping the pod's containers: SIGTERM through buildah run reaches the agent and charon.
     await agent.remove()
