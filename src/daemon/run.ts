@@ -121,8 +121,8 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
    * at an SA about to go); then our own IKE_SAs are terminated, connections kept loaded, so edges re-establish
    * with the new leader instead of waiting for DPD.
    */
-  const demote = async (): Promise<void> => {
-    await agent.idle()
+  const demote = async (passed: Promise<void>): Promise<void> => {
+    await passed
     if (leadership.isLeader() || draining) return
     const names = await ownConns()
     if (!names) return
@@ -140,8 +140,10 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     metrics.leader.set(leader ? 1 : 0)
     metrics.leaderTransitions.inc()
     log.info({ op: 'leadership', mode: leadership.mode, leader }, leader ? 'promoted: initiating tunnels and applying routes' : 'demoted: standby keeps credentials and responder connections loaded')
+    // Registered before the trigger: the pass it starts is the one to wait for.
+    const passed = agent.nextPass()
     agent.trigger(leader ? 'leader:promoted' : 'leader:demoted')
-    if (!leader && !draining) demote().catch((err: unknown) => log.error({ op: 'demote', err: (err as Error).message }, 'demotion: cannot terminate own SAs'))
+    if (!leader && !draining) demote(passed).catch((err: unknown) => log.error({ op: 'demote', err: (err as Error).message }, 'demotion: cannot terminate own SAs'))
   })
   await leadership.start()
   log.info({ op: 'leadership', mode: leadership.mode, leader: leadership.isLeader(), ...(election.mode !== 'none' && election.vip ? { vip: election.vip } : {}) }, 'leader election started')
