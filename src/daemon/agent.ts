@@ -12,8 +12,8 @@ import { ConfigError, type ConfigIssue } from '../config/errors.js'
 import { parseConfig } from '../config/load.js'
 import { MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
-import { desiredState } from '../desired/index.js'
-import type { Datapath, Desired } from '../desired/types.js'
+import { nodeDesired } from '../desired/index.js'
+import type { Datapath, Desired, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { PassEngine, type PassRecord } from '../reconcile/engine.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
@@ -23,6 +23,10 @@ import type { Metrics } from './metrics.js'
 export interface AgentOptions {
   configPath: string
   datapath: Datapath
+  /** The role the node runs as; undefined: from the config's local endpoint type (connector or edge). */
+  role?: Role
+  /** Cloud role: the connector's internal address per family, the next hop of every route. */
+  connectorAddresses?: { 4?: string; 6?: string }
   /** Ordered: apply happens in this order. */
   subsystems: Subsystem[]
   /**
@@ -186,6 +190,8 @@ export class Agent {
   private desiredMemo: { key: string; desired: Desired } | null = null
   /** The last certificate read successfully; undefined before the first read, null when none was ever good. */
   private certPem: string | null | undefined = undefined
+  /** Why the last pass could not derive the desired state (e.g. `--role` contradicting the config), or null. */
+  desiredError: string | null = null
   /** Why the certificate file on disk is not the one in force, or null. */
   certError: string | null = null
 
@@ -219,12 +225,14 @@ export class Agent {
     // The certificate file changes only with a credential trigger (directory watch) or is re-checked by deep passes.
     if (ctx.credentials || this.certPem === undefined) await this.refreshCert()
     const certPem = this.certPem ?? undefined
-    const gateways = this.opts.datapath === 'xfrm' ? await this.opts.gateways?.() : undefined
+    // A cloud node's next hop is the connector, never the default gateway.
+    const gateways = this.opts.datapath === 'xfrm' && this.opts.role !== 'cloud' ? await this.opts.gateways?.() : undefined
     const standby = !(this.opts.leader?.() ?? true)
-    const key = `${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}\0${standby}\0${extra.drainVip ?? ''}`
+    const key = `${this.opts.role ?? ''}\0${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}\0${standby}\0${extra.drainVip ?? ''}`
     if (this.desiredMemo?.key !== key) {
-      const desired = desiredState(this.config, {
-        datapath: this.opts.datapath, ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}),
+      const { role, connectorAddresses } = this.opts
+      const desired = nodeDesired(this.config, role, {
+        datapath: this.opts.datapath, ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
         ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}),
       })
       this.desiredMemo = { key, desired }
@@ -289,6 +297,7 @@ export class Agent {
       log.error({ err }, 'cannot compute the desired state')
       return null
     })
+    this.desiredError = desiredError
     if (!desired) {
       this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
       metrics.ready.set(0)

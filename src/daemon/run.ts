@@ -2,7 +2,7 @@
 // (config/credential directory watch, VICI events, netlink route/rule monitor, SIGHUP, the resync timer).
 // SIGTERM/SIGINT stop it cleanly and leave the data plane up: teardown is `fabtunnel cleanup`, never a side
 // effect of stopping.
-import type { Datapath } from '../desired/types.js'
+import type { Datapath, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { addrList, Monitor } from '../netlink/index.js'
 import type { Addr } from '../netlink/addr.js'
@@ -22,6 +22,9 @@ export interface RunOptions {
   ca: string
   listen: ListenAddress
   datapath: Datapath
+  /** undefined: from the config (connector or edge); cloud: no tunnels, routes via `connectorAddresses`. */
+  role?: Role
+  connectorAddresses?: { 4?: string; 6?: string }
   resyncMs: number
   log: Logger
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
@@ -112,7 +115,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
 
   // Not awaited: a frozen charon would hold start-up (and a SIGTERM during it) for the VICI timeout. If charon is
   // not up yet, every pass tries again (with the retry backoff) until it can subscribe.
-  node.tunnels.subscribe().catch((err: unknown) => {
+  node.tunnels?.subscribe().catch((err: unknown) => {
     log.warn({ err: (err as Error).message }, 'cannot reach charon yet; retrying with every pass')
   })
 
@@ -126,12 +129,13 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     if (leadership.isLeader() || draining) return
     const names = await ownConns()
     if (!names) return
-    const n = await node.tunnels.terminateOwnSas(names, (conn, err) => log.warn({ op: 'demote', conn, err: err.message }, 'cannot terminate SA'))
+    const n = await node.tunnels!.terminateOwnSas(names, (conn, err) => log.warn({ op: 'demote', conn, err: err.message }, 'cannot terminate SA'))
     log.info({ op: 'demote', terminated: n }, 'demoted: own IKE_SAs terminated, connections stay loaded')
   }
   /** The connections of a connector's config in force (null on an edge or without config: nothing to gate). */
   const ownConns = async (): Promise<Set<string> | null> => {
-    if (agent.configInForce?.local.type !== 'Connector') return null
+    // A cloud node reads the connector's config but runs no tunnels.
+    if (agent.configInForce?.local.type !== 'Connector' || !node.tunnels) return null
     const d = await agent.desired()
     return d ? new Set(Object.keys(d.conns)) : null
   }
@@ -161,12 +165,15 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   monitor.on('error', (err) => log.warn({ err: err.message }, 'netlink monitor error'))
 
   const watch = watchFiles(
-    [
-      { path: o.config, kind: 'config' },
-      { path: o.cert, kind: 'credentials' },
-      { path: o.key, kind: 'credentials' },
-      { path: o.ca, kind: 'credentials' },
-    ],
+    // A cloud node has no credentials: only its config is watched.
+    o.role === 'cloud'
+      ? [{ path: o.config, kind: 'config' }]
+      : [
+        { path: o.config, kind: 'config' },
+        { path: o.cert, kind: 'credentials' },
+        { path: o.key, kind: 'credentials' },
+        { path: o.ca, kind: 'credentials' },
+      ],
     (kind) => agent.trigger(kind),
     (err) => log.warn({ err: (err as Error).message }, 'file watch error; the resync timer still covers changes'),
   )
@@ -190,7 +197,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
       const desired = await agent.desired(ctx, { drainVip: vip })
       if (desired) await node.iptables.apply(await node.iptables.plan(desired, ctx))
     }
-    const n = await node.tunnels.terminateOwnSas(names, (conn, err) => log.warn({ op: 'drain', conn, err: err.message }, 'cannot terminate SA'))
+    const n = await node.tunnels!.terminateOwnSas(names, (conn, err) => log.warn({ op: 'drain', conn, err: err.message }, 'cannot terminate SA'))
     log.info({ op: 'drain', terminated: n, ...(vip ? { vip } : {}) }, 'leader stopping: own IKE_SAs terminated, new IKE_SA_INITs to the VIP dropped')
   }
 

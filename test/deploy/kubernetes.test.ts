@@ -12,7 +12,10 @@ import { dirname, join, relative } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import ts from 'typescript'
 import { parseAllDocuments } from 'yaml'
+import { roleFlags } from '../../src/commands.js'
+import { parseConnectorAddresses } from '../../src/desired/index.js'
 import { DEFAULTS } from '../../src/fabedge.js'
+import { parseFlags } from '../../src/options.js'
 import { execCapture } from '../harness/exec.js'
 
 const ROOT = new URL('../../', import.meta.url).pathname
@@ -167,19 +170,23 @@ function unknownFieldErrors(objs: Obj[]): string[] {
 const files = yamlFiles(K8S)
 const rendered = {
   top: render(K8S),
-  edge: render(join(K8S, 'edge', 'node-example')),
+  edge: render(join(K8S, 'edge')),
 }
 const connector = rendered.top.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-connector')!
 const edge = rendered.edge.find((o) => o.kind === 'DaemonSet')!
+const cloud = rendered.top.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-cloud')!
+const cloudValues = rendered.top.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'fabtunnel-cloud')!
 
 t.test('every manifest parses and every kustomization renders', async (t) => {
-  t.ok(files.length >= 6, `${files.length} YAML files`)
+  t.ok(files.length >= 5, `${files.length} YAML files`)
   for (const f of files) t.doesNotThrow(() => parseFile(f), relative(ROOT, f))
   for (const f of files.filter((f) => f.endsWith('kustomization.yaml'))) {
     t.doesNotThrow(() => render(dirname(f)), `renders ${relative(ROOT, f)}`)
   }
-  t.same(rendered.top.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-connector'])
-  t.same(rendered.edge.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-edge-edge1'])
+  t.same(rendered.top.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), [
+    'DaemonSet/fabedge/fabtunnel-connector', 'ConfigMap/fabedge/fabtunnel-cloud', 'DaemonSet/fabedge/fabtunnel-cloud',
+  ])
+  t.same(rendered.edge.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-edge'])
 })
 
 t.test('rendered objects and plain resource files validate against the Kubernetes schemas', async (t) => {
@@ -201,24 +208,17 @@ t.test('the validators reject what they should (the checks can fail)', async (t)
   const errs = unknownFieldErrors([typo])
   t.equal(errs.length, 1)
   t.match(errs[0], /'"?capabilitys"?' does not exist/)
-  const patched = structuredClone(edge)
-  patched.spec.template.spec.volumes[2].configMap.name = 'fabedge-agent-config-NODE_NAME'
-  t.throws(() => applyJsonPatch(patched, [{ op: 'test', path: '/spec/template/spec/volumes/2/configMap/name', value: 'x' }]))
+  const patched = structuredClone(connector)
+  t.throws(() => applyJsonPatch(patched, [{ op: 'test', path: '/spec/template/spec/volumes/0/name', value: 'not-the-name' }]))
 })
 
 t.test('FabEdge names: ConfigMap at /etc/fabedge, TLS Secret at /etc/ipsec.d, node placement', async (t) => {
   const cases = [
-    { ds: connector, cm: 'connector-config', secret: 'connector-tls', role: 'node-role.kubernetes.io/connector' },
-    { ds: edge, cm: 'fabedge-agent-config-edge1', secret: 'fabedge-agent-tls-edge1', role: 'node-role.kubernetes.io/edge' },
+    { ds: connector, role: 'node-role.kubernetes.io/connector' },
+    { ds: edge, role: 'node-role.kubernetes.io/edge' },
   ]
-  for (const { ds, cm, secret, role } of cases) {
+  for (const { ds, role } of cases) {
     const spec = ds.spec.template.spec
-    const vol = (name: string) => spec.volumes.find((v: Obj) => v.name === name)
-    t.equal(vol('fabedge-config').configMap.name, cm)
-    t.equal(vol('ipsec-d').secret.secretName, secret)
-    // The Secret's keys land where fabtunnel's --ca/--cert/--key defaults look.
-    const items = Object.fromEntries(vol('ipsec-d').secret.items.map((i: Obj) => [i.key, `/etc/ipsec.d/${i.path}`]))
-    t.same(items, { 'ca.crt': DEFAULTS.ca, 'tls.crt': DEFAULTS.cert, 'tls.key': DEFAULTS.key })
     const agent = spec.containers.find((c: Obj) => c.name === 'fabtunnel')
     const mount = (name: string) => agent.volumeMounts.find((m: Obj) => m.name === name)
     t.equal(mount('fabedge-config').mountPath, dirname(DEFAULTS.config))
@@ -226,13 +226,23 @@ t.test('FabEdge names: ConfigMap at /etc/fabedge, TLS Secret at /etc/ipsec.d, no
     const term = spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms
     t.equal(term.length, 1)
     t.same(term[0].matchExpressions, [{ key: role, operator: 'Exists' }])
+    t.notOk(term[0].matchFields, 'no per-node pinning: one DaemonSet for every node of the role')
     t.ok(spec.tolerations.some((x: Obj) => x.key === role && x.effect === 'NoSchedule'), 'tolerates its role taint')
   }
-  t.same(edge.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields, [
-    { key: 'metadata.name', operator: 'In', values: ['edge1'] },
-  ])
-  t.equal(edge.spec.selector.matchLabels['fabtunnel.io/node'], 'edge1', 'per-node DaemonSets do not share a selector')
-  t.equal(edge.spec.template.metadata.labels['fabtunnel.io/node'], 'edge1')
+  // The connector reads FabEdge's connector ConfigMap and Secret; the Secret's keys land where fabtunnel's
+  // --ca/--cert/--key defaults look.
+  const cvol = (name: string) => connector.spec.template.spec.volumes.find((v: Obj) => v.name === name)
+  t.equal(cvol('fabedge-config').configMap.name, 'connector-config')
+  t.equal(cvol('ipsec-d').secret.secretName, 'connector-tls')
+  const items = Object.fromEntries(cvol('ipsec-d').secret.items.map((i: Obj) => [i.key, `/etc/ipsec.d/${i.path}`]))
+  t.same(items, { 'ca.crt': DEFAULTS.ca, 'tls.crt': DEFAULTS.cert, 'tls.key': DEFAULTS.key })
+  // The plain edge DaemonSet (clusters without FabEdge's operator) reads each node's own files: the same paths on
+  // the host, which must exist (type Directory), so a node without them gets no half-configured agent.
+  const evol = (name: string) => edge.spec.template.spec.volumes.find((v: Obj) => v.name === name)
+  t.same(evol('fabedge-config').hostPath, { path: dirname(DEFAULTS.config), type: 'Directory' })
+  t.same(evol('ipsec-d').hostPath, { path: '/etc/ipsec.d', type: 'Directory' })
+  t.notOk(evol('fabedge-config').configMap, 'no ConfigMap shared by every edge node')
+  t.notOk(evol('ipsec-d').secret, 'no Secret shared by every edge node: no node gets another node\'s key')
 })
 
 t.test('pod shape: host network, no API access, shared /run, the host iptables lock, shutdown budget', async (t) => {
@@ -311,4 +321,52 @@ t.test('probes, environment, resources, images', async (t) => {
   const deb = await execCapture(['dpkg-query', '-W', '-f', '${Version}', 'strongswan-charon'])
   const upstream = /^(?:\d+:)?([\d.]+)/.exec(deb.stdout)?.[1]
   for (const ds of [connector, edge]) t.equal(ds.spec.template.spec.containers[1].image, `fabtunnel-strongswan:${upstream}`)
+})
+
+t.test('cloud nodes: FabEdge cloud-agent placement, the connector\'s ConfigMap, --role cloud with the address the user sets', async (t) => {
+  const spec = cloud.spec.template.spec
+  t.same(spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms, [{
+    matchExpressions: [
+      { key: 'node-role.kubernetes.io/edge', operator: 'DoesNotExist' },
+      { key: 'node-role.kubernetes.io/connector', operator: 'DoesNotExist' },
+    ],
+  }], 'one term (both hold): neither an edge nor a connector node, like FabEdge\'s cloud-agent')
+  t.notOk(spec.tolerations.some((x: Obj) => /edge|connector/.test(x.key)), 'tolerates no edge or connector taint')
+  t.equal(spec.hostNetwork, true)
+  t.equal(spec.automountServiceAccountToken, false)
+  t.notOk(spec.serviceAccountName)
+  t.same(spec.containers.map((c: Obj) => c.name), ['fabtunnel'], 'no charon beside it')
+  t.same(spec.volumes.map((v: Obj) => v.name).sort(), ['fabedge-config', 'run', 'xtables-lock'], 'no certificates')
+  t.equal(spec.volumes.find((v: Obj) => v.name === 'fabedge-config').configMap.name, 'connector-config', 'the connector\'s tunnels.yaml')
+  const [agent] = spec.containers
+  const mounts = agent.volumeMounts.map((m: Obj) => m.mountPath)
+  t.same(agent.volumeMounts.find((m: Obj) => m.name === 'fabedge-config'), { name: 'fabedge-config', mountPath: dirname(DEFAULTS.config), readOnly: true })
+  t.same(spec.volumes.find((v: Obj) => v.name === 'xtables-lock').hostPath, { path: '/run/xtables.lock', type: 'FileOrCreate' })
+  t.ok(mounts.indexOf('/run') >= 0 && mounts.indexOf('/run') < mounts.indexOf('/run/xtables.lock'), 'lock mounted inside /run, after it')
+  const sc = agent.securityContext
+  t.notOk(sc.privileged)
+  t.same(sc.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] })
+  t.equal(sc.readOnlyRootFilesystem, true)
+  t.same(agent.args, ['run'])
+  t.equal(agent.image, `fabtunnel:${PKG.version}`)
+  const [host, port] = DEFAULTS.listen.split(':')
+  t.same(agent.readinessProbe.httpGet, { host, path: '/readyz', port: Number(port) })
+  t.same(agent.livenessProbe.httpGet, { host, path: '/healthz', port: Number(port) })
+  const heap = Number(/--max-old-space-size=(\d+)/.exec(agent.env.find((e: Obj) => e.name === 'NODE_OPTIONS').value)?.[1])
+  t.ok(heap > 0 && heap < Number(/^(\d+)Mi$/.exec(agent.resources.limits.memory)?.[1]), 'V8 heap cap below the memory limit')
+
+  const ref = agent.env.find((e: Obj) => e.name === 'FABTUNNEL_CONNECTOR_ADDRESS').valueFrom.configMapKeyRef
+  t.same(ref, { name: cloudValues.metadata.name, key: 'connector-address' }, 'the address comes from the ConfigMap shipped beside it')
+  // The environment the container gets, resolved as the kubelet does, parsed as `fabtunnel run` parses it.
+  const envOf = (address: string): NodeJS.ProcessEnv => Object.fromEntries(agent.env.map((e: Obj) => [e.name, e.value ?? (e.valueFrom.configMapKeyRef.name === 'fabtunnel-cloud' ? address : undefined)]))
+  const run = (address: string) => roleFlags(parseFlags([], { role: { type: 'string', help: '' }, 'connector-address': { type: 'string', help: '' } }, envOf(address)))
+  t.same(run('10.20.0.5'), { role: 'cloud', connectorAddresses: { 4: '10.20.0.5' } })
+  t.same(run('10.20.0.5,fd00:20::5'), { role: 'cloud', connectorAddresses: { 4: '10.20.0.5', 6: 'fd00:20::5' } })
+  const placeholder = cloudValues.data['connector-address']
+  t.equal(parseConnectorAddresses(placeholder).ok, false, 'the shipped placeholder is refused: an unset address never routes anything')
+  t.throws(() => run(placeholder), { name: 'UsageError', message: /is not an IP address/ })
+  const runFlags = new Set(['config', 'listen', 'resync-interval', 'log-level', 'role', 'connector-address'])
+  for (const e of agent.env.filter((x: Obj) => x.name.startsWith('FABTUNNEL_'))) {
+    t.ok(runFlags.has(e.name.slice('FABTUNNEL_'.length).toLowerCase().replace(/_/g, '-')), `${e.name} is a run flag twin`)
+  }
 })

@@ -210,3 +210,42 @@ t.test('a desired state that cannot be computed (default gateways unreadable) is
   while (!agent.ready && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   t.ok(agent.ready, 'the retry computed it and converged')
 })
+
+t.test('role: cloud desired state from the connector config; a --role contradicting the config is reported, never applied', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftagent-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const configPath = join(dir, 'tunnels.yaml')
+  const order: string[] = []
+  const ipsets = new FakeSubsystem('ipsets', (d) => Object.entries(d.ipsets).flatMap(([n, s]) => s.members.map((m) => `${n}:${m}`)), order)
+  const routes = new FakeSubsystem('routes', (d) => d.routes.map((r) => `${r.dst} via ${r.via}`), order)
+  const mk = (role: 'cloud' | 'edge') => new Agent({
+    configPath, datapath: 'xfrm', role, connectorAddresses: { 4: '192.168.1.5' }, subsystems: [ipsets, routes],
+    // A cloud node's next hop is the connector: reading the default gateway would be a defect.
+    gateways: async () => {
+      if (role === 'cloud') throw new Error('a cloud node never reads the default gateway')
+      return { 4: '10.0.0.1' }
+    },
+    log: createLogger('silent'), metrics: new Metrics({ processMetrics: false }), coalesceMs: 1, resyncMs: 0,
+  })
+  writeFileSync(configPath, readFileSync(join(FIX, 'connector.yaml')))
+  const cloud = mk('cloud')
+  t.teardown(() => cloud.stop())
+  cloud.start()
+  await cloud.idle()
+  t.equal(cloud.desiredError, null)
+  t.equal((await cloud.desired())?.role, 'cloud')
+  t.ok(routes.live.has('10.234.1.0/24 via 192.168.1.5') && routes.live.has('10.22.53.116/32 via 192.168.1.5'), 'routes via the connector address')
+  t.ok(ipsets.live.has('FABEDGE-REMOTE-POD-CIDR:10.234.1.0/24'))
+  t.notOk([...routes.live].some((r) => r.startsWith('10.233.')), 'never the connector\'s own pod CIDRs')
+  t.ok(cloud.ready, 'ready without any tunnels subsystem')
+  await cloud.stop()
+
+  const before = routes.applied.length
+  const edge = mk('edge')
+  t.teardown(() => edge.stop())
+  edge.start()
+  await edge.idle()
+  t.match(edge.desiredError, /--role edge but the config's local endpoint beijing\.connector is of type Connector/)
+  t.notOk(edge.ready)
+  t.equal(routes.applied.length, before, 'nothing applied')
+})
