@@ -213,6 +213,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
       (stopping ??= (async () => {
         // From now on /healthz answers 503 "draining": keepalived's check fails at once and the VIP moves.
         draining = true
+        const stopStarted = Date.now()
         const leading = election.mode !== 'none' && leadership.isLeader()
         await bounded(leadership.release(), 1000).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'cannot release leadership'))
         await leadership.stop()
@@ -221,7 +222,9 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
         if (leading) {
           // No pass may re-initiate or re-load behind the terminates below.
           await agent.stop(Math.min(o.stopGraceMs ?? 3000, 1500))
-          await bounded(drainLeader(), 1500).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'draining: cannot terminate own SAs'))
+          // Whatever is left of a 4.5 s budget (the process must be gone within 5 s), at least 1.5 s: on a loaded node
+          // the iptables write and the terminates can take seconds, and a drain cut short sends no DELETE at all.
+          await bounded(drainLeader(), Math.max(1500, 4500 - (Date.now() - stopStarted))).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'draining: cannot terminate own SAs'))
         }
         await http.close()
         await node.close(o.stopGraceMs ?? 3000)
