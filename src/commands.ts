@@ -48,7 +48,7 @@ const ROLE_FLAGS: Record<string, FlagSpec> = {
   },
   'connector-address': {
     type: 'string', arg: 'ADDR[,ADDR]',
-    help: "with --role cloud (required there): the connector's internal address, the next hop in table 220 (the connectors' keepalived VIP in HA, else the connector node's IP); dual-stack: one IPv4 and one IPv6 address, comma-separated",
+    help: "with --role cloud (required there): the connector's internal address, the next hop in table 220 (the connectors' keepalived VIP in HA, else the connector node's IP); dual-stack: one IPv4 and one IPv6 address, comma-separated. On a connector with --leader-election vip|lease: its standby routes every remote prefix via this address (the internal VIP), like a cloud node",
   },
 }
 
@@ -56,15 +56,18 @@ const ROLE_FLAGS: Record<string, FlagSpec> = {
 export function roleFlags(p: Parsed): { role?: Role; connectorAddresses?: { 4?: string; 6?: string } } {
   const raw = p.values.role
   const addr = p.values['connector-address']
-  if (raw === undefined || raw === '') {
-    if (addr !== undefined) throw new UsageError('--connector-address is only used with --role cloud')
-    return {}
-  }
-  const role = String(raw)
-  if (role !== 'connector' && role !== 'edge' && role !== 'cloud') throw new UsageError(`--role must be connector, edge or cloud, got "${role}"`)
+  const role = raw === undefined || raw === '' ? undefined : String(raw)
+  if (role !== undefined && role !== 'connector' && role !== 'edge' && role !== 'cloud') throw new UsageError(`--role must be connector, edge or cloud, got "${role}"`)
   if (role !== 'cloud') {
-    if (addr !== undefined) throw new UsageError('--connector-address is only used with --role cloud')
-    return { role }
+    if (addr === undefined) return role === undefined ? {} : { role }
+    // A connector's standby routes like a cloud node, via the connectors' internal VIP (src/desired/standby.ts).
+    const election = p.values['leader-election']
+    if (role === 'edge' || election === undefined || election === 'none') {
+      throw new UsageError('--connector-address is only used with --role cloud, or by a connector with --leader-election vip|lease (its standby routes via it)')
+    }
+    const parsed = parseConnectorAddresses(String(addr))
+    if (!parsed.ok) throw new UsageError(parsed.message)
+    return { ...(role ? { role } : {}), connectorAddresses: parsed.addresses }
   }
   if (addr === undefined || addr === '') throw new UsageError("--role cloud needs --connector-address (the connector's internal IP or the connectors' VIP)")
   const parsed = parseConnectorAddresses(String(addr))

@@ -260,7 +260,34 @@ export class Agent {
     return out
   }
 
+  /** Resolvers of nextPass(): settled when the next pass to start has finished. */
+  private passWaiters: Array<() => void> = []
+
+  /**
+   * Resolves once a pass that starts after this call has finished (whatever its outcome), or after `timeoutMs`
+   * (the agent may be stopping). Unlike idle(), pending backoff wakes do not hold it.
+   */
+  nextPass(timeoutMs = 5_000): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs)
+      timer.unref()
+      this.passWaiters.push(() => {
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+  }
+
   private async pass(reasons: string[]): Promise<void> {
+    const waiters = this.passWaiters.splice(0)
+    try {
+      await this.runPass(reasons)
+    } finally {
+      for (const w of waiters) w()
+    }
+  }
+
+  private async runPass(reasons: string[]): Promise<void> {
     const { log, metrics } = this.opts
     const started = this.now()
     const ctx = passContext(reasons)

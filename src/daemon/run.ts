@@ -140,8 +140,8 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
    * at an SA about to go); then our own IKE_SAs are terminated, connections kept loaded, so edges re-establish
    * with the new leader instead of waiting for DPD.
    */
-  const demote = async (): Promise<void> => {
-    await agent.idle()
+  const demote = async (passed: Promise<void>): Promise<void> => {
+    await passed
     if (leadership.isLeader() || draining) return
     const names = await ownConns()
     if (!names) return
@@ -160,8 +160,10 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     metrics.leader.set(leader ? 1 : 0)
     metrics.leaderTransitions.inc()
     log.info({ op: 'leadership', mode: leadership.mode, leader }, leader ? 'promoted: initiating tunnels and applying routes' : 'demoted: standby keeps credentials and responder connections loaded')
+    // Registered before the trigger: the pass it starts is the one to wait for.
+    const passed = agent.nextPass()
     agent.trigger(leader ? 'leader:promoted' : 'leader:demoted')
-    if (!leader && !draining) demote().catch((err: unknown) => log.error({ op: 'demote', err: (err as Error).message }, 'demotion: cannot terminate own SAs'))
+    if (!leader && !draining) demote(passed).catch((err: unknown) => log.error({ op: 'demote', err: (err as Error).message }, 'demotion: cannot terminate own SAs'))
   })
   await leadership.start()
   log.info({ op: 'leadership', mode: leadership.mode, leader: leadership.isLeader(), ...(election.mode !== 'none' && election.vip ? { vip: election.vip } : {}) }, 'leader election started')
@@ -227,6 +229,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
       (stopping ??= (async () => {
         // From now on /healthz answers 503 "draining": keepalived's check fails at once and the VIP moves.
         draining = true
+        const stopStarted = Date.now()
         const leading = election.mode !== 'none' && leadership.isLeader()
         await bounded(leadership.release(), 1000).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'cannot release leadership'))
         await leadership.stop()
@@ -235,7 +238,9 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
         if (leading) {
           // No pass may re-initiate or re-load behind the terminates below.
           await agent.stop(Math.min(o.stopGraceMs ?? 3000, 1500))
-          await bounded(drainLeader(), 1500).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'draining: cannot terminate own SAs'))
+          // Whatever is left of a 4.5 s budget (the process must be gone within 5 s), at least 1.5 s: on a loaded node
+          // the iptables write and the terminates can take seconds, and a drain cut short sends no DELETE at all.
+          await bounded(drainLeader(), Math.max(1500, 4500 - (Date.now() - stopStarted))).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'draining: cannot terminate own SAs'))
         }
         await http.close()
         await node.close(o.stopGraceMs ?? 3000)

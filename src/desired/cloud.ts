@@ -34,18 +34,23 @@ export function cloudPrefixes(config: TunnelConfig): string[] {
   return sortCidrs(new Set(config.peers.flatMap((p) => [...p.subnets, ...p.nodeSubnets])))
 }
 
+/** Every remote prefix via the connector address of its family (a cloud node; a standby connector, standby.ts). */
+export function cloudRoutes(config: TunnelConfig, connectorAddresses: { 4?: string; 6?: string }): DesiredRoute[] {
+  return cloudPrefixes(config).map((dst): DesiredRoute => {
+    const family: Family = cidrFamily(dst)
+    const route: DesiredRoute = { dst, family, table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, viaFrom: 'connector-address' }
+    const via = connectorAddresses[family]
+    if (via) route.via = via
+    return route
+  })
+}
+
 /** Config (the connector's tunnels.yaml) + connector address(es) -> the desired state of a cloud node. */
 export function cloudDesired(config: TunnelConfig, opts: CloudOptions): Desired {
   if (config.local.type !== 'Connector') {
     throw new DesiredError('ROLE_MISMATCH', `--role cloud needs the connector's tunnels.yaml (local type Connector), got local type ${config.local.type} (${config.local.name})`)
   }
-  const routes = cloudPrefixes(config).map((dst): DesiredRoute => {
-    const family: Family = cidrFamily(dst)
-    const route: DesiredRoute = { dst, family, table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, viaFrom: 'connector-address' }
-    const via = opts.connectorAddresses[family]
-    if (via) route.via = via
-    return route
-  })
+  const routes = cloudRoutes(config, opts.connectorAddresses)
   return {
     role: 'cloud',
     conns: {},

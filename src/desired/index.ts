@@ -6,7 +6,7 @@ import { cidrFamily } from '../config/cidr.js'
 import { desiredConns, roleOf } from './conns.js'
 import { desiredRoutes, desiredRules } from './routes.js'
 import { desiredSets } from './sets.js'
-import { cloudDesired } from './cloud.js'
+import { cloudDesired, cloudRoutes } from './cloud.js'
 import { standbyState } from './standby.js'
 import { DesiredError, type Desired, type DesiredOptions, type Role } from './types.js'
 
@@ -35,7 +35,7 @@ export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desire
       ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6), ...drain(6) }),
     },
   }
-  return opts.standby ? standbyState(desired) : desired
+  return opts.standby ? standbyState(desired, opts.standbyVia ? cloudRoutes(config, opts.standbyVia) : undefined) : desired
 }
 
 export interface NodeDesiredOptions extends DesiredOptions {
@@ -53,6 +53,7 @@ export function nodeDesired(config: TunnelConfig, role: Role | undefined, opts: 
   if (role !== undefined && role !== roleOf(config)) {
     throw new DesiredError('ROLE_MISMATCH', `--role ${role} but the config's local endpoint ${config.local.name} is of type ${config.local.type}`)
   }
-  const { connectorAddresses: _unused, ...rest } = opts
-  return desiredState(config, rest)
+  const { connectorAddresses, ...rest } = opts
+  // A connector given --connector-address (with leader election): its standby routes like a cloud node.
+  return desiredState(config, connectorAddresses && roleOf(config) === 'connector' ? { ...rest, standbyVia: connectorAddresses } : rest)
 }

@@ -6,15 +6,23 @@
 // - leader-only: initiating connector<->connector tunnels, the table-220 routes, and the remote members of the
 //   steering ipsets (FABEDGE-REMOTE-POD-CIDR, FABEDGE-REMOTE-NODE-CIDR): with them empty, every NAT-exemption and
 //   masquerade rule of the (unchanged, so never rewritten) iptables ruleset is inert. No route may send cloud
-//   traffic towards an SA that does not exist on this node, so a standby has no tunnel routes at all.
+//   traffic towards an SA that does not exist on this node, so a standby has no tunnel routes at all;
+// - unless it is given `--connector-address` (the connectors' internal VIP): then it routes every remote prefix
+//   via that address, exactly like a cloud node (cloud.ts), and so reaches edges through the leader.
 import { IPSET, ipsetName } from '../fabedge.js'
-import type { Desired } from './types.js'
+import type { Desired, DesiredRoute } from './types.js'
 
 const LEADER_ONLY_SETS = [IPSET.remotePodCidr, IPSET.remoteNodeCidr].flatMap((base) => [ipsetName(base, 4), ipsetName(base, 6)])
 
-/** The standby's share of a connector's desired state (the connections and rulesets are the same objects). */
-export function standbyState(d: Desired): Desired {
+/**
+ * The standby's share of a connector's desired state (the connections and rulesets are the same objects). With
+ * `viaConnector` (the cloud routes via `--connector-address`, the connectors' internal VIP) the standby routes every
+ * remote prefix to the leader like a cloud node, and keeps the steering sets filled: on a cloud-routing node they
+ * only exempt its pods' traffic to remote prefixes from masquerading, as the cloud role's ruleset does.
+ */
+export function standbyState(d: Desired, viaConnector?: DesiredRoute[]): Desired {
   if (d.role !== 'connector') return d
+  if (viaConnector) return { ...d, initiate: [], initiateChildren: {}, routes: viaConnector }
   const ipsets: Desired['ipsets'] = {}
   for (const [name, s] of Object.entries(d.ipsets)) ipsets[name] = LEADER_ONLY_SETS.includes(name) ? { family: s.family, members: [] } : s
   return { ...d, initiate: [], initiateChildren: {}, routes: [], ipsets }

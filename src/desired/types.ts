@@ -51,6 +51,11 @@ export interface DesiredOptions {
    * table-220 routes, and the remote members of the steering ipsets. See standby.ts.
    */
   standby?: boolean
+  /**
+   * Connector standby only: route every remote prefix via these addresses (the connectors' internal VIP), exactly
+   * as a cloud node does (cloud.ts), instead of having no tunnel route at all.
+   */
+  standbyVia?: { 4?: string; 6?: string }
   /** Connector only: draining while holding this VIP (canonical address); see iptables drainRules. */
   drainVip?: string
 }

@@ -65,10 +65,21 @@ t.test('usage errors: exit 2 with a clear message', async (t) => {
     [['--leader-election', 'lease', '--leader-retry-period', '9s'], { NAMESPACE: 'x' }, /--leader-renew-deadline must be greater than 1.2 x --leader-retry-period/],
     [['--leader-election', 'lease', '--leader-lease-duration', 'soon'], { NAMESPACE: 'x' }, /--leader-lease-duration must be a duration/],
     [['--leader-election', 'lease', '--leader-lock-name', 'Bad_Name'], { NAMESPACE: 'x' }, /--leader-lock-name must be a DNS subdomain name/],
+    [['--connector-address', '10.79.1.100'], {}, /--connector-address is only used with --role cloud, or by a connector with --leader-election vip\|lease/],
+    [['--role', 'edge', '--leader-election', 'vip', '--vip', '10.0.0.1', '--connector-address', '10.79.1.100'], {}, /--connector-address is only used with --role cloud, or by a connector/],
+    [['--leader-election', 'vip', '--vip', '10.0.0.1', '--connector-address', '10.79.1.0/24'], {}, /--connector-address: "10.79.1.0\/24" is not an IP address/],
   ]
   for (const [argv, env, msg] of cases) {
     const r = await cli(['run', '--listen', '127.0.0.1:0', ...argv], env)
     t.equal(r.code, 2, argv.join(' '))
     t.match(r.err, msg)
   }
+})
+
+t.test('--connector-address on a connector with leader election: accepted for its standby routes', async (t) => {
+  const { roleFlags } = await import('../../src/commands.js')
+  const p = parseFlags(['--leader-election', 'vip', '--vip', '10.0.0.1', '--connector-address', '10.79.1.100'], { ...SPECS, role: { type: 'string', help: '' }, 'connector-address': { type: 'string', help: '' } } as never, {})
+  t.same(roleFlags(p), { connectorAddresses: { 4: '10.79.1.100' } })
+  const c = parseFlags(['--role', 'connector', '--leader-election', 'lease', '--connector-address', '10.79.1.100,fd00::1'], { ...SPECS, role: { type: 'string', help: '' }, 'connector-address': { type: 'string', help: '' } } as never, {})
+  t.same(roleFlags(c), { role: 'connector', connectorAddresses: { 4: '10.79.1.100', 6: 'fd00::1' } })
 })

@@ -50,7 +50,10 @@ t.test('vip mode: the VIP on an interface is leadership; one pass adds or remove
   const VIP4 = '10.77.1.250'
   const VIP6 = 'fd00:77::250'
   let vip = VIP4
-  const driver = await defaultDriver({ datapath: 'xfrm', logLevel: 'debug', extraArgs: () => ['--leader-election', 'vip', '--vip', vip] })
+  // The connectors' internal VIP as a standby's next hop (here just an unused underlay address).
+  const INTERNAL = '10.77.1.251'
+  let viaConnector = true
+  const driver = await defaultDriver({ datapath: 'xfrm', logLevel: 'debug', extraArgs: () => ['--leader-election', 'vip', '--vip', vip, ...(viaConnector ? ['--connector-address', INTERNAL] : [])] })
   t.teardown(async () => {
     await driver.stopAll()
     await topo.destroy()
@@ -68,14 +71,16 @@ t.test('vip mode: the VIP on an interface is leadership; one pass adds or remove
     if (r.code !== 0) throw new Error(r.stderr)
     return r.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(' ')[0]!).sort()
   }
+  const nextHops = async () => new Set((await conn.ns.run(['ip', 'route', 'show', 'table', '220', 'proto', '220'])).trim().split('\n').map((l) => /via (\S+)/.exec(l)?.[1]))
+  const STANDBY_ROUTES = ['10.61.0.0/24', '10.77.5.5', '10.78.9.1', '10.89.1.0/24', '10.99.0.0/16']
   const members = async (set: string) => (await conn.ns.run(['ipset', 'list', set])).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort()
   const shanghaiSa = async () => (await conns(conn)).sas.some((s) => s.name === 'shanghai.connector')
 
   await agent.start()
   await agent.waitFor('standby ready', async () => (await agent.get('/readyz')).status === 200, 30_000)
   t.equal(await text(agent, '/is-leader'), 'false', 'no VIP here: standby')
-  t.same(await routes(), [], 'standby: no table-220 route (no route towards an SA that is not here)')
-  t.same(await members('FABEDGE-REMOTE-POD-CIDR'), [], 'standby: steering set empty')
+  t.same(await routes(), STANDBY_ROUTES, 'standby with --connector-address: every remote prefix routed like a cloud node')
+  t.same(await nextHops(), new Set([INTERNAL]), '... via the connectors\' internal address, never into a tunnel here')
   t.ok((await members('FABEDGE-LOCAL-POD-CIDR')).length > 0, 'the local sets are filled')
   t.same((await conns(conn)).loaded, ['beijing.far', 'shanghai.connector'], 'standby: every connection loaded (warm)')
   t.equal(await shanghaiSa(), false, 'standby: the remote connector is not initiated')
@@ -85,6 +90,7 @@ t.test('vip mode: the VIP on an interface is leadership; one pass adds or remove
   await agent.waitFor('promoted', async () => (await text(agent, '/is-leader')) === 'true', 10_000, 20)
   await agent.waitFor('leader state', async () => (await routes()).length === 3 && (await shanghaiSa()), 10_000, 20)
   t.same(await routes(), ['10.61.0.0/24', '10.89.1.0/24', '10.99.0.0/16'], 'leader: a table-220 route per peer subnet')
+  t.same(await nextHops(), new Set(['10.77.0.1']), 'via the default gateway (xfrm), no longer via the connector address')
   t.same(await members('FABEDGE-REMOTE-POD-CIDR'), ['10.61.0.0/24', '10.89.1.0/24', '10.99.0.0/16'], 'leader: steering set filled')
   const s = await agent.status()
   t.match(s.leadership, { mode: 'vip', leader: true, transitions: 1, vip: { address: VIP4, present: true } })
@@ -97,24 +103,28 @@ t.test('vip mode: the VIP on an interface is leadership; one pass adds or remove
   const promotionPass = log.split('\n').map((l) => { try { return JSON.parse(l) } catch { return null } })
     .find((l) => l?.op === 'pass' && l.reasons?.includes('leader:promoted'))
   t.ok(promotionPass, 'a pass ran for the promotion')
-  t.match(promotionPass?.writes, { routes: Number, ipsets: Number, tunnels: Number }, 'that one pass wrote routes, sets and the initiate')
+  // The sets stay filled on a standby routing via --connector-address: routes and the initiate are what change.
+  t.match(promotionPass?.writes, { routes: Number, tunnels: Number }, 'that one pass wrote the routes and the initiate')
 
   await conn.ns.run(['ip', 'addr', 'del', `${VIP4}/32`, 'dev', ul])
   await agent.waitFor('demoted', async () => (await text(agent, '/is-leader')) === 'false', 10_000, 20)
-  await agent.waitFor('standby state', async () => (await routes()).length === 0 && !(await shanghaiSa()), 10_000, 20)
-  t.same(await members('FABEDGE-REMOTE-POD-CIDR'), [], 'demoted: steering set emptied')
+  await agent.waitFor('standby state', async () => (await routes()).join() === STANDBY_ROUTES.join() && !(await shanghaiSa()), 10_000, 20)
+  t.same(await nextHops(), new Set([INTERNAL]), 'demoted: back to routing via the connector address')
   t.same((await conns(conn)).loaded, ['beijing.far', 'shanghai.connector'], 'demoted: connections stay loaded')
   t.match(await text(agent, '/metrics'), /^fabtunnel_leader 0$/m)
 
-  // IPv6 VIP (keepalived adds it without DAD).
+  // IPv6 VIP (keepalived adds it without DAD); and a standby without --connector-address has no route at all.
   await agent.stop()
   vip = VIP6
+  viaConnector = false
   await conn.ns.run(['ip', '-6', 'addr', 'add', `${VIP6}/128`, 'dev', ul, 'nodad'])
   await agent.start()
   await agent.waitFor('leader with the IPv6 VIP present at start', async () => (await text(agent, '/is-leader').catch(() => '')) === 'true', 30_000)
+  await agent.waitFor('leader routes', async () => (await routes()).length === 3, 10_000, 20)
   await conn.ns.run(['ip', '-6', 'addr', 'del', `${VIP6}/128`, 'dev', ul])
   await agent.waitFor('IPv6 VIP removed: standby', async () => (await text(agent, '/is-leader')) === 'false', 10_000, 20)
-  t.pass('IPv6 VIP followed')
+  await agent.waitFor('no route at all', async () => (await routes()).length === 0, 10_000, 20)
+  t.same(await members('FABEDGE-REMOTE-POD-CIDR'), [], 'standby without --connector-address: steering set empty, no table-220 route')
 })
 
 t.test('SIGTERM on the leader: healthz draining, edge IKE_SA deleted, re-initiation to the VIP dropped, conns kept', { skip: needsRoot, timeout: 180_000 }, async (t) => {

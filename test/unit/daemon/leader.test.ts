@@ -95,3 +95,33 @@ t.test('vip: present at start (IPv6), and events during the dump are replayed af
   t.equal(src.dumps, 2, 'a netlink overrun re-reads the dump')
   t.equal(l.isLeader(), false, 'the removal seen during the dump is not lost')
 })
+
+t.test('createLeadership: vip over the daemon monitor and the route socket; lease needs in-cluster config', async (t) => {
+  const { createLeadership } = await import('../../../src/daemon/run.js')
+  const { EventEmitter } = await import('node:events')
+  const { memoryLogger } = await import('../../harness/fake-node.js')
+  const { log } = await memoryLogger()
+  const monitor = Object.assign(new EventEmitter(), { close() {} })
+  let dumps = 0
+  // The route socket's dump answers with no address at all (RTM_GETADDR): no VIP at start.
+  const routeSock = { dump: async () => { dumps++; return [] } }
+  const node = { routeSock } as never
+  const none = await createLeadership({ mode: 'none' }, { node, monitor: monitor as never, log })
+  t.equal(none.mode, 'none')
+  const vip = await createLeadership({ mode: 'vip', vip: '10.0.0.100' }, { node, monitor: monitor as never, log })
+  await vip.start()
+  t.equal(dumps, 1, 'one address dump at start')
+  t.equal(vip.isLeader(), false)
+  monitor.emit('addr', 'new', addr('10.0.0.100'))
+  t.equal(vip.isLeader(), true, 'the monitor\'s addr events drive it')
+  monitor.emit('resync')
+  await new Promise((r) => setImmediate(r))
+  t.equal(dumps, 2, 'a netlink overrun re-reads the addresses')
+  t.equal(vip.isLeader(), false, 'the dump (no VIP) wins over the stale event')
+  await vip.stop()
+  t.equal(monitor.listenerCount('addr') + monitor.listenerCount('resync'), 0, 'stop unsubscribes')
+  const saved = process.env.KUBERNETES_SERVICE_HOST
+  delete process.env.KUBERNETES_SERVICE_HOST
+  t.teardown(() => { if (saved !== undefined) process.env.KUBERNETES_SERVICE_HOST = saved })
+  await t.rejects(createLeadership({ mode: 'lease', lease: { namespace: 'fabedge', name: 'connector', identity: 'n', leaseDurationMs: 15_000, renewDeadlineMs: 10_000, retryPeriodMs: 2_000 } }, { node, monitor: monitor as never, log }), /in-cluster config/)
+})

@@ -295,3 +295,17 @@ t.test('SIGTERM on the leader: /healthz draining, release, then own SAs terminat
   t.equal(r2.fake.charon.sas.length, 1, 'a standby stopping terminates nothing')
   t.notOk(r2.lines.some((l) => l.op === 'drain'))
 })
+
+t.test('demotion terminates own SAs after its pass while other triggers keep passes coming', async (t) => {
+  const leadership = new ManualLeadership(true)
+  const r = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership })
+  const charon = r.fake.charon
+  t.ok(await until(() => charon.sas.some((s) => s.name === 'shanghai.connector')), 'the leader initiated')
+  charon.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: charon.localId, children: [] })
+  // A flapping route in table 220 (someone else's tool): passes keep coming, the agent is never idle.
+  const flap = setInterval(() => r.monitor.emit('route', 'new', route({})), 2)
+  t.teardown(() => clearInterval(flap))
+  leadership.set(false)
+  t.ok(await until(() => !charon.sas.some((s) => s.name === 'beijing.edge1' || s.name === 'shanghai.connector')), 'own SAs terminated right after the demotion pass')
+  clearInterval(flap)
+})

@@ -4,7 +4,7 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { loadConfig } from '../../../src/config/load.js'
-import { desiredState, standbyState } from '../../../src/desired/index.js'
+import { desiredState, nodeDesired, standbyState } from '../../../src/desired/index.js'
 
 const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
 const PEM = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'
@@ -58,4 +58,20 @@ t.test('drainVip: IKE_SA_INIT drops for the VIP of its family only, ahead of the
   const v6 = desiredState(config, { datapath: 'xfrm', drainVip: 'fd00::200' })
   t.equal(v6.iptables.ipv4, plain.iptables.ipv4)
   t.match(v6.iptables.ipv6, /-A FABEDGE-INPUT -d fd00::200\/128 -p udp -m udp --dport 500 -m u32 --u32 "0x38=0x0&&0x3c=0x0&&0x3f&0xff=0x22" -j DROP/)
+})
+
+t.test('standby with --connector-address: routes every remote prefix via it, like a cloud node; the leader is unchanged', async (t) => {
+  const { config } = await loadConfig(join(FIX, 'connector.yaml'))
+  const via = { 4: '10.79.1.100', 6: 'fd00:79::100' }
+  const plainStandby = desiredState(config, { datapath: 'xfrm', gateways: GW, standby: true })
+  const standby = nodeDesired(config, undefined, { datapath: 'xfrm', gateways: GW, standby: true, connectorAddresses: via })
+  const cloud = nodeDesired(config, 'cloud', { datapath: 'xfrm', connectorAddresses: via })
+  t.same(plainStandby.routes, [], 'without the flag: no route at all')
+  t.same(standby.routes, cloud.routes, 'the same routes as a cloud node reading this config')
+  t.ok(standby.routes.length > 0 && standby.routes.every((r) => r.via === via[r.family]), 'each via the connector address of its family')
+  t.same(standby.initiate, [], 'still initiates nothing')
+  t.same(Object.keys(standby.conns), Object.keys(plainStandby.conns), 'still warm')
+  t.same(standby.ipsets['FABEDGE-REMOTE-POD-CIDR'], desiredState(config, { datapath: 'xfrm' }).ipsets['FABEDGE-REMOTE-POD-CIDR'], 'remote prefixes stay in the sets (NAT exemption of its pods, as on a cloud node)')
+  const leader = nodeDesired(config, undefined, { datapath: 'xfrm', gateways: GW, connectorAddresses: via })
+  t.same(leader, desiredState(config, { datapath: 'xfrm', gateways: GW }), 'the leader ignores it: its routes go into the tunnels')
 })
