@@ -4,7 +4,7 @@ import { DEFAULTS } from './fabedge.js'
 import { VERSION } from './version.js'
 import { loadConfig } from './config/load.js'
 import { ConfigError, formatIssue, type ConfigIssue } from './config/errors.js'
-import { desiredState, type Datapath, type Desired } from './desired/index.js'
+import { desiredState, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY, type Datapath, type Desired } from './desired/index.js'
 import { CertError, readCertPem } from './cert.js'
 import { createLogger, isLogLevel, type Logger } from './log.js'
 import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
@@ -31,6 +31,18 @@ const LIVE: Record<string, FlagSpec> = {
   key: { type: 'string', arg: 'FILE', default: DEFAULTS.key, help: 'private key PEM (sent to charon only, never logged)' },
   ca: { type: 'string', arg: 'FILE', default: DEFAULTS.ca, help: 'CA certificate PEM' },
   datapath: DATAPATH,
+}
+
+const DPD_DELAY: FlagSpec = {
+  type: 'string', arg: 'DURATION', default: EDGE_DPD_DELAY,
+  help: `dead-peer detection interval of the connections this node initiates (edges: to the connector), whole seconds; 0 disables; FabEdge uses ${FABEDGE_DPD_DELAY}`,
+}
+
+/** --dpd-delay as charon takes it: whole seconds (charon has no sub-second DPD), at most an hour. */
+export function dpdDelayOf(p: Parsed): string {
+  const ms = parseDuration(String(p.values['dpd-delay']), '--dpd-delay')
+  if (ms % 1000 !== 0 || ms > 3_600_000) throw new UsageError(`--dpd-delay must be whole seconds between 0s and 1h, got "${String(p.values['dpd-delay'])}"`)
+  return `${ms / 1000}s`
 }
 
 function datapathOf(p: Parsed): Datapath {
@@ -64,6 +76,7 @@ const COMMANDS: Record<string, Command> = {
       offline: { type: 'boolean', help: 'compute from the config alone, without reading the live node' },
       json: { type: 'boolean', help: 'print the desired state as JSON' },
       datapath: DATAPATH,
+      'dpd-delay': DPD_DELAY,
       cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM sent in local.certs' },
       vici: LIVE.vici!,
     },
@@ -76,6 +89,7 @@ const COMMANDS: Record<string, Command> = {
       ...LIVE,
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
+      'dpd-delay': DPD_DELAY,
     },
     run: runCommand,
   },
@@ -194,7 +208,7 @@ async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
     }
     log.warn({ file: certFile, err: err.message }, 'certificate not readable; connections are shown without local.certs')
   }
-  const desired = desiredState(loaded.config, { datapath, ...(certPem ? { certPem } : {}) })
+  const desired = desiredState(loaded.config, { datapath, dpdDelay: dpdDelayOf(p), ...(certPem ? { certPem } : {}) })
   io.out(p.values.json ? JSON.stringify(desired, null, 2) : renderPlanText(desired))
   return 0
 }
@@ -203,7 +217,7 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Pro
   const { buildNode } = await import('./daemon/node.js')
   const node = await buildNode({
     config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: DEFAULTS.key, ca: DEFAULTS.ca,
-    datapath, resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+    datapath, dpdDelay: dpdDelayOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
   })
   try {
     const outcome = await node.agent.reloadConfig()
@@ -272,7 +286,7 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
     const running = await startDaemon({
       config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-      ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log,
+      ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log,
     })
     hup = () => running.sighup()
     if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })

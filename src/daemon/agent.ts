@@ -23,6 +23,8 @@ import type { Metrics } from './metrics.js'
 export interface AgentOptions {
   configPath: string
   datapath: Datapath
+  /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
+  dpdDelay?: string
   /** Ordered: apply happens in this order. */
   subsystems: Subsystem[]
   /**
@@ -217,7 +219,7 @@ export class Agent {
     const gateways = this.opts.datapath === 'xfrm' ? await this.opts.gateways?.() : undefined
     const key = `${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
     if (this.desiredMemo?.key !== key) {
-      const desired = desiredState(this.config, { datapath: this.opts.datapath, ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}) })
+      const desired = desiredState(this.config, { datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}) })
       this.desiredMemo = { key, desired }
     }
     return this.desiredMemo.desired

@@ -23,6 +23,8 @@ export interface NodeOptions {
   key: string
   ca: string
   datapath: Datapath
+  /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
+  dpdDelay?: string
   resyncMs: number
   coalesceMs?: number
   log: Logger
@@ -70,6 +72,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   agent = new Agent({
     configPath: o.config,
     datapath: o.datapath,
+    ...(o.dpdDelay !== undefined ? { dpdDelay: o.dpdDelay } : {}),
     subsystems: [ipsets, iptables, routes, tunnels],
     certPem: () => readCertPem(o.cert),
     gateways: () => routes.gateways(),

@@ -19,6 +19,8 @@ export interface RunOptions {
   ca: string
   listen: ListenAddress
   datapath: Datapath
+  /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
+  dpdDelay?: string
   resyncMs: number
   log: Logger
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */

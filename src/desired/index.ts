@@ -9,7 +9,7 @@ import { desiredSets } from './sets.js'
 import type { Desired, DesiredOptions } from './types.js'
 
 export * from './types.js'
-export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY } from './conns.js'
+export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY } from './conns.js'
 export { desiredRoutes, desiredRules } from './routes.js'
 export { desiredSets } from './sets.js'
 

@@ -36,6 +36,11 @@ export interface DesiredOptions {
   certPem?: string
   /** Default gateways of the main table per family (xfrm); a family without one gets routes without `via`. */
   gateways?: { 4?: string; 6?: string }
+  /**
+   * `dpd_delay` of the connections this node initiates, as charon takes it (whole seconds, e.g. `3s`; `0s`: no DPD).
+   * Default EDGE_DPD_DELAY.
+   */
+  dpdDelay?: string
 }
 
 export interface Desired {

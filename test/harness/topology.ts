@@ -20,6 +20,7 @@
 //
 // Each gateway's tunnels.yaml exists from create() on (the operator's view), so an agent can start at any time,
 // also before its charon (stop the charon first).
+import { readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -82,8 +83,17 @@ export class Gateway {
   }
 }
 
-/** The sidecar's retransmission settings (deploy/image/strongswan/strongswan.conf): DPD failure in ~15 s. */
-export const CHARON_RETRANSMIT = 'retransmit_timeout = 2.0\nretransmit_base = 1.4\nretransmit_tries = 3'
+/**
+ * The sidecar's retransmission settings, read from deploy/image/strongswan/strongswan.conf so the harness runs what
+ * ships (a dead peer is declared dead ~5.4 s after its first unanswered request; see the comments there).
+ */
+export const CHARON_RETRANSMIT = shippedRetransmit()
+
+export function shippedRetransmit(file = new URL('../../deploy/image/strongswan/strongswan.conf', import.meta.url).pathname): string {
+  const lines = readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => /^retransmit_[a-z_]+ = [0-9.]+$/.test(l))
+  if (lines.length === 0) throw new Error(`${file}: no retransmit_* settings`)
+  return lines.join('\n')
+}
 
 export class Topology {
   readonly gateways = new Map<string, Gateway>()
