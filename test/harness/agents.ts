@@ -121,6 +121,8 @@ export interface DaemonOptions {
   resyncInterval?: string
   /** `--datapath`. Default libipsec (the only one whose packets flow in these namespaces). */
   datapath?: 'libipsec' | 'xfrm'
+  /** More `fabtunnel run` arguments per gateway (e.g. the HA harness's leader election). */
+  extraArgs?: (g: Gateway) => string[]
 }
 
 export class DaemonDriver implements AgentDriver {
@@ -151,6 +153,7 @@ export class DaemonDriver implements AgentDriver {
       '--datapath', this.opts.datapath ?? 'libipsec',
       '--log-level', this.opts.logLevel ?? 'info',
       ...(this.opts.resyncInterval ? ['--resync-interval', this.opts.resyncInterval] : []),
+      ...(this.opts.extraArgs?.(g) ?? []),
     ]
   }
 

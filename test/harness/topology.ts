@@ -67,10 +67,12 @@ export class Gateway {
     /** Instance dir of this node: agent log, generated swanctl files. */
     readonly dir: string,
     readonly caPath: string,
+    /** The harness's name of the node when it differs from its FabEdge name (HA: two replicas of one connector). */
+    readonly nodeName?: string,
   ) {}
 
   get name(): string {
-    return this.plan.fullName
+    return this.nodeName ?? this.plan.fullName
   }
 
   /** The path the agent is given (`<configmap>/tunnels.yaml`, through the `..data` symlink). */
@@ -286,13 +288,13 @@ export class Topology {
 }
 
 /** Like Promise.all, but waits for every branch so nothing is still being created when cleanup starts. */
-async function settleAll(work: Array<Promise<unknown>>): Promise<void> {
+export async function settleAll(work: Array<Promise<unknown>>): Promise<void> {
   const results = await Promise.allSettled(work)
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
 }
 
-async function addBridge(ns: Netns, name: string, addrs: string[]): Promise<void> {
+export async function addBridge(ns: Netns, name: string, addrs: string[]): Promise<void> {
   const lines = [`link add ${name} type bridge`, `link set ${name} up`, ...addrs.map((a) => `addr add ${a} dev ${name}`)]
   await exec(['ip', '-n', ns.name, '-batch', '-'], { input: lines.join('\n') + '\n' })
 }
