@@ -44,7 +44,7 @@ t.test('refuses values that could break or inject into the file', async (t) => {
   for (const [what, mutate] of bad) {
     const s = spec()
     mutate(s)
-    t.throws(() => renderKeepalivedConf(s), undefined, what)
+    t.throws(() => renderKeepalivedConf(s), what)
   }
 })
 
