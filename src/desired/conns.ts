@@ -82,6 +82,12 @@ function peerConn(config: TunnelConfig, peer: PeerEndpoint, opts: DesiredOptions
     ports(peer, section)
   }
   if (initiator) dpd(section, opts)
+  // A connector never lets MOBIKE move its IKE_SAs off the address peers dial. With connector HA that address is a
+  // VIP: when keepalived moves it away, charon would roam every SA to the node's own address and tell the peers,
+  // which then keep a half-working tunnel to the demoted node (their packets reach it, the cloud's replies go to
+  // the new holder of the internal VIP) and never notice through DPD, since the old node still answers. Without
+  // MOBIKE their SAs stay on the VIP, DPD finds them dead on the new holder, and they re-initiate (docs/ha.md).
+  if (config.local.type === 'Connector') section.mobike = 'no'
   section.local = localAuth(config.local, opts)
   section.remote = { auth: 'pubkey', id: peer.id }
   section.children = children(config.local, peer, peer.name, initiator)

@@ -13,6 +13,7 @@ t.test('connector: golden load-conn sections for edge peers, a remote connector 
   t.same(Object.keys(d.conns), ['mediator', 'shanghai.connector', 'beijing.edge1', 'beijing.edge2'])
   t.same(d.conns['beijing.edge1'], {
     version: '2',
+    mobike: 'no',
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector', certs: [PEM] },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge1' },
     children: {
@@ -26,6 +27,7 @@ t.test('connector: golden load-conn sections for edge peers, a remote connector 
     version: '2',
     remote_addrs: ['10.50.0.9'],
     dpd_delay: EDGE_DPD_DELAY,
+    mobike: 'no',
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector', certs: [PEM] },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=shanghai.connector' },
     children: {
@@ -118,4 +120,12 @@ t.test('dpdDelay: every connection this node initiates carries it, responders ne
   const c = desiredConns(connector, { datapath: 'xfrm', dpdDelay: '7s' })
   t.equal(c.conns['shanghai.connector']!.dpd_delay, '7s', 'the connector-to-connector initiator')
   t.notOk('dpd_delay' in c.conns['beijing.edge1']!, 'edge peers: the connector responds only')
+})
+
+t.test('MOBIKE: a connector turns it off on every peer connection (its SAs stay on the VIP); edges keep the default', async (t) => {
+  const { config } = await loadConfig(join(FIX, 'connector.yaml'))
+  const d = desiredConns(config, { datapath: 'xfrm' })
+  t.same(config.peers.map((p) => d.conns[p.name]!.mobike), config.peers.map(() => 'no'))
+  const { config: edge } = await loadConfig(join(FIX, 'edge.yaml'))
+  t.same(Object.values(desiredConns(edge, { datapath: 'xfrm' }).conns).filter((c) => 'mobike' in c), [])
 })
