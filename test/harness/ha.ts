@@ -39,7 +39,9 @@ export interface HaOptions {
   charonLogLevel?: number
 }
 
-export const DEFAULT_HA = { edges: 2, advertInt: 0.5, check: { interval: 0.5, fall: 2, rise: 1 } }
+// The check as deploy/keepalived/keepalived.conf.example ships it (every 1 s, 2 failures), but rise 1: a revived
+// replica need not wait 3 s to become eligible in a test.
+export const DEFAULT_HA = { edges: 2, advertInt: 0.5, check: { interval: 1, fall: 2, rise: 1 } }
 
 /** The check script keepalived runs in each connector namespace: the agent is alive and answering. */
 export function checkScript(listen = AGENT_LISTEN): string {
@@ -244,12 +246,12 @@ export class HaTopology {
     return new Gateway(n, ns, charon, cert, config, dir, this.pki.caCertPath, nodeName)
   }
 
-  /** Replicas holding the public (or internal) VIP now. */
+  /** Replicas holding the public (or internal) VIP on a link that is up (a crashed node's downed links hold nothing). */
   async vipHolders(which: 'public' | 'internal' = 'public'): Promise<string[]> {
     const vip = which === 'public' ? this.publicVip : this.internalVip
     const out: string[] = []
     for (const r of this.replicas) {
-      const res = await r.gateway.ns.capture(['ip', '-o', '-4', 'addr', 'show'], { timeoutMs: 5_000 })
+      const res = await r.gateway.ns.capture(['ip', '-o', '-4', 'addr', 'show', 'up'], { timeoutMs: 5_000 })
       if (res.stdout.includes(` ${vip}/`)) out.push(r.name)
     }
     return out
@@ -286,8 +288,13 @@ export class HaTopology {
     return t0
   }
 
-  /** Brings a crashed replica back: links up, charon, keepalived and its agent started again (it rejoins as standby). */
+  /**
+   * Brings a crashed replica back as a rebooted node: the VIPs its killed keepalived left on the links are gone (as
+   * after a reboot), links up, charon, keepalived and its agent started again (it rejoins as standby: nopreempt).
+   */
   async revive(r: Replica, driver: DaemonDriver): Promise<void> {
+    await r.gateway.ns.capture(['ip', 'addr', 'del', `${this.publicVip}/16`, 'dev', r.underlayIf])
+    await r.gateway.ns.capture(['ip', 'addr', 'del', this.plan.clusters[0]!.connector.lanCidr!, 'dev', r.lanIf])
     await r.gateway.ns.run(['ip', 'link', 'set', r.underlayIf, 'up'])
     await r.gateway.ns.run(['ip', 'link', 'set', r.lanIf, 'up'])
     await r.gateway.charon.restart()

@@ -74,7 +74,8 @@ export function renderKeepalivedConf(s: KeepalivedSpec): string {
     'vrrp_script agent_check {',
     `    script "${s.check.script}"`,
     `    interval ${s.check.interval}`,
-    `    timeout ${Math.max(1, Math.ceil(s.check.interval))}`,
+    // curl's own bound is 1 s (the check script); keepalived's is 2 s, so a slow probe fails as curl, not as a kill.
+    `    timeout ${Math.max(2, Math.ceil(s.check.interval))}`,
     `    fall ${s.check.fall}`,
     `    rise ${s.check.rise}`,
     '}',

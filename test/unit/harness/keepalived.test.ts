@@ -18,7 +18,7 @@ const spec = (): KeepalivedSpec => ({
 t.test('renders both instances in one sync group, tracking the agent check', async (t) => {
   const conf = renderKeepalivedConf(spec())
   t.match(conf, /global_defs \{\n {4}router_id beijing_connector-a\n {4}vrrp_version 3\n/)
-  t.match(conf, /vrrp_script agent_check \{\n {4}script "\/tmp\/x\/check-agent.sh"\n {4}interval 0.5\n {4}timeout 1\n {4}fall 2\n {4}rise 1\n\}/)
+  t.match(conf, /vrrp_script agent_check \{\n {4}script "\/tmp\/x\/check-agent.sh"\n {4}interval 0.5\n {4}timeout 2\n {4}fall 2\n {4}rise 1\n\}/)
   t.notMatch(conf, /weight/, 'weight 0 (the default): a failing check puts the node in FAULT')
   t.match(conf, /vrrp_sync_group connector \{\n {4}group \{\n {8}public\n {8}internal\n {4}\}\n\}/)
   t.equal(conf.match(/nopreempt/g)?.length, 2)
