@@ -195,6 +195,12 @@ export class HaTopology {
 
   private cloudNs: Netns | null = null
 
+  /** The replicas' route to the cloud node's pods. */
+  private get cloudRoute(): { dst: string; via: string } {
+    const cloud = this.plan.clusters[0]!.nodes.find((n) => n.role === 'cloud')!
+    return { dst: cloud.podCidr, via: cloud.nodeIp }
+  }
+
   private async wireReplica(n: NodePlan, cloud: NodePlan, suffix: string, i: number): Promise<ReplicaNet> {
     const ns = await this.newNs('ftc')
     const underlayIp = `10.77.1.${201 + i}`
@@ -297,6 +303,8 @@ export class HaTopology {
     await r.gateway.ns.capture(['ip', 'addr', 'del', this.plan.clusters[0]!.connector.lanCidr!, 'dev', r.lanIf])
     await r.gateway.ns.run(['ip', 'link', 'set', r.underlayIf, 'up'])
     await r.gateway.ns.run(['ip', 'link', 'set', r.lanIf, 'up'])
+    // Downing the LAN link flushed the route to the cloud pods; the rebooted node's network setup adds it again.
+    await r.gateway.ns.run(['ip', 'route', 'replace', this.cloudRoute.dst, 'via', this.cloudRoute.via])
     await r.gateway.charon.restart()
     await r.keepalived.restart()
     await driver.start(r.gateway)
