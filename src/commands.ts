@@ -4,12 +4,13 @@ import { DEFAULTS } from './fabedge.js'
 import { VERSION } from './version.js'
 import { loadConfig } from './config/load.js'
 import { ConfigError, formatIssue, type ConfigIssue } from './config/errors.js'
-import { desiredState, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY, type Datapath, type Desired } from './desired/index.js'
+import { DesiredError, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY, nodeDesired, parseConnectorAddresses, type Datapath, type Desired, type Role } from './desired/index.js'
 import { CertError, readCertPem } from './cert.js'
 import { createLogger, isLogLevel, type Logger } from './log.js'
 import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
 import { parseListen } from './daemon/http.js'
 import { formatStatus } from './daemon/status-format.js'
+import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocation } from './compat/fabedge-argv.js'
 
 export interface Io {
   out: (text: string) => void
@@ -45,6 +46,37 @@ export function dpdDelayOf(p: Parsed): string {
   return `${ms / 1000}s`
 }
 
+const ROLE_FLAGS: Record<string, FlagSpec> = {
+  role: {
+    type: 'string', arg: 'ROLE',
+    help: "connector|edge|cloud (default: connector or edge from the config's local endpoint type; cloud only when given: a cloud node reads the connector's tunnels.yaml, runs no tunnels and no charon, and routes every remote prefix via --connector-address)",
+  },
+  'connector-address': {
+    type: 'string', arg: 'ADDR[,ADDR]',
+    help: "with --role cloud (required there): the connector's internal address, the next hop in table 220 (the connectors' keepalived VIP in HA, else the connector node's IP); dual-stack: one IPv4 and one IPv6 address, comma-separated",
+  },
+}
+
+/** --role and --connector-address, checked together. */
+export function roleFlags(p: Parsed): { role?: Role; connectorAddresses?: { 4?: string; 6?: string } } {
+  const raw = p.values.role
+  const addr = p.values['connector-address']
+  if (raw === undefined || raw === '') {
+    if (addr !== undefined) throw new UsageError('--connector-address is only used with --role cloud')
+    return {}
+  }
+  const role = String(raw)
+  if (role !== 'connector' && role !== 'edge' && role !== 'cloud') throw new UsageError(`--role must be connector, edge or cloud, got "${role}"`)
+  if (role !== 'cloud') {
+    if (addr !== undefined) throw new UsageError('--connector-address is only used with --role cloud')
+    return { role }
+  }
+  if (addr === undefined || addr === '') throw new UsageError("--role cloud needs --connector-address (the connector's internal IP or the connectors' VIP)")
+  const parsed = parseConnectorAddresses(String(addr))
+  if (!parsed.ok) throw new UsageError(parsed.message)
+  return { role, connectorAddresses: parsed.addresses }
+}
+
 function datapathOf(p: Parsed): Datapath {
   const d = String(p.values.datapath)
   if (d !== 'xfrm' && d !== 'libipsec') throw new UsageError(`--datapath must be xfrm or libipsec, got "${d}"`)
@@ -70,9 +102,10 @@ const COMMANDS: Record<string, Command> = {
   },
   plan: {
     summary: 'print the operations a pass would apply to this node now (--offline: the desired state from the config alone)',
-    usage: 'fabtunnel plan [--offline] [--config FILE] [--json] [--datapath xfrm|libipsec] [--cert FILE] [--vici URI]',
+    usage: 'fabtunnel plan [--offline] [--config FILE] [--json] [--datapath xfrm|libipsec] [--cert FILE] [--vici URI] [--role cloud --connector-address ADDR]',
     flags: {
       config: CONFIG,
+      ...ROLE_FLAGS,
       offline: { type: 'boolean', help: 'compute from the config alone, without reading the live node' },
       json: { type: 'boolean', help: 'print the desired state as JSON' },
       datapath: DATAPATH,
@@ -84,9 +117,10 @@ const COMMANDS: Record<string, Command> = {
   },
   run: {
     summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
-    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec]',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR]',
     flags: {
       ...LIVE,
+      ...ROLE_FLAGS,
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
       'dpd-delay': DPD_DELAY,
@@ -104,9 +138,10 @@ const COMMANDS: Record<string, Command> = {
   },
   cleanup: {
     summary: 'remove everything the agent owns (connections, SAs, chains, ipsets, routes, rules) and nothing else',
-    usage: 'fabtunnel cleanup [--vici URI] [--json]',
+    usage: 'fabtunnel cleanup [--vici URI] [--json] [--role cloud]',
     flags: {
       ...LIVE,
+      role: { type: 'string', arg: 'ROLE', help: 'cloud: a cloud node has no charon, so only routes, rules, ipsets and chains are removed (connector|edge|cloud; default: everything, charon included)' },
       json: { type: 'boolean', help: 'print the report as JSON' },
     },
     run: cleanupCommand,
@@ -119,13 +154,14 @@ function mainHelp(): string {
     `fabtunnel ${VERSION}: FabEdge-compatible IPsec tunnel agent (strongSwan over VICI, routes/ipsets over netlink, iptables)`,
     '',
     'Usage: fabtunnel <command> [options]',
+    '       fabtunnel --<FabEdge flag>=<value> ...   FabEdge mode: FabEdge agent/connector flags, no command (`fabtunnel fabedge --help`)',
     '',
     'Commands:',
     ...Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(width)}${c.summary}`),
     '',
     'Options:',
     '  -h, --help     show help (also `fabtunnel <command> --help`)',
-    '  -V, --version  print the version',
+    '  -V, --version  print the version (FabEdge mode: also --show-version)',
     '',
     'Every option also reads an environment variable: --foo-bar from FABTUNNEL_FOO_BAR.',
     'Exit codes: 0 ok, 1 invalid input or failure, 2 usage error.',
@@ -166,13 +202,14 @@ async function validate(p: Parsed, io: Io): Promise<number> {
 
 function renderPlanText(d: Desired): string {
   const lines: string[] = [`role: ${d.role}`, '', 'connections:']
+  if (d.role === 'cloud') lines.push('  (none: a cloud node runs no tunnels; it routes through the connector)')
   for (const [name, section] of Object.entries(d.conns)) {
     const kids = section.children && typeof section.children === 'object' && !Array.isArray(section.children) ? Object.keys(section.children) : []
     const remote = Array.isArray(section.remote_addrs) ? ` remote_addrs=${section.remote_addrs.join(',')}` : ''
     lines.push(`  ${name}${remote}${kids.length ? ` children=${kids.join(',')}` : ''}${d.initiate.includes(name) ? ' (initiate)' : ' (respond)'}`)
   }
   lines.push('', `initiate order: ${d.initiate.join(', ') || '(none)'}`, '', 'routes:')
-  for (const r of d.routes) lines.push(`  ${r.dst} via ${r.via ?? '<default gateway>'} table ${r.table} proto ${r.protocol}`)
+  for (const r of d.routes) lines.push(`  ${r.dst} via ${r.via ?? (r.viaFrom === 'connector-address' ? `<no IPv${r.family} --connector-address>` : '<default gateway>')} table ${r.table} proto ${r.protocol}`)
   if (!d.routes.length) lines.push('  (none: charon installs tunnel routes under libipsec)')
   lines.push('', 'rules:')
   for (const r of d.rules) lines.push(`  ipv${r.family}: from all lookup ${r.table} priority ${r.priority}`)
@@ -184,7 +221,8 @@ function renderPlanText(d: Desired): string {
 
 async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
   const datapath = datapathOf(p)
-  if (!p.values.offline) return planLive(p, io, log, datapath)
+  const role = roleFlags(p)
+  if (!p.values.offline) return planLive(p, io, log, datapath, role)
   const file = String(p.values.config)
   let loaded
   try {
@@ -198,7 +236,8 @@ async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
   let certPem: string | undefined
   const certFile = String(p.values.cert)
   try {
-    certPem = await readCertPem(certFile)
+    // A cloud node loads no connections, so it has no certificate to read.
+    if (role.role !== 'cloud') certPem = await readCertPem(certFile)
   } catch (err) {
     if (!(err instanceof CertError)) throw err
     // A missing default certificate is normal on a workstation; an explicitly named one must exist.
@@ -208,16 +247,23 @@ async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
     }
     log.warn({ file: certFile, err: err.message }, 'certificate not readable; connections are shown without local.certs')
   }
-  const desired = desiredState(loaded.config, { datapath, dpdDelay: dpdDelayOf(p), ...(certPem ? { certPem } : {}) })
+  let desired: Desired
+  try {
+    desired = nodeDesired(loaded.config, role.role, { datapath, dpdDelay: dpdDelayOf(p), ...(certPem ? { certPem } : {}), ...(role.connectorAddresses ? { connectorAddresses: role.connectorAddresses } : {}) })
+  } catch (err) {
+    if (!(err instanceof DesiredError)) throw err
+    io.err(`fabtunnel plan: ${err.message}`)
+    return 1
+  }
   io.out(p.values.json ? JSON.stringify(desired, null, 2) : renderPlanText(desired))
   return 0
 }
 
-async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Promise<number> {
+async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath, role: ReturnType<typeof roleFlags>): Promise<number> {
   const { buildNode } = await import('./daemon/node.js')
   const node = await buildNode({
     config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: DEFAULTS.key, ca: DEFAULTS.ca,
-    datapath, dpdDelay: dpdDelayOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+    datapath, dpdDelay: dpdDelayOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000, ...role,
   })
   try {
     const outcome = await node.agent.reloadConfig()
@@ -225,7 +271,14 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath): Pro
       io.err(`fabtunnel plan: ${node.agent.configState.rejected?.message ?? 'no config'}`)
       return 1
     }
-    const plans = await node.agent.planAll()
+    let plans
+    try {
+      plans = await node.agent.planAll()
+    } catch (err) {
+      if (!(err instanceof DesiredError)) throw err
+      io.err(`fabtunnel plan: ${err.message}`)
+      return 1
+    }
     if (p.values.json) {
       io.out(JSON.stringify(Object.fromEntries(plans.map((x) => [x.subsystem, x.error ? { error: x.error } : { writes: x.plan!.writes, ops: x.plan!.describe() }])), null, 2))
     } else {
@@ -286,7 +339,7 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
     const running = await startDaemon({
       config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-      ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log,
+      ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log, ...roleFlags(p),
     })
     hup = () => running.sighup()
     if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })
@@ -324,16 +377,20 @@ async function statusCommand(p: Parsed, io: Io): Promise<number> {
 async function cleanupCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
   const { buildNode } = await import('./daemon/node.js')
   const { cleanupNode } = await import('./daemon/cleanup.js')
+  const role = p.values.role === undefined || p.values.role === '' ? undefined : String(p.values.role)
+  if (role !== undefined && role !== 'connector' && role !== 'edge' && role !== 'cloud') throw new UsageError(`--role must be connector, edge or cloud, got "${role}"`)
   const node = await buildNode({
     config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key), ca: String(p.values.ca),
-    datapath: datapathOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000,
+    datapath: datapathOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000, ...(role === 'cloud' ? { role } : {}),
   })
   try {
     const r = await cleanupNode(node)
     if (p.values.json) io.out(JSON.stringify(r, null, 2))
     else {
-      io.out(`connections unloaded: ${r.conns.join(', ') || '(none)'} (${r.sasTerminated} IKE SA(s) terminated)`)
-      io.out(`credentials unloaded: ${r.keys.length} private key(s), authorities ${r.authorities.join(', ') || '(none)'}`)
+      if (node.tunnels) {
+        io.out(`connections unloaded: ${r.conns.join(', ') || '(none)'} (${r.sasTerminated} IKE SA(s) terminated)`)
+        io.out(`credentials unloaded: ${r.keys.length} private key(s), authorities ${r.authorities.join(', ') || '(none)'}`)
+      }
       for (const f of r.iptables) io.out(`iptables IPv${f.family}: removed ${f.chains.join(', ') || '(nothing)'}`)
       io.out(`ipsets destroyed: ${r.ipsets.join(', ') || '(none)'}`)
       io.out(`routes deleted (table 220, proto 220): ${r.routes.length}`)
@@ -346,6 +403,64 @@ async function cleanupCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
   }
 }
 
+/** Runs one command with its argv; `preamble` logs first with the command's logger (the FabEdge mode's notes). */
+async function runNamed(name: string, cmd: Command, rest: string[], io: Io, preamble?: (log: Logger) => void): Promise<number> {
+  let parsed: Parsed
+  try {
+    parsed = parseFlags(rest, { ...cmd.flags, ...COMMON }, io.env)
+    if (parsed.values.help) {
+      io.out(commandHelp(name, cmd))
+      return 0
+    }
+    if (parsed.positionals.length) throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`)
+    const level = String(parsed.values['log-level'])
+    if (!isLogLevel(level)) throw new UsageError(`--log-level must be one of fatal|error|warn|info|debug|trace|silent, got "${level}"`)
+    const log = createLogger(level)
+    preamble?.(log)
+    return await cmd.run(parsed, io, log)
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`fabtunnel ${name}: ${err.message}\n\n${commandHelp(name, cmd)}`)
+      return 2
+    }
+    io.err(`fabtunnel ${name}: ${(err as Error).stack ?? String(err)}`)
+    return 1
+  }
+}
+
+/**
+ * FabEdge mode: the image started with FabEdge's agent or connector flags and no command (see
+ * src/compat/fabedge-argv.ts and docs/fabedge-flags.md). Translates them into `fabtunnel run`.
+ */
+async function fabedgeMode(argv: string[], io: Io): Promise<number> {
+  let inv: FabedgeInvocation
+  try {
+    inv = translateFabedgeArgv(argv, { runFlags: new Set(Object.keys({ ...COMMANDS.run!.flags, ...COMMON })), env: io.env })
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`fabtunnel (FabEdge mode): ${err.message}\n\n${fabedgeHelp()}`)
+      return 2
+    }
+    if (err instanceof FabedgeRefusal) {
+      io.err(`fabtunnel (FabEdge mode): refusing to start: ${err.message}`)
+      return 1
+    }
+    throw err
+  }
+  if (inv.kind === 'help') {
+    io.out(fabedgeHelp())
+    return 0
+  }
+  if (inv.kind === 'version') {
+    io.out(VERSION)
+    return 0
+  }
+  const notes = inv.notes
+  return runNamed('run', COMMANDS.run!, inv.runArgv, io, (log) => {
+    for (const n of notes) log[n.level](n.fields ?? {}, n.msg)
+  })
+}
+
 export async function main(argv: string[], io: Io): Promise<number> {
   const [first, ...rest] = argv
   if (first === undefined || first === '-h' || first === '--help' || first === 'help') {
@@ -356,29 +471,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
     io.out(VERSION)
     return 0
   }
+  if (first === 'fabedge') return fabedgeMode(rest, io)
+  if (first.startsWith('-')) return fabedgeMode(argv, io)
   const cmd = COMMANDS[first]
   if (!cmd) {
     io.err(`fabtunnel: unknown command "${first}"\n\n${mainHelp()}`)
     return 2
   }
-  let parsed: Parsed
-  try {
-    parsed = parseFlags(rest, { ...cmd.flags, ...COMMON }, io.env)
-    if (parsed.values.help) {
-      io.out(commandHelp(first, cmd))
-      return 0
-    }
-    if (parsed.positionals.length) throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`)
-    const level = String(parsed.values['log-level'])
-    if (!isLogLevel(level)) throw new UsageError(`--log-level must be one of fatal|error|warn|info|debug|trace|silent, got "${level}"`)
-    const log = createLogger(level)
-    return await cmd.run(parsed, io, log)
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.err(`fabtunnel ${first}: ${err.message}\n\n${commandHelp(first, cmd)}`)
-      return 2
-    }
-    io.err(`fabtunnel ${first}: ${(err as Error).stack ?? String(err)}`)
-    return 1
-  }
+  return runNamed(first, cmd, rest, io)
 }

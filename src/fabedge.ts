@@ -10,6 +10,14 @@ export const RULE_PRIORITY = 220
  * charon's libipsec routes (proto static). 220 is unassigned in iproute2's rt_protos; `ip route show proto 220`.
  */
 export const RTPROT_FABTUNNEL = 220
+/**
+ * The protocol of the table-220 routes FabEdge's own Go agent and connector write (vishvananda/netlink's
+ * `RouteReplace` with no protocol set: `proto unspec`; `pkg/util/route/route.go` EnsureStrongswanRoutes). On a node
+ * switched from FabEdge's agent to fabtunnel, such a route in a slot fabtunnel wants is taken over (replaced by ours,
+ * the same route with our protocol), so the node does not keep FabEdge's copy for ever. charon's own routes carry
+ * `proto static` and are never taken.
+ */
+export const RTPROT_FABEDGE_GO = 0
 
 export const CHAIN = {
   input: 'FABEDGE-INPUT',

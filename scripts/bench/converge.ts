@@ -108,7 +108,7 @@ async function inside(nsName: string): Promise<void> {
     await agent.idle()
     const coldMs = performance.now() - t0
     const coldWrites = agent.counters.writes
-    const loaded = (await d.node.vici.getConns()).length
+    const loaded = (await d.node.vici!.getConns()).length
 
     // One peer added, timed from the ..data rename to the end of the pass that loaded it.
     const gen = agent.configState.generation

@@ -12,8 +12,8 @@ import { ConfigError, type ConfigIssue } from '../config/errors.js'
 import { parseConfig } from '../config/load.js'
 import { MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
-import { desiredState } from '../desired/index.js'
-import type { Datapath, Desired } from '../desired/types.js'
+import { nodeDesired } from '../desired/index.js'
+import type { Datapath, Desired, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { PassEngine, type PassRecord } from '../reconcile/engine.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
@@ -25,6 +25,10 @@ export interface AgentOptions {
   datapath: Datapath
   /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
   dpdDelay?: string
+  /** The role the node runs as; undefined: from the config's local endpoint type (connector or edge). */
+  role?: Role
+  /** Cloud role: the connector's internal address per family, the next hop of every route. */
+  connectorAddresses?: { 4?: string; 6?: string }
   /** Ordered: apply happens in this order. */
   subsystems: Subsystem[]
   /**
@@ -216,10 +220,14 @@ export class Agent {
     // The certificate file changes only with a credential trigger (directory watch) or is re-checked by deep passes.
     if (ctx.credentials || this.certPem === undefined) await this.refreshCert()
     const certPem = this.certPem ?? undefined
-    const gateways = this.opts.datapath === 'xfrm' ? await this.opts.gateways?.() : undefined
-    const key = `${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
+    // A cloud node's next hop is the connector, never the default gateway.
+    const gateways = this.opts.datapath === 'xfrm' && this.opts.role !== 'cloud' ? await this.opts.gateways?.() : undefined
+    const key = `${this.opts.role ?? ''}\0${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
     if (this.desiredMemo?.key !== key) {
-      const desired = desiredState(this.config, { datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}) })
+      const { role, connectorAddresses } = this.opts
+      const desired = nodeDesired(this.config, role, {
+        datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
+      })
       this.desiredMemo = { key, desired }
     }
     return this.desiredMemo.desired

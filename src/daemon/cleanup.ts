@@ -3,7 +3,7 @@
 // (our private key and our CA authorities: other VPNs sharing the charon keep theirs; our certificate stays, inert
 // without its key, as VICI cannot unload one certificate alone); our iptables jumps and chains (both families);
 // then our ipsets (a set referenced by a rule cannot be destroyed); routes carrying our protocol in table 220;
-// rules carrying our protocol.
+// rules carrying our protocol. On a cloud node (no tunnels subsystem) only the kernel objects.
 import { readFile } from 'node:fs/promises'
 import { certificateBlocks } from '../cert.js'
 import { certSubject, isOwnAuthority, ownKeyIds, pemToDer } from '../reconcile/credentials.js'
@@ -34,10 +34,11 @@ export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
       report.errors.push(`${what}: ${(err as Error).message}`)
     }
   }
-  const port = p.tunnels.port
+  // A cloud node has no charon: nothing of ours can be in one, and there is no socket to dial.
+  const port = p.tunnels?.port
   const subject = await readFile(p.paths.cert, 'utf8').then((t) => certificateBlocks(t)[0], () => undefined)
   const certSubjectLines = subject ? certSubject(pemToDer(subject)) : ''
-  await step('connections', async () => {
+  if (port) await step('connections', async () => {
     await p.agent.reloadConfig().catch(() => undefined)
     const ids = new Set<string>()
     const configId = p.agent.configInForce?.local.id
@@ -47,7 +48,7 @@ export async function cleanupNode(p: NodeParts): Promise<CleanupReport> {
     report.conns.push(...r.conns)
     report.sasTerminated += r.sasTerminated
   })
-  await step('credentials', async () => {
+  if (port) await step('credentials', async () => {
     const r = await cleanupCredentials(port, certSubjectLines)
     report.keys.push(...r.keys)
     report.authorities.push(...r.authorities)

@@ -2,7 +2,7 @@
 // subsystems in their apply order, and the status document. Used by `fabtunnel run`, `plan` and `cleanup`.
 import { ROUTE_TABLE, RTPROT_FABTUNNEL } from '../fabedge.js'
 import { readCertPem } from '../cert.js'
-import type { Datapath } from '../desired/types.js'
+import type { Datapath, Role } from '../desired/types.js'
 import { IptablesRunner } from '../iptables/runner.js'
 import type { Logger } from '../log.js'
 import { openNetfilter, openRoute, type NetlinkSocket } from '../netlink/index.js'
@@ -25,6 +25,9 @@ export interface NodeOptions {
   datapath: Datapath
   /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
   dpdDelay?: string
+  /** undefined: connector or edge, from the config. cloud: no tunnels, no VICI; routes via `connectorAddresses`. */
+  role?: Role
+  connectorAddresses?: { 4?: string; 6?: string }
   resyncMs: number
   coalesceMs?: number
   log: Logger
@@ -36,11 +39,15 @@ export interface NodeOptions {
 export interface NodeParts {
   agent: Agent
   metrics: Metrics
-  tunnels: TunnelsSubsystem
+  /** The role given (undefined: from the config) and the cloud role's next hops, for /status. */
+  role: Role | undefined
+  connectorAddresses: { 4?: string; 6?: string } | undefined
+  /** null on a cloud node, which runs no tunnels and never opens the VICI socket. */
+  tunnels: TunnelsSubsystem | null
   routes: RoutesSubsystem
   ipsets: IpsetsSubsystem
   iptables: IptablesSubsystem
-  vici: Vici
+  vici: Vici | null
   iptablesRunner: IptablesRunner
   routeSock: NetlinkSocket
   nfSock: NetlinkSocket
@@ -58,9 +65,11 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   const iptablesRunner = await IptablesRunner.create()
   const routeSock = openRoute()
   const nfSock = openNetfilter()
-  const vici = new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
+  const cloud = o.role === 'cloud'
+  // A cloud node has no charon: no VICI client is created, so nothing ever dials the socket.
+  const vici = cloud ? null : new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
   let agent: Agent | undefined
-  const tunnels = new TunnelsSubsystem(viciTunnelsPort(vici), {
+  const tunnels = vici === null ? null : new TunnelsSubsystem(viciTunnelsPort(vici), {
     credentials: o.credentials === false ? null : { cert: o.cert, key: o.key, ca: o.ca },
     log: o.log.child({ subsystem: 'tunnels' }),
     trigger: (r) => agent?.trigger(r),
@@ -73,14 +82,17 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     configPath: o.config,
     datapath: o.datapath,
     ...(o.dpdDelay !== undefined ? { dpdDelay: o.dpdDelay } : {}),
-    subsystems: [ipsets, iptables, routes, tunnels],
-    certPem: () => readCertPem(o.cert),
+    ...(o.role ? { role: o.role } : {}),
+    ...(o.connectorAddresses ? { connectorAddresses: o.connectorAddresses } : {}),
+    subsystems: tunnels ? [ipsets, iptables, routes, tunnels] : [ipsets, iptables, routes],
+    ...(cloud ? {} : { certPem: () => readCertPem(o.cert) }),
     gateways: () => routes.gateways(),
     log: o.log,
     metrics,
     resyncMs: o.resyncMs,
     ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
     onPass: () => {
+      if (!tunnels) return
       const peers = tunnels.peers().filter((p) => p.name !== 'mediator')
       metrics.peers.set({ state: 'desired' }, peers.length)
       metrics.peers.set({ state: 'loaded' }, peers.filter((p) => p.loaded).length)
@@ -88,12 +100,14 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
     },
   })
-  o.log.info({ backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici }, `fabtunnel ${VERSION} starting`)
+  o.log.info(cloud
+    ? { backend: iptablesRunner.backend, role: 'cloud', connectorAddresses: o.connectorAddresses }
+    : { backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici, ...(o.role ? { role: o.role } : {}) }, `fabtunnel ${VERSION} starting`)
   return {
-    agent, metrics, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock,
+    agent, metrics, role: o.role, connectorAddresses: o.connectorAddresses, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock,
     paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: nodeCloser(agent, o.log, async () => {
-      await vici.close().catch(() => undefined)
+      await vici?.close().catch(() => undefined)
       routeSock.close()
       nfSock.close()
     }),
@@ -108,26 +122,34 @@ export function nodeCloser(agent: Agent, log: Logger, closeConnections: () => Pr
   }
 }
 
-/** The /status document. */
+/** The role a node runs as: the one given, else the config's local endpoint type. */
+export function roleOfNode(p: Pick<NodeParts, 'role' | 'agent'>): Role | null {
+  const cfg = p.agent.configInForce
+  return p.role ?? (cfg ? (cfg.local.type === 'Connector' ? 'connector' : 'edge') : null)
+}
+
+/** The /status document. A cloud node reports no peers or tunnels: it runs none. */
 export function statusDocument(p: NodeParts, datapath: Datapath): Record<string, unknown> {
   const cfg = p.agent.configInForce
   const types = new Map(cfg?.peers.map((x) => [x.name, x.type]) ?? [])
+  const cloud = p.role === 'cloud'
   return {
     version: VERSION,
-    node: cfg ? { name: cfg.local.name, type: cfg.local.type, role: cfg.local.type === 'Connector' ? 'connector' : 'edge' } : null,
+    node: cfg ? { name: cfg.local.name, type: cfg.local.type, role: roleOfNode(p) } : null,
+    ...(cloud ? { role: 'cloud', connectorAddress: p.connectorAddresses ?? {} } : {}),
     ready: p.agent.ready,
     /** Subsystems whose last plan or apply failed: not ready until each succeeds again. */
     failing: p.agent.dirtySubsystems,
-    datapath,
+    ...(cloud ? {} : { datapath }),
     config: p.agent.configState,
     /** Why the certificate file is not the one in the connections (the last good one stays), or null. */
     certificateError: p.agent.certError,
     lastPass: p.agent.lastPass,
-    peers: p.tunnels.peers().map((x) => ({ ...x, type: x.name === 'mediator' ? 'Mediator' : types.get(x.name) ?? 'unknown' })),
+    peers: p.tunnels?.peers().map((x) => ({ ...x, type: x.name === 'mediator' ? 'Mediator' : types.get(x.name) ?? 'unknown' })) ?? [],
     routes: { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...p.routes.summary() },
     ipsets: p.ipsets.summary(),
     iptables: p.iptables.summary(),
-    tunnels: p.tunnels.summary(),
+    ...(p.tunnels ? { tunnels: p.tunnels.summary() } : {}),
     counters: p.agent.counters,
   }
 }

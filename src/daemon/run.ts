@@ -2,7 +2,7 @@
 // (config/credential directory watch, VICI events, netlink route/rule monitor, SIGHUP, the resync timer).
 // SIGTERM/SIGINT stop it cleanly and leave the data plane up: teardown is `fabtunnel cleanup`, never a side
 // effect of stopping.
-import type { Datapath } from '../desired/types.js'
+import type { Datapath, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { Monitor } from '../netlink/index.js'
 import { startHttp, type HttpHandlers, type ListenAddress } from './http.js'
@@ -21,6 +21,9 @@ export interface RunOptions {
   datapath: Datapath
   /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
   dpdDelay?: string
+  /** undefined: from the config (connector or edge); cloud: no tunnels, routes via `connectorAddresses`. */
+  role?: Role
+  connectorAddresses?: { 4?: string; 6?: string }
   resyncMs: number
   log: Logger
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
@@ -66,7 +69,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
 
   // Not awaited: a frozen charon would hold start-up (and a SIGTERM during it) for the VICI timeout. If charon is
   // not up yet, every pass tries again (with the retry backoff) until it can subscribe.
-  node.tunnels.subscribe().catch((err: unknown) => {
+  node.tunnels?.subscribe().catch((err: unknown) => {
     log.warn({ err: (err as Error).message }, 'cannot reach charon yet; retrying with every pass')
   })
 
@@ -83,12 +86,15 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   monitor.on('error', (err) => log.warn({ err: err.message }, 'netlink monitor error'))
 
   const watch = watchFiles(
-    [
-      { path: o.config, kind: 'config' },
-      { path: o.cert, kind: 'credentials' },
-      { path: o.key, kind: 'credentials' },
-      { path: o.ca, kind: 'credentials' },
-    ],
+    // A cloud node has no credentials: only its config is watched.
+    o.role === 'cloud'
+      ? [{ path: o.config, kind: 'config' }]
+      : [
+        { path: o.config, kind: 'config' },
+        { path: o.cert, kind: 'credentials' },
+        { path: o.key, kind: 'credentials' },
+        { path: o.ca, kind: 'credentials' },
+      ],
     (kind) => agent.trigger(kind),
     (err) => log.warn({ err: (err as Error).message }, 'file watch error; the resync timer still covers changes'),
   )

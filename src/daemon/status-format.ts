@@ -3,6 +3,10 @@
 export interface StatusDoc {
   version?: string
   node?: { name: string; type: string } | null
+  /** Present on a cloud node only, with its next hops. */
+  role?: string
+  connectorAddress?: { 4?: string; 6?: string }
+  routes?: { ownRoutes?: number }
   ready?: boolean
   datapath?: string
   config?: { path: string; generation: number; rejected: { message: string } | null }
@@ -21,7 +25,13 @@ function ago(iso: string, now: number): string {
 export function formatStatus(doc: StatusDoc, now = Date.now()): string {
   const lines: string[] = []
   const node = doc.node ? `${doc.node.name} (${doc.node.type})` : '(no config yet)'
-  lines.push(`node ${node}  ready=${doc.ready ? 'yes' : 'no'}  datapath=${doc.datapath ?? '?'}  iptables=${doc.iptables?.backend ?? '?'}  fabtunnel ${doc.version ?? ''}`.trimEnd())
+  if (doc.role === 'cloud') {
+    // A cloud node runs no tunnels: its state is its routes through the connector.
+    const via = [doc.connectorAddress?.[4], doc.connectorAddress?.[6]].filter(Boolean).join(',') || '?'
+    lines.push(`cloud node of ${node}  ready=${doc.ready ? 'yes' : 'no'}  via connector ${via}  routes=${doc.routes?.ownRoutes ?? '?'}  iptables=${doc.iptables?.backend ?? '?'}  fabtunnel ${doc.version ?? ''}`.trimEnd())
+  } else {
+    lines.push(`node ${node}  ready=${doc.ready ? 'yes' : 'no'}  datapath=${doc.datapath ?? '?'}  iptables=${doc.iptables?.backend ?? '?'}  fabtunnel ${doc.version ?? ''}`.trimEnd())
+  }
   if (doc.config) {
     lines.push(`config ${doc.config.path} generation ${doc.config.generation}${doc.config.rejected ? `  REJECTED: ${doc.config.rejected.message.split('\n').slice(0, 3).join(' | ')}` : ''}`)
   }
@@ -29,6 +39,7 @@ export function formatStatus(doc: StatusDoc, now = Date.now()): string {
     const errs = Object.entries(doc.lastPass.errors)
     lines.push(`last pass ${ago(doc.lastPass.startedAt, now)} ago, ${doc.lastPass.durationMs.toFixed(1)} ms, writes ${JSON.stringify(doc.lastPass.writes)}${errs.length ? `, errors: ${errs.map(([k, v]) => `${k}: ${v}`).join('; ')}` : ''}`)
   }
+  if (doc.role === 'cloud') return lines.join('\n')
   const rows = (doc.peers ?? []).map((p) => [
     p.name, p.type, p.initiator ? 'initiator' : 'responder', p.state, ago(p.since, now),
     p.childrenDesired ? `${p.childrenUp}/${p.childrenDesired}` : '-', p.lastError ?? p.waiting ?? '',

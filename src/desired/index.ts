@@ -6,12 +6,14 @@ import { cidrFamily } from '../config/cidr.js'
 import { desiredConns, roleOf } from './conns.js'
 import { desiredRoutes, desiredRules } from './routes.js'
 import { desiredSets } from './sets.js'
-import type { Desired, DesiredOptions } from './types.js'
+import { cloudDesired } from './cloud.js'
+import { DesiredError, type Desired, type DesiredOptions, type Role } from './types.js'
 
 export * from './types.js'
 export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY } from './conns.js'
 export { desiredRoutes, desiredRules } from './routes.js'
 export { desiredSets } from './sets.js'
+export { cloudDesired, cloudPrefixes, parseConnectorAddresses, type CloudOptions } from './cloud.js'
 
 export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desired {
   const role = roleOf(config)
@@ -30,4 +32,23 @@ export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desire
       ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6) }),
     },
   }
+}
+
+export interface NodeDesiredOptions extends DesiredOptions {
+  /** Cloud role: the connector's internal address per family (cloud.ts). */
+  connectorAddresses?: { 4?: string; 6?: string }
+}
+
+/**
+ * The desired state for the role the node runs as: `role` undefined takes it from the config's local endpoint
+ * type (connector or edge); an explicit connector or edge must agree with the config; cloud is never implied
+ * (a cloud node reads the connector's own tunnels.yaml, so only the flag tells them apart).
+ */
+export function nodeDesired(config: TunnelConfig, role: Role | undefined, opts: NodeDesiredOptions): Desired {
+  if (role === 'cloud') return cloudDesired(config, { connectorAddresses: opts.connectorAddresses ?? {} })
+  if (role !== undefined && role !== roleOf(config)) {
+    throw new DesiredError('ROLE_MISMATCH', `--role ${role} but the config's local endpoint ${config.local.name} is of type ${config.local.type}`)
+  }
+  const { connectorAddresses: _unused, ...rest } = opts
+  return desiredState(config, rest)
 }

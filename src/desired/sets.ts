@@ -21,6 +21,10 @@ export function desiredSets(config: TunnelConfig, role: Role): DesiredSets {
     put(out, IPSET.remoteNodeCidr, config.peers.filter((p) => p.type === 'EdgeNode').flatMap((p) => p.nodeSubnets))
     put(out, IPSET.localPodCidr, config.local.subnets)
     put(out, IPSET.localNodeCidr, config.local.nodeSubnets)
+  } else if (role === 'cloud') {
+    // FabEdge's cloud-agent fills this one set with every prefix it routes to the connector (ConnectorPrefixes
+    // RemotePrefixes = the connector's table 220): pods, services and node IPs behind the tunnels.
+    put(out, IPSET.remotePodCidr, config.peers.flatMap((p) => [...p.subnets, ...p.nodeSubnets]))
   } else {
     put(out, IPSET.remoteCidr, config.peers.flatMap((p) => [...p.subnets, ...p.nodeSubnets]))
   }

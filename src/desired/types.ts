@@ -6,7 +6,11 @@ export interface ViciSection {
   [key: string]: string | string[] | ViciSection
 }
 
-export type Role = 'connector' | 'edge'
+/**
+ * What the node is: a connector and an edge run tunnels; a cloud node (a plain cluster node, FabEdge's cloud-agent)
+ * runs none and routes every remote prefix through the connector (src/desired/cloud.ts).
+ */
+export type Role = 'connector' | 'edge' | 'cloud'
 export type Datapath = 'xfrm' | 'libipsec'
 
 export interface DesiredRoute {
@@ -22,6 +26,11 @@ export interface DesiredRoute {
    * reports it as an error naming the family.
    */
   via?: string
+  /**
+   * Where `via` comes from: the main table's default gateway (connector, edge; the default) or the
+   * `--connector-address` of the family (cloud). Names the missing or unreachable next hop in errors.
+   */
+  viaFrom?: 'default-gateway' | 'connector-address'
 }
 
 export interface DesiredRule {
@@ -56,4 +65,12 @@ export interface Desired {
   /** FabEdge set name -> sorted canonical members; every set of the role is present, possibly empty. */
   ipsets: Record<string, { family: Family; members: string[] }>
   iptables: { ipv4: string; ipv6: string }
+}
+
+/** The desired state cannot be derived from this config for this role (e.g. `--role` contradicts the config). */
+export class DesiredError extends Error {
+  override readonly name = 'DesiredError'
+  constructor(readonly code: 'ROLE_MISMATCH', message: string) {
+    super(message)
+  }
 }

@@ -8,7 +8,8 @@
 // a rule that vanished since we observed fails the whole table instead of deleting something else.
 import { CHAIN, type Family } from '../fabedge.js'
 import { IptablesError } from './errors.js'
-import { rulesetParse, type ParsedChain, type ParsedRuleset, type ParsedTable } from './parse.js'
+import { KUBE_POSTROUTING } from './render.js'
+import { lineTokenize, rulesetParse, type ParsedChain, type ParsedRuleset, type ParsedTable } from './parse.js'
 
 export type Table = 'filter' | 'nat'
 export const TABLES: readonly Table[] = ['filter', 'nat']
@@ -173,12 +174,37 @@ function tablePlan(
 }
 
 /**
+ * Foreign chains a desired rule may jump to only where they exist: kube-proxy creates KUBE-POSTROUTING on a
+ * Kubernetes node, and a node without it (bare metal, a test namespace) gets the ruleset without that rule
+ * instead of a restore that fails as a whole. Once kube-proxy creates the chain, the next deep pass adds it.
+ */
+export const OPTIONAL_TARGETS: ReadonlySet<string> = new Set([KUBE_POSTROUTING])
+
+/** The desired payload without its `-A` rules that jump to an optional foreign chain the observed table lacks. */
+export function withoutMissingTargets(payload: string, observed: IptablesObserved): string {
+  let table: Table | null = null
+  let dropped = false
+  const kept = payload.split('\n').filter((line) => {
+    if (line.startsWith('*')) table = line.slice(1).trim() as Table
+    if (!line.startsWith('-A ')) return true
+    const t = lineTokenize(line)
+    const j = t.findIndex((x) => x === '-j' || x === '--jump')
+    const target = j >= 0 ? t[j + 1] : undefined
+    if (target === undefined || !OPTIONAL_TARGETS.has(target)) return true
+    const present = table !== null && observed.tables[table]?.chains.has(target) === true
+    if (!present) dropped = true
+    return present
+  })
+  return dropped ? kept.join('\n') : payload
+}
+
+/**
  * What to write so that the observed ruleset holds exactly the desired own chains, one jump to each (nat
  * POSTROUTING's first), and no other own chain. Foreign chains and rules are never in the payload.
  * `iptables -t T -D/-I/-X` equivalents, applied as one `iptables-restore --noflush`.
  */
 export function iptablesPlan(desiredPayload: string, observed: IptablesObserved): IptablesPlan {
-  const desired = desiredParse(desiredPayload, observed.family)
+  const desired = desiredParse(withoutMissingTargets(desiredPayload, observed), observed.family)
   const plan: IptablesPlan = { family: observed.family, restore: null, jumps: [], replaced: [], deleted: [], kept: [] }
   const lines: string[] = []
   for (const table of TABLES) lines.push(...tablePlan(table, desired.get(table), observed.tables[table], plan))

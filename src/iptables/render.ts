@@ -9,13 +9,13 @@ import { CHAIN, IPSET, ipsetName, type Family } from '../fabedge.js'
 import { parseCidr } from '../config/cidr.js'
 import { IptablesError } from './errors.js'
 
-export type Role = 'connector' | 'edge'
+export type Role = 'connector' | 'edge' | 'cloud'
 
 export interface RulesetInput {
   role: Role
   /** 4 -> iptables, sets named FABEDGE-X; 6 -> ip6tables, sets named FABEDGE-X6. */
   family: Family
-  /** Edge role: own pod CIDRs of this family, canonical ("10.234.1.0/24"); connector: unused. */
+  /** Edge role: own pod CIDRs of this family, canonical ("10.234.1.0/24"); connector, cloud: unused. */
   localPodCidrs: string[]
 }
 
@@ -95,6 +95,44 @@ function edgeChains(family: Family, podCidrs: string[]): Chains {
   }
 }
 
+/**
+ * kube-proxy's masquerade chain. A packet kube-proxy marked for masquerade (0x4000, e.g. NodePort traffic to a
+ * remote pod) must still be masqueraded although our POSTROUTING chain runs first and accepts remote traffic.
+ */
+export const KUBE_POSTROUTING = 'KUBE-POSTROUTING'
+
+/**
+ * A cloud node, exactly as FabEdge's cloud-agent renders it (pkg/cloud-agent/iptables.go `tmpl`, v1.0.0): forward
+ * and NAT-exempt (ACCEPT before anyone's MASQUERADE) everything to or from the remote prefixes, after handing
+ * kube-proxy's masquerade-marked packets to KUBE-POSTROUTING. No INPUT chain: a cloud node terminates no IPsec.
+ * Where kube-proxy's chain does not exist the planner leaves its rule out (iptables/plan.ts OPTIONAL_TARGETS).
+ */
+function cloudChains(family: Family): Chains {
+  const remote = IPSET.remotePodCidr
+  return {
+    filter: [
+      [
+        CHAIN.forward,
+        [
+          '-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+          `${set(remote, family, 'src')} -j ACCEPT`,
+          `${set(remote, family, 'dst')} -j ACCEPT`,
+        ],
+      ],
+    ],
+    nat: [
+      [
+        CHAIN.postrouting,
+        [
+          `-m mark --mark 0x4000/0x4000 -j ${KUBE_POSTROUTING}`,
+          `${set(remote, family, 'dst')} -j ACCEPT`,
+          `${set(remote, family, 'src')} -j ACCEPT`,
+        ],
+      ],
+    ],
+  }
+}
+
 type Chains = Record<'filter' | 'nat', Array<[chain: string, rules: string[]]>>
 
 /** Own pod CIDRs in canonical form, deduplicated in first-seen order; anything else is a typed error. */
@@ -117,6 +155,7 @@ export function renderRuleset(input: RulesetInput): string {
   let chains: Chains
   if (role === 'connector') chains = connectorChains(family)
   else if (role === 'edge') chains = edgeChains(family, podCidrsCanonical(family, input.localPodCidrs))
+  else if (role === 'cloud') chains = cloudChains(family)
   else throw new IptablesError('bad-input', `bad role ${String(role)}`)
   const lines: string[] = []
   for (const table of ['filter', 'nat'] as const) {

@@ -284,6 +284,16 @@ export interface RoutePlan {
   ops: RouteOp[]
   /** Desired routes whose slot (destination and metric) holds a route of another protocol: left alone. */
   conflicts: Array<{ want: RouteSpec; foreign: Route }>
+  /** Desired routes whose slot held a route of an adoptable protocol: replaced by ours (one op each, in `ops`). */
+  adopted: Array<{ want: RouteSpec; previous: Route }>
+}
+
+export interface RoutePlanOptions {
+  /**
+   * Protocols of routes in a slot we want that are taken over (replaced by ours) instead of left alone as a
+   * conflict. Routes of these protocols in slots we do not want are never touched.
+   */
+  adopt?: readonly number[]
 }
 
 /**
@@ -291,7 +301,9 @@ export interface RoutePlan {
  * deleted; a foreign route occupying a desired slot is reported as a conflict and never touched. Desired specs
  * must have dev already resolved to an ifindex.
  */
-export function routePlan(desired: readonly RouteSpec[], observed: readonly Route[], protocol = RTPROT_FABTUNNEL): RoutePlan {
+export function routePlan(desired: readonly RouteSpec[], observed: readonly Route[], protocol = RTPROT_FABTUNNEL, options: RoutePlanOptions = {}): RoutePlan {
+  const adopt = new Set(options.adopt ?? [])
+  const adopted: RoutePlan['adopted'] = []
   const ours = new Map<string, Route>()
   const foreign = new Map<string, Route>()
   for (const r of observed) (r.protocol === protocol ? ours : foreign).set(routeKey(r.family, r.dst, r.metric), r)
@@ -306,8 +318,11 @@ export function routePlan(desired: readonly RouteSpec[], observed: readonly Rout
     if (have && have.table === r.table && sameRoute(r, have)) continue
     const other = foreign.get(key)
     if (!have && other) {
-      conflicts.push({ want: spec, foreign: other })
-      continue
+      if (!adopt.has(other.protocol)) {
+        conflicts.push({ want: spec, foreign: other })
+        continue
+      }
+      adopted.push({ want: spec, previous: other })
     }
     ops.push({ op: 'replace', route: { ...spec, protocol } })
   }
@@ -317,7 +332,7 @@ export function routePlan(desired: readonly RouteSpec[], observed: readonly Rout
     if (r.metric !== undefined) del.metric = r.metric
     ops.push({ op: 'del', route: del })
   }
-  return { ops, conflicts }
+  return { ops, conflicts, adopted }
 }
 
 /**

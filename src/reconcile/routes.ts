@@ -2,7 +2,7 @@
 // the `from all lookup 220` rule of each family, over netlink through RoutesPort. Only our own objects are ever
 // changed: routes and rules carrying RTPROT_FABTUNNEL; a foreign route holding a wanted slot is reported, not
 // touched. Desired routes carry the gateway the agent read for their family when it computed the desired state.
-import { ROUTE_TABLE, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
+import { ROUTE_TABLE, RTPROT_FABEDGE_GO, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
 import type { Desired, DesiredRoute } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import {
@@ -45,7 +45,20 @@ export interface RoutesPlan extends SubsystemPlan {
    * there for their destinations are left as they are.
    */
   unroutable: DesiredRoute[]
+  /** Next hops that are `--connector-address`es (cloud role): a route the kernel refuses for one names it. */
+  connectorVias: ReadonlySet<string>
 }
+
+function missingVia(r: Pick<DesiredRoute, 'family' | 'viaFrom'>): string {
+  return r.viaFrom === 'connector-address' ? `no IPv${r.family} --connector-address given` : `no IPv${r.family} default gateway in the main table`
+}
+
+/** What the kernel answers for a gateway it cannot reach on-link (ENETUNREACH/EHOSTUNREACH, or EINVAL "Nexthop has invalid gateway"). */
+function isUnreachableGateway(err: NetlinkError): boolean {
+  return err.code === 'ENETUNREACH' || err.code === 'EHOSTUNREACH' || (err.code === 'EINVAL' && /gateway/i.test(err.extAck ?? ''))
+}
+
+const listed = (dsts: string[]): string => dsts.length > 10 ? `${dsts.slice(0, 10).join(', ')} and ${dsts.length - 10} more` : dsts.join(', ')
 
 export class RoutesSubsystem implements Subsystem<RoutesPlan> {
   readonly name = 'routes' as const
@@ -73,7 +86,8 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     const held = new Set(unroutable.map((r) => r.dst))
     const observed = await this.port.listRoutes()
     const specs = desired.routes.filter((r) => r.via !== undefined).map((r) => ({ dst: r.dst, via: r.via!, table: r.table, protocol: r.protocol }))
-    const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL)
+    const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL, { adopt: [RTPROT_FABEDGE_GO] })
+    for (const a of plan.adopted) this.log.info({ op: 'route', dst: a.want.dst, previousProtocol: a.previous.protocol }, "taking over FabEdge's route for this destination in table 220")
     for (const c of plan.conflicts) this.log.warn({ op: 'route', dst: c.want.dst, foreignProtocol: c.foreign.protocol }, 'a foreign route holds this destination in table 220; left alone')
     const rules = await this.port.listRules()
     const missingRules: RuleSpec[] = desired.rules
@@ -86,15 +100,17 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
       conflicts: plan.conflicts.length,
       unroutable: unroutable.length,
     }
+    const connectorVias = new Set(desired.routes.filter((r) => r.viaFrom === 'connector-address' && r.via !== undefined).map((r) => r.via!))
     return {
       ops: plan.ops,
       rules: missingRules,
       unroutable,
+      connectorVias,
       writes: plan.ops.length + missingRules.length + unroutable.length,
       describe: () => [
         ...missingRules.map((r) => `ip -${r.family} rule add from all lookup ${r.table} priority ${r.priority} protocol ${RTPROT_FABTUNNEL}`),
         ...plan.ops.map((o) => `ip route ${o.op} ${o.route.dst}${o.route.via ? ` via ${o.route.via}` : ''} table ${o.route.table ?? ROUTE_TABLE} proto ${RTPROT_FABTUNNEL}`),
-        ...unroutable.map((r) => `cannot route ${r.dst} table ${r.table}: no IPv${r.family} default gateway in the main table`),
+        ...unroutable.map((r) => `cannot route ${r.dst} table ${r.table}: ${missingVia(r)}`),
       ],
     }
   }
@@ -114,8 +130,18 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     if (plan.ops.length) {
       try {
         const results = await this.port.applyRoutes(plan.ops)
-        const failed = results.map((r, i) => ({ r, op: plan.ops[i]! })).filter(({ r }) => !r.ok && r.reason !== 'missing')
+        let failed = results.map((r, i) => ({ r, op: plan.ops[i]! })).filter(({ r }) => !r.ok && r.reason !== 'missing')
         done += results.filter((r) => r.ok).length
+        // A cloud node's next hop is the connector: when the kernel cannot reach it on-link, say so once per family
+        // (every route of that family shares the address); the other family's routes are written all the same.
+        for (const family of [4, 6] as const) {
+          const unreachable = failed.filter(({ r, op }) => op.op === 'replace' && op.route.via !== undefined && plan.connectorVias.has(op.route.via) && !r.ok && isUnreachableGateway(r.error) && (op.route.via.includes(':') ? 6 : 4) === family)
+          if (!unreachable.length) continue
+          const first = unreachable[0]!
+          const cause = (first.r as { error: NetlinkError }).error
+          errors.push(new NetlinkError('kernel', 'ECONNECTORUNREACHABLE', `IPv${family} --connector-address ${first.op.route.via} is not reachable on-link (${cause.code}${cause.extAck ? `: ${cause.extAck}` : ''}): ${unreachable.length} route(s) in table ${ROUTE_TABLE} not programmed: ${listed(unreachable.map((u) => u.op.route.dst))}`, { ...(cause.errno !== undefined ? { errno: cause.errno } : {}), cause }))
+          failed = failed.filter((f) => !unreachable.includes(f))
+        }
         if (failed.length) {
           const first = failed[0]!
           errors.push(new Error(`${failed.length} route op(s) failed, first: ${first.op.op} ${first.op.route.dst}: ${(first.r as { error: Error }).error.message}`))
@@ -125,10 +151,10 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
       }
     }
     for (const family of [4, 6] as const) {
-      const dsts = plan.unroutable.filter((r) => r.family === family).map((r) => r.dst)
-      if (!dsts.length) continue
-      const shown = dsts.length > 10 ? `${dsts.slice(0, 10).join(', ')} and ${dsts.length - 10} more` : dsts.join(', ')
-      errors.push(new NetlinkError('input', 'ENOGATEWAY', `no IPv${family} default gateway in the main table: ${dsts.length} route(s) in table ${ROUTE_TABLE} not programmed: ${shown}`))
+      const held = plan.unroutable.filter((r) => r.family === family)
+      if (!held.length) continue
+      const fromConnector = held[0]!.viaFrom === 'connector-address'
+      errors.push(new NetlinkError('input', fromConnector ? 'ENOCONNECTOR' : 'ENOGATEWAY', `${missingVia(held[0]!)}: ${held.length} route(s) in table ${ROUTE_TABLE} not programmed: ${listed(held.map((r) => r.dst))}`))
     }
     if (errors.length === 1) throw errors[0]!
     if (errors.length) throw new AggregateError(errors, errors.map((e) => e.message).join('; '))

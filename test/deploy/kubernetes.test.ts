@@ -167,19 +167,19 @@ function unknownFieldErrors(objs: Obj[]): string[] {
 const files = yamlFiles(K8S)
 const rendered = {
   top: render(K8S),
-  edge: render(join(K8S, 'edge', 'node-example')),
+  edge: render(join(K8S, 'edge')),
 }
 const connector = rendered.top.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'fabtunnel-connector')!
 const edge = rendered.edge.find((o) => o.kind === 'DaemonSet')!
 
 t.test('every manifest parses and every kustomization renders', async (t) => {
-  t.ok(files.length >= 6, `${files.length} YAML files`)
+  t.ok(files.length >= 5, `${files.length} YAML files`)
   for (const f of files) t.doesNotThrow(() => parseFile(f), relative(ROOT, f))
   for (const f of files.filter((f) => f.endsWith('kustomization.yaml'))) {
     t.doesNotThrow(() => render(dirname(f)), `renders ${relative(ROOT, f)}`)
   }
   t.same(rendered.top.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-connector'])
-  t.same(rendered.edge.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-edge-edge1'])
+  t.same(rendered.edge.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`), ['DaemonSet/fabedge/fabtunnel-edge'])
 })
 
 t.test('rendered objects and plain resource files validate against the Kubernetes schemas', async (t) => {
@@ -201,24 +201,17 @@ t.test('the validators reject what they should (the checks can fail)', async (t)
   const errs = unknownFieldErrors([typo])
   t.equal(errs.length, 1)
   t.match(errs[0], /'"?capabilitys"?' does not exist/)
-  const patched = structuredClone(edge)
-  patched.spec.template.spec.volumes[2].configMap.name = 'fabedge-agent-config-NODE_NAME'
-  t.throws(() => applyJsonPatch(patched, [{ op: 'test', path: '/spec/template/spec/volumes/2/configMap/name', value: 'x' }]))
+  const patched = structuredClone(connector)
+  t.throws(() => applyJsonPatch(patched, [{ op: 'test', path: '/spec/template/spec/volumes/0/name', value: 'not-the-name' }]))
 })
 
 t.test('FabEdge names: ConfigMap at /etc/fabedge, TLS Secret at /etc/ipsec.d, node placement', async (t) => {
   const cases = [
-    { ds: connector, cm: 'connector-config', secret: 'connector-tls', role: 'node-role.kubernetes.io/connector' },
-    { ds: edge, cm: 'fabedge-agent-config-edge1', secret: 'fabedge-agent-tls-edge1', role: 'node-role.kubernetes.io/edge' },
+    { ds: connector, role: 'node-role.kubernetes.io/connector' },
+    { ds: edge, role: 'node-role.kubernetes.io/edge' },
   ]
-  for (const { ds, cm, secret, role } of cases) {
+  for (const { ds, role } of cases) {
     const spec = ds.spec.template.spec
-    const vol = (name: string) => spec.volumes.find((v: Obj) => v.name === name)
-    t.equal(vol('fabedge-config').configMap.name, cm)
-    t.equal(vol('ipsec-d').secret.secretName, secret)
-    // The Secret's keys land where fabtunnel's --ca/--cert/--key defaults look.
-    const items = Object.fromEntries(vol('ipsec-d').secret.items.map((i: Obj) => [i.key, `/etc/ipsec.d/${i.path}`]))
-    t.same(items, { 'ca.crt': DEFAULTS.ca, 'tls.crt': DEFAULTS.cert, 'tls.key': DEFAULTS.key })
     const agent = spec.containers.find((c: Obj) => c.name === 'fabtunnel')
     const mount = (name: string) => agent.volumeMounts.find((m: Obj) => m.name === name)
     t.equal(mount('fabedge-config').mountPath, dirname(DEFAULTS.config))
@@ -226,13 +219,23 @@ t.test('FabEdge names: ConfigMap at /etc/fabedge, TLS Secret at /etc/ipsec.d, no
     const term = spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms
     t.equal(term.length, 1)
     t.same(term[0].matchExpressions, [{ key: role, operator: 'Exists' }])
+    t.notOk(term[0].matchFields, 'no per-node pinning: one DaemonSet for every node of the role')
     t.ok(spec.tolerations.some((x: Obj) => x.key === role && x.effect === 'NoSchedule'), 'tolerates its role taint')
   }
-  t.same(edge.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields, [
-    { key: 'metadata.name', operator: 'In', values: ['edge1'] },
-  ])
-  t.equal(edge.spec.selector.matchLabels['fabtunnel.io/node'], 'edge1', 'per-node DaemonSets do not share a selector')
-  t.equal(edge.spec.template.metadata.labels['fabtunnel.io/node'], 'edge1')
+  // The connector reads FabEdge's connector ConfigMap and Secret; the Secret's keys land where fabtunnel's
+  // --ca/--cert/--key defaults look.
+  const cvol = (name: string) => connector.spec.template.spec.volumes.find((v: Obj) => v.name === name)
+  t.equal(cvol('fabedge-config').configMap.name, 'connector-config')
+  t.equal(cvol('ipsec-d').secret.secretName, 'connector-tls')
+  const items = Object.fromEntries(cvol('ipsec-d').secret.items.map((i: Obj) => [i.key, `/etc/ipsec.d/${i.path}`]))
+  t.same(items, { 'ca.crt': DEFAULTS.ca, 'tls.crt': DEFAULTS.cert, 'tls.key': DEFAULTS.key })
+  // The plain edge DaemonSet (clusters without FabEdge's operator) reads each node's own files: the same paths on
+  // the host, which must exist (type Directory), so a node without them gets no half-configured agent.
+  const evol = (name: string) => edge.spec.template.spec.volumes.find((v: Obj) => v.name === name)
+  t.same(evol('fabedge-config').hostPath, { path: dirname(DEFAULTS.config), type: 'Directory' })
+  t.same(evol('ipsec-d').hostPath, { path: '/etc/ipsec.d', type: 'Directory' })
+  t.notOk(evol('fabedge-config').configMap, 'no ConfigMap shared by every edge node')
+  t.notOk(evol('ipsec-d').secret, 'no Secret shared by every edge node: no node gets another node\'s key')
 })
 
 t.test('pod shape: host network, no API access, shared /run, the host iptables lock, shutdown budget', async (t) => {

@@ -19,7 +19,7 @@ import { desiredState } from '../../src/desired/index.js'
 import type { Desired, ViciSection } from '../../src/desired/types.js'
 import { Vici, type IkeSa } from '../../src/vici/index.js'
 import type { ExecResult } from './exec.js'
-import type { Gateway, Topology } from './topology.js'
+import { CloudNode, type Gateway, type Topology } from './topology.js'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const CLI = join(ROOT, 'dist', 'cli.js')
@@ -106,8 +106,11 @@ export async function waitFor(what: string, timeoutMs: number, probe: () => Prom
 
 // ---------------------------------------------------------------------------------------------------------------
 
-/** Where a gateway's agent writes its log (stdout and stderr, appended across restarts). */
-export function agentLog(g: Gateway): string {
+/** A node the DaemonDriver runs `fabtunnel run` on: a gateway (connector, edge) or a cloud node (--role cloud). */
+export type AgentNode = Gateway | CloudNode
+
+/** Where a node's agent writes its log (stdout and stderr, appended across restarts). */
+export function agentLog(g: AgentNode): string {
   return join(g.dir, 'agent.log')
 }
 
@@ -135,15 +138,23 @@ export class DaemonDriver implements AgentDriver {
   }
 
   /** The handle of one gateway's agent (not started by this call). */
-  agent(g: Gateway): AgentHandle {
+  agent(g: AgentNode): AgentHandle {
     return new AgentHandle(this, g)
   }
 
-  argv(g: Gateway): string[] {
+  argv(g: AgentNode): string[] {
+    // `env -u NODE_OPTIONS`: a test runner's preload hooks (tap's process-info, with signal-exit) must not ride
+    // along into the agent: it runs as in production. `env` execs too, so the pid stays the daemon's.
+    const exec = ['ip', 'netns', 'exec', g.ns.name, 'env', '-u', 'NODE_OPTIONS', process.execPath, CLI, 'run']
+    const common = [
+      '--listen', g.listen,
+      '--log-level', this.opts.logLevel ?? 'info',
+      ...(this.opts.resyncInterval ? ['--resync-interval', this.opts.resyncInterval] : []),
+    ]
+    // A cloud node: no charon, no credentials; the connector's config and its address.
+    if (g instanceof CloudNode) return [...exec, '--role', 'cloud', '--connector-address', g.connectorAddress, '--config', g.configPath, ...common]
     return [
-      // `env -u NODE_OPTIONS`: a test runner's preload hooks (tap's process-info, with signal-exit) must not ride
-      // along into the agent: it runs as in production. `env` execs too, so the pid stays the daemon's.
-      'ip', 'netns', 'exec', g.ns.name, 'env', '-u', 'NODE_OPTIONS', process.execPath, CLI, 'run',
+      ...exec,
       '--config', g.configPath,
       '--vici', g.charon.uri,
       '--cert', g.cert.certPath,
@@ -151,13 +162,12 @@ export class DaemonDriver implements AgentDriver {
       '--ca', g.caPath,
       '--listen', g.listen,
       '--datapath', this.opts.datapath ?? 'libipsec',
-      '--log-level', this.opts.logLevel ?? 'info',
-      ...(this.opts.resyncInterval ? ['--resync-interval', this.opts.resyncInterval] : []),
+      ...common,
       ...(this.opts.extraArgs?.(g) ?? []),
     ]
   }
 
-  async start(g: Gateway): Promise<void> {
+  async start(g: AgentNode): Promise<void> {
     if (this.procs.has(g.name)) throw new Error(`agent of ${g.name} already running`)
     await assertBuilt()
     await mkdir(g.dir, { recursive: true })
@@ -175,11 +185,11 @@ export class DaemonDriver implements AgentDriver {
     g.ns.onDestroy(() => this.kill(g))
   }
 
-  async stop(g: Gateway): Promise<void> {
+  async stop(g: AgentNode): Promise<void> {
     await this.signal(g.name, 'SIGTERM', 5_000)
   }
 
-  async kill(g: Gateway): Promise<void> {
+  async kill(g: AgentNode): Promise<void> {
     await this.signal(g.name, 'SIGKILL', 5_000)
   }
 
@@ -197,7 +207,7 @@ export class DaemonDriver implements AgentDriver {
     this.procs.delete(name)
   }
 
-  async waitReady(g: Gateway, timeoutMs: number): Promise<number> {
+  async waitReady(g: AgentNode, timeoutMs: number): Promise<number> {
     return waitFor(`/readyz of ${g.name}`, timeoutMs, async () => {
       await this.assertRunning(g)
       const r = await g.ns.capture(['curl', '-sf', '-o', '/dev/null', '-m', '1', `http://${g.listen}/readyz`], { timeoutMs: 3_000 })
@@ -206,24 +216,24 @@ export class DaemonDriver implements AgentDriver {
   }
 
   /** Throws WaitAborted (ends any wait at once) with the log tail when the agent of g is not running. */
-  async assertRunning(g: Gateway): Promise<void> {
+  async assertRunning(g: AgentNode): Promise<void> {
     if (this.procs.has(g.name)) return
     throw new WaitAborted(`agent of ${g.name} is not running; last log lines:\n${await logTail(g, 5)}`)
   }
 
   /** GET /status inside the namespace, parsed. */
-  async statusJson(g: Gateway): Promise<unknown> {
+  async statusJson(g: AgentNode): Promise<unknown> {
     const r = await g.ns.capture(['curl', '-s', '-m', '2', `http://${g.listen}/status`], { timeoutMs: 4_000 })
     if (r.code !== 0) throw new Error(`GET /status of ${g.name} failed: ${r.stderr.trim() || `curl exit ${r.code}`}`)
     return JSON.parse(r.stdout) as unknown
   }
 
-  async statusText(g: Gateway): Promise<string> {
+  async statusText(g: AgentNode): Promise<string> {
     const r = await g.ns.capture([process.execPath, CLI, 'status', '--listen', g.listen], { timeoutMs: 10_000 })
     return (r.stdout + (r.code === 0 ? '' : r.stderr)).trimEnd()
   }
 
-  pid(g: Gateway): number | undefined {
+  pid(g: AgentNode): number | undefined {
     return this.procs.get(g.name)?.pid
   }
 
@@ -233,12 +243,12 @@ export class DaemonDriver implements AgentDriver {
 }
 
 /** The last `lines` lines of a gateway's agent log. */
-export async function logTail(g: Gateway, lines = 40): Promise<string> {
+export async function logTail(g: AgentNode, lines = 40): Promise<string> {
   return (await readFile(agentLog(g), 'utf8').catch(() => '')).trimEnd().split('\n').slice(-lines).join('\n')
 }
 
 /** Runs `fabtunnel <args>` (dist/cli.js) inside the gateway's namespace; resolves whatever the exit code. */
-export async function fabtunnel(g: Gateway, args: readonly string[], timeoutMs = 30_000): Promise<ExecResult> {
+export async function fabtunnel(g: Pick<AgentNode, 'ns'>, args: readonly string[], timeoutMs = 30_000): Promise<ExecResult> {
   await assertBuilt()
   return g.ns.capture([process.execPath, CLI, ...args], { timeoutMs })
 }
@@ -248,7 +258,7 @@ export async function fabtunnel(g: Gateway, args: readonly string[], timeoutMs =
  * the namespace, bounded waits that end at once (with the log tail) when the agent died, and its log.
  */
 export class AgentHandle {
-  constructor(readonly driver: DaemonDriver, readonly g: Gateway) {}
+  constructor(readonly driver: DaemonDriver, readonly g: AgentNode) {}
 
   get pid(): number | undefined {
     return this.driver.pid(this.g)

@@ -125,7 +125,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
   }
   const closed = { count: 0 }
   const parts: NodeParts = {
-    agent, metrics, tunnels,
+    agent, metrics, tunnels, role: undefined, connectorAddresses: undefined,
     routes: routes as unknown as RoutesSubsystem,
     ipsets: ipsets as unknown as IpsetsSubsystem,
     iptables: iptables as unknown as IptablesSubsystem,

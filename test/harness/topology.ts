@@ -48,6 +48,12 @@ export interface TopologyOptions {
   inactiveEdges?: string[]
   /** charon filelog level. Default 1. */
   charonLogLevel?: number
+  /**
+   * Cloud nodes get no static route to the connector: their routes come from `fabtunnel run --role cloud` (a
+   * CloudNode, run like a gateway's agent by the DaemonDriver). Default false: a static default route via the
+   * connector's LAN address, as every other test expects.
+   */
+  cloudAgents?: boolean
 }
 
 export interface Pod {
@@ -97,11 +103,47 @@ export function shippedRetransmit(file = new URL('../../deploy/image/strongswan/
   return lines.join('\n')
 }
 
+/**
+ * A cloud node running `fabtunnel run --role cloud` (TopologyOptions.cloudAgents): it reads its connector's
+ * tunnels.yaml (the `connector-config` ConfigMap every cloud node mounts) and has no charon, certificate or config
+ * of its own.
+ */
+export class CloudNode {
+  /** `--connector-address` of the next start: the connector's LAN address unless a test changes it. */
+  connectorAddress: string
+
+  constructor(
+    readonly plan: NodePlan,
+    readonly ns: Netns,
+    readonly connector: Gateway,
+    /** Instance dir of this node: agent log. */
+    readonly dir: string,
+  ) {
+    this.connectorAddress = connector.plan.lanCidr!.split('/')[0]!
+  }
+
+  get name(): string {
+    return this.plan.fullName
+  }
+
+  /** The connector's tunnels.yaml (same ConfigMap directory, so the connector's updates reach it as they do in a pod). */
+  get configPath(): string {
+    return this.connector.configPath
+  }
+
+  get listen(): string {
+    return AGENT_LISTEN
+  }
+}
+
+
 export class Topology {
   readonly gateways = new Map<string, Gateway>()
   /** Node namespaces by full name, cloud nodes included. */
   readonly nodes = new Map<string, Netns>()
   readonly pods = new Map<string, Pod>()
+  /** Cloud nodes run by an agent (TopologyOptions.cloudAgents), by full name; empty otherwise. */
+  readonly cloudNodes = new Map<string, CloudNode>()
   private readonly activeEdges: Set<string>
   private destroyed = false
 
@@ -111,6 +153,7 @@ export class Topology {
     readonly hub: Netns,
     readonly pki: TestPki,
     inactive: ReadonlySet<string>,
+    private readonly cloudAgents: boolean,
   ) {
     this.activeEdges = new Set(plan.gateways.filter((g) => g.role === 'edge' && !inactive.has(g.fullName)).map((g) => g.fullName))
   }
@@ -132,7 +175,7 @@ export class Topology {
       await rm(dir, { recursive: true, force: true })
       throw e
     }
-    const topo = new Topology(plan, dir, hub, pki, inactive)
+    const topo = new Topology(plan, dir, hub, pki, inactive, opts.cloudAgents === true)
     hub.onDestroy(async () => {
       await pki.destroy()
       await rm(dir, { recursive: true, force: true })
@@ -161,6 +204,12 @@ export class Topology {
     await settleAll(all.filter((n) => n.role !== 'connector').map((n) => this.wireNode(n)))
     await settleAll(all.flatMap((n) => n.pods.map((p) => this.addPod(n, p.name, p.ip))))
     await settleAll(this.plan.gateways.map((g) => this.startGateway(g, charonLogLevel)))
+    if (this.cloudAgents) {
+      for (const n of all.filter((x) => x.role === 'cloud')) {
+        const connector = this.gateway(this.plan.clusters.find((c) => c.name === n.cluster)!.connector.fullName)
+        this.cloudNodes.set(n.fullName, new CloudNode(n, this.nodes.get(n.fullName)!, connector, join(this.dir, n.fullName)))
+      }
+    }
   }
 
   private async wireNode(n: NodePlan): Promise<void> {
@@ -181,7 +230,9 @@ export class Topology {
     }
     await addBridge(ns, 'podbr', n.podbrAddrs)
     // A connector's routes to cloud pods need the cloud end of the LAN up: added in startGateway.
-    if (n.role !== 'connector') for (const r of n.routes) batch.push(`route replace ${r.dst} via ${r.via}`)
+    // With cloud agents, a cloud node's way to the connector is the agent's table 220 and nothing else.
+    const agentRouted = n.role === 'cloud' && this.cloudAgents
+    if (n.role !== 'connector' && !agentRouted) for (const r of n.routes) batch.push(`route replace ${r.dst} via ${r.via}`)
     if (batch.length) await exec(['ip', '-n', ns.name, '-batch', '-'], { input: batch.join('\n') + '\n' })
     await ns.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0'])
   }
@@ -230,6 +281,12 @@ export class Topology {
     const p = [...this.pods.values()].find((x) => x.node.fullName === node)
     if (!p) throw new Error(`no pod behind ${node}`)
     return p
+  }
+
+  cloudNode(name: string): CloudNode {
+    const c = this.cloudNodes.get(name)
+    if (!c) throw new Error(`no cloud node ${name} run by an agent (have ${[...this.cloudNodes.keys()].join(', ') || 'none: cloudAgents is off'})`)
+    return c
   }
 
   node(name: string): Netns {

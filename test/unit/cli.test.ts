@@ -184,3 +184,71 @@ t.test('run: a bad --listen or --resync-interval is a usage error before anythin
   t.match(resync.err, /--resync-interval must be a duration like 500ms, 30s, 5m or 1h, got "often"/)
   t.same(['SIGTERM', 'SIGINT', 'SIGHUP'].map((s) => process.listenerCount(s)), signals, 'its signal handlers are removed again')
 })
+
+t.test('FabEdge mode: a first argument that is a flag runs the FabEdge translation', async (t) => {
+  const h = await cli(['--help'])
+  t.match(h.out, /FabEdge mode/, 'the main help mentions the FabEdge mode')
+  const proxy = await cli(['--enable-dns=false', '--enable-proxy=true', '--local-cert=tls.crt', '--masq-outgoing=true', '--v=3'])
+  t.equal(proxy.code, 1)
+  t.match(proxy.err, /refusing to start: --enable-proxy=true .*kube-proxy/)
+  const unknown = await cli(['--enable-dns=false', '--frobnicate'])
+  t.equal(unknown.code, 2)
+  t.match(unknown.err, /unknown flag: --frobnicate/)
+  t.match((await cli(['--show-version'])).out, /^\d+\.\d+\.\d+$/)
+  t.match((await cli(['fabedge', '--help'])).out, /--component=agent\|connector/)
+  t.equal((await cli(['fabedge', '--enable-dns=true'])).code, 1, '`fabtunnel fabedge` is the explicit alias')
+  // The translated argv goes through `run`'s own checks: a bad listen address is run's usage error.
+  const bad = await cli(['--component=connector', '--listen-address=nowhere'])
+  t.equal(bad.code, 2)
+  t.match(bad.err, /fabtunnel run: --listen must be host:port/)
+})
+
+t.test('FabEdge mode: the real executable refuses --enable-proxy=true naming kube-proxy', async (t) => {
+  const r = await execCapture([process.execPath, '--import', 'tsx', join(ROOT, 'src/cli.ts'), '--enable-dns=false', '--enable-proxy=true', '--local-cert=tls.crt', '--v=3'], { cwd: ROOT, timeoutMs: 30_000 })
+  t.equal(r.code, 1)
+  t.match(r.stderr, /kube-proxy/)
+  t.equal(r.stdout, '')
+})
+
+t.test('--role cloud: flags checked together, plan --offline shows the cloud node', async (t) => {
+  const cfg = join(FIX, 'connector.yaml')
+  const r = await cli(['plan', '--offline', '--role', 'cloud', '--connector-address', '192.168.1.5', '--config', cfg])
+  t.equal(r.code, 0, r.err)
+  t.match(r.out, /^role: cloud/)
+  t.match(r.out, /\(none: a cloud node runs no tunnels; it routes through the connector\)/)
+  t.match(r.out, /  10\.234\.1\.0\/24 via 192\.168\.1\.5 table 220 proto 220/)
+  t.match(r.out, /  10\.22\.53\.116\/32 via 192\.168\.1\.5 table 220 proto 220/)
+  t.match(r.out, /  fd00:234:2::\/64 via <no IPv6 --connector-address> table 220 proto 220/)
+  t.notMatch(r.out, /10\.233\.0\.0\/18 via/, 'never the connector\'s own pod CIDR')
+  t.match(r.out, /FABEDGE-REMOTE-POD-CIDR \(inet\): 10\.22\.53\.116\/32/)
+  const json = JSON.parse((await cli(['plan', '--offline', '--json', '--config', cfg], { FABTUNNEL_ROLE: 'cloud', FABTUNNEL_CONNECTOR_ADDRESS: '192.168.1.5,fd00::5' })).out)
+  t.equal(json.role, 'cloud', 'from the environment twins')
+  t.same(json.conns, {})
+  t.equal(json.routes.find((x: { dst: string }) => x.dst === 'fd00:234:2::/64').via, 'fd00::5')
+
+  const usage: Array<[string[], RegExp]> = [
+    [['--role', 'cloud'], /--role cloud needs --connector-address/],
+    [['--connector-address', '192.168.1.5'], /--connector-address is only used with --role cloud/],
+    [['--role', 'connector', '--connector-address', '192.168.1.5'], /only used with --role cloud/],
+    [['--role', 'gateway'], /--role must be connector, edge or cloud, got "gateway"/],
+    [['--role', 'cloud', '--connector-address', '192.168.1.0/24'], /not an IP address \(give the address, not a prefix\)/],
+    [['--role', 'cloud', '--connector-address', '10.0.0.1,10.0.0.2'], /two IPv4 addresses/],
+  ]
+  for (const [flags, re] of usage) {
+    const u = await cli(['plan', '--offline', '--config', cfg, ...flags])
+    t.equal(u.code, 2, flags.join(' '))
+    t.match(u.err, re, flags.join(' '))
+  }
+  const edgeAsCloud = await cli(['plan', '--offline', '--role', 'cloud', '--connector-address', '10.0.0.1', '--config', join(FIX, 'edge.yaml')])
+  t.equal(edgeAsCloud.code, 1)
+  t.match(edgeAsCloud.err, /--role cloud needs the connector's tunnels.yaml \(local type Connector\), got local type EdgeNode/)
+  const mismatch = await cli(['plan', '--offline', '--role', 'connector', '--config', join(FIX, 'edge.yaml')])
+  t.equal(mismatch.code, 1)
+  t.match(mismatch.err, /--role connector but the config's local endpoint/)
+  t.equal((await cli(['plan', '--offline', '--role', 'edge', '--config', join(FIX, 'edge.yaml')])).code, 0, 'an explicit role that agrees')
+  const rh = await cli(['run', '--help'])
+  t.match(rh.out, /--role ROLE .*connector\|edge\|cloud.*\[FABTUNNEL_ROLE\]/)
+  t.match(rh.out, /--connector-address ADDR\[,ADDR\] .*\[FABTUNNEL_CONNECTOR_ADDRESS\]/)
+  t.match((await cli(['cleanup', '--help'])).out, /--role ROLE .*cloud/)
+  t.equal((await cli(['run', '--role', 'cloud', '--listen', '127.0.0.1:0'])).code, 2, 'run refuses cloud without an address before starting anything')
+})

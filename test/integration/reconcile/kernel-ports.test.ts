@@ -60,6 +60,33 @@ t.test('routes: gateways, both families, foreign routes untouched, a family with
   t.equal((await ns.run(['ip', 'route', 'show', 'table', '220'])).trim(), '10.50.0.0/16 via 10.9.0.3 dev up0 proto static', 'only the foreign route is left')
 })
 
+t.test("routes: FabEdge's own table-220 routes (proto unspec) are taken over in wanted slots, left alone elsewhere", { skip: needsRoot }, async (t) => {
+  const { ns, sock } = await nsWith(t, (ns) => openRoute({ netns: ns.name, timeoutMs: 5000 }))
+  await ns.run(['ip', 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'up1'])
+  await ns.run(['ip', 'link', 'set', 'up0', 'up'])
+  await ns.run(['ip', 'link', 'set', 'up1', 'up'])
+  await ns.run(['ip', 'addr', 'add', '10.9.0.1/24', 'dev', 'up0'])
+  await ns.run(['ip', 'route', 'add', 'default', 'via', '10.9.0.254'])
+  // What FabEdge's Go agent leaves on a node (vishvananda/netlink RouteReplace without a protocol), and charon's.
+  await ns.run(['ip', 'route', 'add', '10.70.0.0/16', 'via', '10.9.0.254', 'table', '220', 'proto', '0'])
+  await ns.run(['ip', 'route', 'add', '10.71.0.0/16', 'via', '10.9.0.254', 'table', '220', 'proto', '0'])
+  await ns.run(['ip', 'route', 'add', '10.72.0.0/16', 'via', '10.9.0.3', 'table', '220', 'proto', 'static'])
+  const s = new RoutesSubsystem(netlinkRoutesPort(sock), log)
+  const want: Pick<Desired, 'routes' | 'rules'> = {
+    routes: ['10.70.0.0/16', '10.72.0.0/16'].map((dst) => ({ dst, family: 4, table: 220, protocol: 220, via: '10.9.0.254' })),
+    rules: [],
+  }
+  t.equal(await s.apply(await s.plan(want, CTX)), 1, 'one write: the FabEdge route in a wanted slot')
+  const table = (await ns.run(['ip', 'route', 'show', 'table', '220'])).trim().split('\n').map((l) => l.trim()).sort()
+  t.same(table, [
+    '10.70.0.0/16 via 10.9.0.254 dev up0 proto 220',
+    '10.71.0.0/16 via 10.9.0.254 dev up0 proto unspec',
+    '10.72.0.0/16 via 10.9.0.3 dev up0 proto static',
+  ], 'taken over in place (one route, now ours); the unwanted one and charon\'s stay')
+  t.match(s.summary(), { conflicts: 1 }, "charon's route in a wanted slot is still left alone")
+  t.equal((await s.plan(want, CTX)).writes, 0, 'converged')
+})
+
 t.test('ipsets: create, update, a set of the wrong type, a stale set used by an iptables rule, cleanup', { skip: needsRoot }, async (t) => {
   const { ns, sock } = await nsWith(t, (ns) => openNetfilter({ netns: ns.name, timeoutMs: 5000 }))
   const s = new IpsetsSubsystem(netlinkIpsetsPort(sock), log)

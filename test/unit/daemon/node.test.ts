@@ -46,7 +46,7 @@ t.test('a converged connector: every field a user reads', async (t) => {
   r.parts.agent.start()
   t.ok(await until(() => r.parts.agent.ready))
   // Readiness is the last pass; the peer's up event may still be on its way (charon answers asynchronously).
-  t.ok(await until(() => r.parts.tunnels.peers().some((p) => p.name === 'shanghai.connector' && p.state === 'up')))
+  t.ok(await until(() => r.parts.tunnels!.peers().some((p) => p.name === 'shanghai.connector' && p.state === 'up')))
   const s = statusDocument(r.parts, 'xfrm') as Record<string, any>
   t.same(s.node, { name: 'beijing.connector', type: 'Connector', role: 'connector' })
   t.equal(s.ready, true)
@@ -58,13 +58,13 @@ t.test('a converged connector: every field a user reads', async (t) => {
   const types = Object.fromEntries((s.peers as Array<{ name: string; type: string }>).map((p) => [p.name, p.type]))
   t.same(types, { 'beijing.edge1': 'EdgeNode', 'beijing.edge2': 'EdgeNode', 'shanghai.connector': 'Connector', mediator: 'Mediator' })
   const strip = (peers: Array<{ type: string }>) => peers.map(({ type: _type, ...rest }) => rest)
-  t.same(strip(s.peers), strip(r.parts.tunnels.peers()), 'each peer as the tunnels subsystem reports it (state, SAs, errors), typed from the config')
+  t.same(strip(s.peers), strip(r.parts.tunnels!.peers()), 'each peer as the tunnels subsystem reports it (state, SAs, errors), typed from the config')
   t.ok((s.peers as Array<{ name: string; state: string }>).some((p) => p.name === 'shanghai.connector' && p.state === 'up'), 'the connector peer is up (fake charon)')
   t.match(s.routes, { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, routes: ['route-for:beijing.edge1', 'route-for:beijing.edge2', 'route-for:mediator', 'route-for:shanghai.connector'] })
   t.match(s.ipsets, { ipsets: Array })
   t.ok((s.ipsets.ipsets as string[]).length > 0)
   t.same(s.iptables, { iptables: ['ipv4', 'ipv6'] })
-  t.same(s.tunnels, r.parts.tunnels.summary())
+  t.same(s.tunnels, r.parts.tunnels!.summary())
   t.ok(s.counters.passes >= 1)
 })
 
@@ -108,4 +108,35 @@ t.test('buildNode assembles the real node without starting it; status reads and 
   closed = true
   await node.close(0)
   t.notOk(lines.some((l) => l.msg === 'a pass is still in flight; closing the connections under it'), 'no pass ran')
+})
+
+t.test('buildNode --role cloud: no VICI client, no tunnels subsystem; status shows the role and the connector address', async (t) => {
+  // As above: never started. planAll only reads (table 220, the FABEDGE sets, iptables-save); nothing is written.
+  const dir = mkdtempSync(join(tmpdir(), 'ftnode-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'tunnels.yaml'), readFileSync(join(FIX, 'connector.yaml')))
+  const { log, lines } = await memoryLogger()
+  const node = await buildNode({
+    config: join(dir, 'tunnels.yaml'), vici: `unix://${join(dir, 'charon.vici')}`,
+    cert: join(dir, 'absent.crt'), key: join(dir, 'absent.key'), ca: join(dir, 'absent.crt'),
+    datapath: 'xfrm', resyncMs: 0, log, role: 'cloud', connectorAddresses: { 4: '192.168.1.5' },
+  })
+  t.teardown(() => node.close(0))
+  t.equal(node.tunnels, null)
+  t.equal(node.vici, null)
+  t.match(lines.find((l) => l.msg === `fabtunnel ${VERSION} starting`), { role: 'cloud', connectorAddresses: { 4: '192.168.1.5' } })
+  t.equal(await node.agent.reloadConfig(), 'changed')
+  const plans = await node.agent.planAll()
+  t.same(plans.map((p) => p.subsystem), ['ipsets', 'iptables', 'routes'], 'only what a cloud node runs')
+  const desired = await node.agent.desired()
+  t.equal(desired?.role, 'cloud')
+  t.ok(desired!.routes.filter((r) => r.family === 4).every((r) => r.via === '192.168.1.5'))
+  const s = statusDocument(node, 'xfrm') as Record<string, any>
+  t.equal(s.role, 'cloud')
+  t.same(s.connectorAddress, { 4: '192.168.1.5' })
+  t.same(s.node, { name: 'beijing.connector', type: 'Connector', role: 'cloud' })
+  t.same(s.peers, [])
+  t.notOk('tunnels' in s, 'no tunnels section: it runs none')
+  t.notOk('datapath' in s)
+  t.notOk(lines.some((l) => /charon|vici/i.test(String(l.msg)) || /vici/i.test(String(l.err ?? ''))), 'charon is never mentioned, nor dialled')
 })

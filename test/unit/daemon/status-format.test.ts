@@ -76,3 +76,17 @@ t.test('a rejected config and failing subsystems are on the first lines', async 
   t.equal(lines[5], 'beijing.connector  Peer  initiator  down   5s     0/1       initiate: timeout')
   t.equal(lines.length, 6)
 })
+
+t.test('a cloud node: its connector address and routes, no peer table (it runs no tunnels)', async (t) => {
+  const doc: StatusDoc = {
+    version: '1.2.3', node: { name: 'beijing.connector', type: 'Connector' }, role: 'cloud', connectorAddress: { 4: '192.168.1.5', 6: 'fd00::5' },
+    ready: true, routes: { ownRoutes: 7 }, iptables: { backend: 'nft' },
+    config: { path: '/etc/fabedge/tunnels.yaml', generation: 2, rejected: null },
+    lastPass: { startedAt: before(3), durationMs: 1.25, writes: {}, errors: {}, converged: true },
+  }
+  t.equal(formatStatus(doc, NOW), [
+    'cloud node of beijing.connector (Connector)  ready=yes  via connector 192.168.1.5,fd00::5  routes=7  iptables=nft  fabtunnel 1.2.3',
+    'config /etc/fabedge/tunnels.yaml generation 2',
+    'last pass 3s ago, 1.3 ms, writes {}',
+  ].join('\n'))
+})

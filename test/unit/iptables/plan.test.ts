@@ -218,3 +218,16 @@ t.test('foreign rules are not tokenized on a converged pass: one we cannot read 
   t.equal(iptablesPlan(EDGE4, observed).restore, null)
   t.throws(() => iptablesPlan('*nat\n:FABEDGE-X - [0:0]\n-A FABEDGE-X -m comment --comment "open\nCOMMIT\n', observed), { code: 'bad-payload' }, 'our own payload is checked strictly')
 })
+
+t.test('cloud: the KUBE-POSTROUTING rule is planned only where kube-proxy\'s chain exists', async (t) => {
+  const CLOUD4 = renderRuleset({ role: 'cloud', family: 4, localPodCidrs: [] })
+  const bare = iptablesPlan(CLOUD4, observedOf(saveOf([], [])))
+  t.ok(bare.restore !== null)
+  t.notMatch(bare.restore!, /KUBE-POSTROUTING/, 'no kube-proxy: the rule is left out instead of failing the whole restore')
+  t.match(bare.restore!, /-A FABEDGE-POSTROUTING -m set --match-set FABEDGE-REMOTE-POD-CIDR dst -j ACCEPT/)
+  t.match(bare.restore!, /-I POSTROUTING 1 -j FABEDGE-POSTROUTING/)
+  t.match(bare.restore!, /-I FORWARD 1 -j FABEDGE-FORWARD/)
+  t.notMatch(bare.restore!, /INPUT/, 'no INPUT jump on a cloud node')
+  const kube = iptablesPlan(CLOUD4, observedOf(saveOf([], [':KUBE-POSTROUTING - [0:0]'])))
+  t.match(kube.restore!, /-A FABEDGE-POSTROUTING -m mark --mark 0x4000\/0x4000 -j KUBE-POSTROUTING\n-A FABEDGE-POSTROUTING -m set/, 'with kube-proxy: the rule comes first, as FabEdge writes it')
+})

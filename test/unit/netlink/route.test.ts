@@ -102,3 +102,20 @@ t.test('routePlan: adds missing, keeps equal, replaces changed, deletes only sta
   t.same(plan.conflicts.map((c) => [c.want.dst, c.foreign.protocol]), [['10.5.0.0/16', 3]])
   t.same(routePlan([{ dst: '10.1.0.0/16', via: '10.9.0.2' }], [observed[0]!]).ops, [], 'converged: nothing to do')
 })
+
+t.test('routePlan: adopts a route of an adoptable protocol in a wanted slot, never one in a slot it does not want', async (t) => {
+  const observed = [
+    r('10.5.0.0/16', 0, { via: '10.9.0.2' }), // FabEdge's (proto unspec) in a slot we want: taken over
+    r('10.7.0.0/16', 0, { via: '10.9.0.2' }), // FabEdge's in a slot we do not want: untouched
+    r('10.8.0.0/16', 4, { via: '10.9.0.9' }), // charon's (static) in a slot we want: still a conflict
+  ]
+  const want = [{ dst: '10.5.0.0/16', via: '10.9.0.2' }, { dst: '10.8.0.0/16', via: '10.9.0.2' }]
+  const plan = routePlan(want, observed, 220, { adopt: [0] })
+  t.same(plan.ops, [{ op: 'replace', route: { dst: '10.5.0.0/16', via: '10.9.0.2', protocol: 220 } }])
+  t.same(plan.adopted.map((a) => [a.want.dst, a.previous.protocol]), [['10.5.0.0/16', 0]])
+  t.same(plan.conflicts.map((c) => [c.want.dst, c.foreign.protocol]), [['10.8.0.0/16', 4]])
+  const plain = routePlan(want, observed, 220)
+  t.same(plain.ops, [], 'without adopt, the same route is a conflict')
+  t.same(plain.conflicts.map((c) => c.want.dst), ['10.5.0.0/16', '10.8.0.0/16'])
+  t.same(plain.adopted, [])
+})

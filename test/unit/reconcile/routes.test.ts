@@ -35,7 +35,11 @@ class FakeRoutes implements RoutesPort {
     this.batches.push([...ops])
     return ops.map(({ op, route }) => {
       if (this.refuse.has(route.dst)) return { ok: false, reason: 'refused', error: NetlinkError.kernel(101, `ip route ${op} ${route.dst}`, 'Nexthop has invalid gateway') }
-      const at = this.routes.findIndex((r) => r.dst === route.dst && r.protocol === route.protocol)
+      // The kernel's delete matches the protocol it is given; a replace takes the slot (destination, table,
+      // metric), whatever protocol holds it.
+      const at = op === 'del'
+        ? this.routes.findIndex((r) => r.dst === route.dst && r.protocol === route.protocol)
+        : this.routes.findIndex((r) => r.dst === route.dst && r.table === (route.table ?? 220))
       if (op === 'del') {
         if (at < 0) return { ok: false, reason: 'missing', error: NetlinkError.kernel(3, 'ip route del') }
         this.routes.splice(at, 1)
@@ -100,6 +104,20 @@ t.test('a gateway change replaces every route of that family; removed peers lose
   t.match(s.summary(), { conflicts: 1 }, 'the foreign route holding 10.9.0.0/16 is a conflict, left alone')
   await s.apply(moved)
   t.same(port.routes.map((r) => [r.dst, r.via, r.protocol]).sort(), [['10.1.0.0/16', '192.0.2.254', 220], ['10.9.0.0/16', '192.0.2.9', 4]])
+})
+
+t.test("FabEdge's own routes (proto unspec) in slots we want are taken over; others stay", async (t) => {
+  const port = new FakeRoutes()
+  port.routes.push({ family: 4, dst: '10.1.0.0/16', via: '192.0.2.1', table: 220, protocol: 0, scope: 0, type: 1 })
+  port.routes.push({ family: 4, dst: '10.7.0.0/16', via: '192.0.2.1', table: 220, protocol: 0, scope: 0, type: 1 })
+  const s = new RoutesSubsystem(port, log)
+  const d = desired([route('10.1.0.0/16', '192.0.2.1')], [])
+  const plan = await s.plan(d, CTX)
+  t.same(plan.describe(), ['ip route replace 10.1.0.0/16 via 192.0.2.1 table 220 proto 220'])
+  t.match(s.summary(), { conflicts: 0 })
+  await s.apply(plan)
+  t.same(port.routes.map((r) => [r.dst, r.protocol]).sort(), [['10.1.0.0/16', 220], ['10.7.0.0/16', 0]], 'the unwanted FabEdge route is left alone')
+  t.equal((await s.plan(d, CTX)).writes, 0, 'then converged')
 })
 
 t.test('gateways() reads the default gateway of each family', async (t) => {
@@ -197,4 +215,53 @@ t.test('a family whose default route cannot be read counts as without a gateway;
   t.same(await s.gateways(), { 4: '192.0.2.1' })
   port.gwBroken.clear()
   t.same(await s.gateways(), { 4: '192.0.2.1', 6: '2001:db8::1' })
+})
+
+const cloudRoute = (dst: string, via?: string): DesiredRoute => ({ ...route(dst, via), viaFrom: 'connector-address' })
+
+t.test('cloud: a connector address the kernel cannot reach is one typed error per family; the other family converges, retried', async (t) => {
+  const port = new FakeRoutes()
+  const s = new RoutesSubsystem(port, log)
+  const d = desired([cloudRoute('10.1.0.0/16', '192.0.2.9'), cloudRoute('10.2.0.0/16', '192.0.2.9'), cloudRoute('2001:db8:1::/48', '2001:db8::9')])
+  port.refuse = new Set(['10.1.0.0/16', '10.2.0.0/16'])
+  const err = await s.apply(await s.plan(d, CTX)).catch((e: unknown) => e)
+  t.match(err, {
+    name: 'NetlinkError', code: 'ECONNECTORUNREACHABLE', kind: 'kernel', errno: 101,
+    message: /^IPv4 --connector-address 192\.0\.2\.9 is not reachable on-link \(ENETUNREACH: Nexthop has invalid gateway\): 2 route\(s\) in table 220 not programmed: 10\.1\.0\.0\/16, 10\.2\.0\.0\/16$/,
+  })
+  t.same(port.routes.map((r) => r.dst), ['2001:db8:1::/48'], 'the IPv6 routes are programmed')
+  const again = await s.plan(d, CTX)
+  t.equal(again.writes, 2, 'the next pass tries the two routes again')
+  port.refuse.clear()
+  await s.apply(again)
+  t.same(port.routes.map((r) => r.dst).sort(), ['10.1.0.0/16', '10.2.0.0/16', '2001:db8:1::/48'], 'written once the connector is reachable')
+  t.equal((await s.plan(d, CTX)).writes, 0)
+})
+
+t.test('cloud: an unreachable default gateway route is not reported as a connector problem', async (t) => {
+  const port = new FakeRoutes()
+  const s = new RoutesSubsystem(port, log)
+  port.refuse = new Set(['10.1.0.0/16'])
+  const err = await s.apply(await s.plan(desired([route('10.1.0.0/16', '192.0.2.1')]), CTX)).catch((e: unknown) => e)
+  t.match(err, { message: /^1 route op\(s\) failed, first: replace 10\.1\.0\.0\/16/ })
+  t.notMatch((err as Error).message, /connector/)
+})
+
+t.test('cloud: a family without a --connector-address is named as such (ENOCONNECTOR)', async (t) => {
+  const port = new FakeRoutes()
+  const s = new RoutesSubsystem(port, log)
+  const plan = await s.plan(desired([cloudRoute('10.1.0.0/16', '192.0.2.9'), cloudRoute('2001:db8:1::/48')]), CTX)
+  t.ok(plan.describe().includes('cannot route 2001:db8:1::/48 table 220: no IPv6 --connector-address given'))
+  await t.rejects(s.apply(plan), { name: 'NetlinkError', code: 'ENOCONNECTOR', message: 'no IPv6 --connector-address given: 1 route(s) in table 220 not programmed: 2001:db8:1::/48' })
+  t.same(port.routes.map((r) => r.dst), ['10.1.0.0/16'])
+})
+
+t.test('cloud: a new connector address moves every route of its family (replace, same destinations)', async (t) => {
+  const port = new FakeRoutes()
+  const s = new RoutesSubsystem(port, log)
+  await s.apply(await s.plan(desired([cloudRoute('10.1.0.0/16', '192.0.2.9')]), CTX))
+  const moved = await s.plan(desired([cloudRoute('10.1.0.0/16', '192.0.2.10')]), CTX)
+  t.same(moved.describe().filter((l) => l.startsWith('ip route')), ['ip route replace 10.1.0.0/16 via 192.0.2.10 table 220 proto 220'])
+  await s.apply(moved)
+  t.same(port.routes.map((r) => [r.dst, r.via]), [['10.1.0.0/16', '192.0.2.10']])
 })
