@@ -11,6 +11,11 @@ import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type
 import { parseListen } from './daemon/http.js'
 import { formatStatus } from './daemon/status-format.js'
 import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocation } from './compat/fabedge-argv.js'
+import { canonicalVip } from './daemon/leader.js'
+import { checkLeaseTimings } from './daemon/lease.js'
+import type { ElectionOptions } from './daemon/run.js'
+import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 
 export interface Io {
   out: (text: string) => void
@@ -77,6 +82,68 @@ export function roleFlags(p: Parsed): { role?: Role; connectorAddresses?: { 4?: 
   return { role, connectorAddresses: parsed.addresses }
 }
 
+/** Connector HA (docs/deploy.md "High availability"); names and defaults of the lease flags are FabEdge's. */
+const ELECTION_FLAGS: Record<string, FlagSpec> = {
+  'leader-election': { type: 'string', arg: 'MODE', default: 'none', help: 'connector HA: none (always the leader), vip (leads while --vip is on an interface of this node; keepalived moves it) or lease (a coordination.k8s.io Lease, in-cluster)' },
+  vip: { type: 'string', arg: 'ADDR', help: 'the VIP keepalived moves (IPv4 or IPv6); required with vip, optional with lease (drained on SIGTERM)' },
+  'leader-lock-name': { type: 'string', arg: 'NAME', default: 'connector', help: 'lease: name of the Lease (namespace from $NAMESPACE)' },
+  'leader-lease-duration': { type: 'string', arg: 'DURATION', default: '15s', help: 'lease: how long a standby waits without seeing the lease renewed before taking it' },
+  'leader-renew-deadline': { type: 'string', arg: 'DURATION', default: '10s', help: 'lease: the leader steps down when it could not renew for this long' },
+  'leader-retry-period': { type: 'string', arg: 'DURATION', default: '2s', help: 'lease: interval of acquire (jittered x1.2) and renew attempts' },
+  'node-name': { type: 'string', arg: 'NAME', help: 'lease: holder identity (default: $NODE_NAME, else $HOSTNAME, else the host name)' },
+}
+
+const SERVICE_ACCOUNT_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace'
+
+/** `--leader-election` and its companions, validated. */
+export function electionOf(p: Parsed, env: NodeJS.ProcessEnv, readNamespaceFile: () => string | null = defaultNamespaceFile): ElectionOptions {
+  const mode = String(p.values['leader-election'])
+  const vipText = p.values.vip === undefined || p.values.vip === '' ? undefined : String(p.values.vip)
+  let vip: string | undefined
+  if (vipText !== undefined) {
+    try {
+      vip = canonicalVip(vipText)
+    } catch {
+      throw new UsageError(`--vip must be an IPv4 or IPv6 address, got "${vipText}"`)
+    }
+  }
+  switch (mode) {
+    case 'none':
+      if (vip) throw new UsageError('--vip needs --leader-election vip or lease')
+      return { mode }
+    case 'vip':
+      if (!vip) throw new UsageError('--leader-election vip needs --vip ADDR')
+      return { mode, vip }
+    case 'lease': {
+      const lease = {
+        name: String(p.values['leader-lock-name']),
+        leaseDurationMs: parseDuration(String(p.values['leader-lease-duration']), '--leader-lease-duration'),
+        renewDeadlineMs: parseDuration(String(p.values['leader-renew-deadline']), '--leader-renew-deadline'),
+        retryPeriodMs: parseDuration(String(p.values['leader-retry-period']), '--leader-retry-period'),
+      }
+      if (!DNS_SUBDOMAIN.test(lease.name)) throw new UsageError(`--leader-lock-name must be a DNS subdomain name, got "${lease.name}"`)
+      const bad = checkLeaseTimings(lease)
+      if (bad) throw new UsageError(bad)
+      const namespace = env.NAMESPACE?.trim() || readNamespaceFile()
+      if (!namespace) throw new UsageError('--leader-election lease needs the namespace in $NAMESPACE (or a service account namespace file)')
+      const identity = (p.values['node-name'] ? String(p.values['node-name']) : '') || env.NODE_NAME?.trim() || env.HOSTNAME?.trim() || hostname()
+      return { mode, lease: { ...lease, namespace, identity }, ...(vip ? { vip } : {}) }
+    }
+    default:
+      throw new UsageError(`--leader-election must be none, vip or lease, got "${mode}"`)
+  }
+}
+
+const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/
+
+function defaultNamespaceFile(): string | null {
+  try {
+    return readFileSync(SERVICE_ACCOUNT_NAMESPACE, 'utf8').trim() || null
+  } catch {
+    return null
+  }
+}
+
 function datapathOf(p: Parsed): Datapath {
   const d = String(p.values.datapath)
   if (d !== 'xfrm' && d !== 'libipsec') throw new UsageError(`--datapath must be xfrm or libipsec, got "${d}"`)
@@ -117,13 +184,14 @@ const COMMANDS: Record<string, Command> = {
   },
   run: {
     summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
-    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR]',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]]',
     flags: {
       ...LIVE,
       ...ROLE_FLAGS,
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
       'dpd-delay': DPD_DELAY,
+      ...ELECTION_FLAGS,
     },
     run: runCommand,
   },
@@ -337,9 +405,12 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
       throw new UsageError((err as Error).message)
     }
     const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
+    const election = electionOf(p, io.env)
+    const roles = roleFlags(p)
+    if (roles.role === 'cloud' && election.mode !== 'none') throw new UsageError('--leader-election is for connectors; a cloud node follows the connectors through --connector-address (their internal VIP)')
     const running = await startDaemon({
       config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-      ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log, ...roleFlags(p),
+      ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log, ...roles, election,
     })
     hup = () => running.sighup()
     if (!stopSignal) await new Promise<void>((resolve) => { wakeStop = resolve })

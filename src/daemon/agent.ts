@@ -46,6 +46,11 @@ export interface AgentOptions {
   now?: () => number
   /** Called after every pass (metrics that depend on the observed state). */
   onPass?: (record: PassRecord) => void
+  /**
+   * Whether this node leads (connector HA, src/daemon/leader.ts); read at every pass. A standby connector gets the
+   * standby's share of the desired state (src/desired/standby.ts). Default: always the leader.
+   */
+  leader?: () => boolean
 }
 
 export type { PassRecord }
@@ -215,18 +220,20 @@ export class Agent {
    * when one of them (config generation, certificate, default gateways) changes; unchanged connection sections
    * then stay the same objects from pass to pass.
    */
-  async desired(ctx: PassContext = passContext(['manual'])): Promise<Desired | null> {
+  async desired(ctx: PassContext = passContext(['manual']), extra: { drainVip?: string } = {}): Promise<Desired | null> {
     if (!this.config) return null
     // The certificate file changes only with a credential trigger (directory watch) or is re-checked by deep passes.
     if (ctx.credentials || this.certPem === undefined) await this.refreshCert()
     const certPem = this.certPem ?? undefined
     // A cloud node's next hop is the connector, never the default gateway.
     const gateways = this.opts.datapath === 'xfrm' && this.opts.role !== 'cloud' ? await this.opts.gateways?.() : undefined
-    const key = `${this.opts.role ?? ''}\0${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}`
+    const standby = !(this.opts.leader?.() ?? true)
+    const key = `${this.opts.role ?? ''}\0${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}\0${standby}\0${extra.drainVip ?? ''}`
     if (this.desiredMemo?.key !== key) {
       const { role, connectorAddresses } = this.opts
       const desired = nodeDesired(this.config, role, {
         datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
+        ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}),
       })
       this.desiredMemo = { key, desired }
     }

@@ -6,6 +6,8 @@ import type { Registry } from 'prom-client'
 
 export interface HttpHandlers {
   healthy(): boolean
+  /** Stopping (SIGTERM): /healthz answers 503 `draining` so keepalived's check moves the VIP at once. */
+  draining?(): boolean
   ready(): boolean
   leader(): boolean
   status(): unknown
@@ -39,6 +41,7 @@ export async function startHttp(addr: ListenAddress, h: HttpHandlers): Promise<{
     try {
       switch (url) {
         case '/healthz':
+          if (h.draining?.()) return send(503, 'draining\n')
           return h.healthy() ? send(200, 'ok\n') : send(503, 'unhealthy\n')
         case '/readyz':
           return h.ready() ? send(200, 'ready\n') : send(503, 'not ready\n')

@@ -14,6 +14,8 @@ export class Metrics {
   readonly configValid = new Gauge({ name: 'fabtunnel_config_valid', help: '1 when the config file on disk is valid, 0 when it is rejected', registers: [this.registry] })
   readonly lastSuccess = new Gauge({ name: 'fabtunnel_last_successful_pass_timestamp_seconds', help: 'Unix time of the last pass that ended without error', registers: [this.registry] })
   readonly ready = new Gauge({ name: 'fabtunnel_ready', help: '1 when the last pass converged without error', registers: [this.registry] })
+  readonly leader = new Gauge({ name: 'fabtunnel_leader', help: '1 while this agent is the active connector (always 1 with --leader-election none)', registers: [this.registry] })
+  readonly leaderTransitions = new Counter({ name: 'fabtunnel_leader_transitions_total', help: 'Leadership changes (promotions and demotions) since start', registers: [this.registry] })
   readonly viciReconnects = new Counter({ name: 'fabtunnel_vici_reconnects_total', help: 'Reconnections to charon (each is followed by a full reload)', registers: [this.registry] })
 
   constructor(opts: { processMetrics?: boolean } = {}) {

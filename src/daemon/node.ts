@@ -34,6 +34,8 @@ export interface NodeOptions {
   /** Load credentials into charon (the daemon does; `plan` only reports). */
   credentials?: boolean
   viciTimeoutMs?: number
+  /** Whether this node leads (read at every pass); default always. */
+  leader?: () => boolean
 }
 
 export interface NodeParts {
@@ -90,6 +92,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     log: o.log,
     metrics,
     resyncMs: o.resyncMs,
+    ...(o.leader ? { leader: o.leader } : {}),
     ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
     onPass: () => {
       if (!tunnels) return

@@ -4,9 +4,12 @@
 // effect of stopping.
 import type { Datapath, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
-import { Monitor } from '../netlink/index.js'
+import { addrList, Monitor } from '../netlink/index.js'
+import type { Addr } from '../netlink/addr.js'
+import { passContext } from '../reconcile/subsystem.js'
 import { startHttp, type HttpHandlers, type ListenAddress } from './http.js'
-import { SOLE_LEADER, type Leadership } from './leader.js'
+import { SoleLeadership, VipLeadership, type Leadership } from './leader.js'
+import type { LeaseElectionOptions } from './lease.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
 import { watchFiles } from './watch.js'
@@ -28,7 +31,18 @@ export interface RunOptions {
   log: Logger
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
   stopGraceMs?: number
+  /** Connector leader election (`--leader-election`); default none (always the leader). */
+  election?: ElectionOptions
 }
+
+/**
+ * `--leader-election`: none; vip (`--vip`, canonical); lease (the Lease flags; `vip` optional there: when keepalived
+ * moves a VIP after the lease, a stopping leader drains it like in vip mode).
+ */
+export type ElectionOptions =
+  | { mode: 'none' }
+  | { mode: 'vip'; vip: string }
+  | { mode: 'lease'; lease: LeaseElectionOptions; vip?: string }
 
 export interface Running {
   node: NodeParts
@@ -39,20 +53,47 @@ export interface Running {
 }
 
 /** The route/rule monitor as the daemon uses it (the netlink Monitor, or a stand-in in unit tests). */
-export type RouteMonitor = Pick<Monitor, 'on' | 'close'>
+export type RouteMonitor = Pick<Monitor, 'on' | 'off' | 'close'>
 
-/** What startDaemon builds on; unit tests replace both so no socket to the host's kernel or charon is opened. */
+/** What startDaemon builds on; unit tests replace them so no socket to the host's kernel or charon is opened. */
 export interface DaemonDeps {
   buildNode(o: NodeOptions): Promise<NodeParts>
   openMonitor(): RouteMonitor
+  /** The election of `o.election`; default: the real one (vip: netlink; lease: the Kubernetes API, in-cluster). */
+  leadership?(election: ElectionOptions, ctx: { node: NodeParts; monitor: RouteMonitor; log: Logger }): Promise<Leadership>
 }
 
 const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }) }
 
-/** What the HTTP endpoints answer: health is the process, readiness the last pass, leadership the election. */
-export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Partial<NodeParts>, leadership: Leadership, status: () => unknown): HttpHandlers {
+/** The real election of each mode. The Kubernetes client is loaded only in lease mode (start-up CPU). */
+export async function createLeadership(e: ElectionOptions, ctx: { node: NodeParts; monitor: RouteMonitor; log: Logger }): Promise<Leadership> {
+  if (e.mode === 'none') return new SoleLeadership()
+  if (e.mode === 'vip') {
+    const { monitor, node, log } = ctx
+    return new VipLeadership(e.vip, {
+      dump: () => addrList(node.routeSock),
+      subscribe: (fn: (action: 'new' | 'del', addr: Addr) => void) => {
+        monitor.on('addr', fn)
+        return () => { monitor.off('addr', fn) }
+      },
+      onResync: (fn: () => void) => {
+        monitor.on('resync', fn)
+        return () => { monitor.off('resync', fn) }
+      },
+    }, { onDumpError: (err) => log.error({ op: 'leadership', err: err.message }, 'cannot list addresses after a netlink overrun; leadership may be stale until the next address event') })
+  }
+  const { kubernetesLeaseApi, LeaseLeadership } = await import('./lease.js')
+  return new LeaseLeadership(await kubernetesLeaseApi(e.lease.namespace, e.lease.name), e.lease, { log: ctx.log.child({ op: 'lease' }) })
+}
+
+/**
+ * What the HTTP endpoints answer: health is the process (503 "draining" once SIGTERM arrived, so keepalived's check
+ * fails at once and the VIP moves), readiness the last pass, leadership the election.
+ */
+export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Partial<NodeParts>, leadership: Pick<Leadership, 'isLeader'>, status: () => unknown, draining: () => boolean = () => false): HttpHandlers {
   return {
-    healthy: () => true,
+    healthy: () => !draining(),
+    draining,
     ready: () => node.agent.ready,
     leader: () => leadership.isLeader(),
     status,
@@ -62,9 +103,16 @@ export function daemonHandlers(node: Pick<NodeParts, 'agent' | 'metrics'> & Part
 
 export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): Promise<Running> {
   const { log } = o
-  const node = await deps.buildNode({ ...o, credentials: true })
-  const { agent } = node
-  const http = await startHttp(o.listen, daemonHandlers(node, SOLE_LEADER, () => statusDocument(node, o.datapath)))
+  const election = o.election ?? { mode: 'none' }
+  // Read at every pass; the election replaces it once started (before the first pass).
+  let leadership: Leadership = new SoleLeadership()
+  const node = await deps.buildNode({ ...o, credentials: true, leader: () => leadership.isLeader() })
+  const { agent, metrics } = node
+  const monitor = deps.openMonitor()
+  leadership = await (deps.leadership ?? createLeadership)(election, { node, monitor, log })
+  let draining = false
+  const status = (): unknown => ({ ...statusDocument(node, o.datapath), leadership: leadership.status() })
+  const http = await startHttp(o.listen, daemonHandlers(node, leadership, status, () => draining))
   log.info({ listen: `${http.address.address}:${http.address.port}` }, 'HTTP endpoints up (/healthz /readyz /is-leader /metrics /status)')
 
   // Not awaited: a frozen charon would hold start-up (and a SIGTERM during it) for the VICI timeout. If charon is
@@ -73,7 +121,38 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     log.warn({ err: (err as Error).message }, 'cannot reach charon yet; retrying with every pass')
   })
 
-  const monitor = deps.openMonitor()
+  /**
+   * Demotion: the pass that the change triggered removes the leader-only state (routes first: no route may point
+   * at an SA about to go); then our own IKE_SAs are terminated, connections kept loaded, so edges re-establish
+   * with the new leader instead of waiting for DPD.
+   */
+  const demote = async (): Promise<void> => {
+    await agent.idle()
+    if (leadership.isLeader() || draining) return
+    const names = await ownConns()
+    if (!names) return
+    const n = await node.tunnels!.terminateOwnSas(names, (conn, err) => log.warn({ op: 'demote', conn, err: err.message }, 'cannot terminate SA'))
+    log.info({ op: 'demote', terminated: n }, 'demoted: own IKE_SAs terminated, connections stay loaded')
+  }
+  /** The connections of a connector's config in force (null on an edge or without config: nothing to gate). */
+  const ownConns = async (): Promise<Set<string> | null> => {
+    // A cloud node reads the connector's config but runs no tunnels.
+    if (agent.configInForce?.local.type !== 'Connector' || !node.tunnels) return null
+    const d = await agent.desired()
+    return d ? new Set(Object.keys(d.conns)) : null
+  }
+  metrics.leader.set(leadership.isLeader() ? 1 : 0)
+  leadership.onChange((leader) => {
+    metrics.leader.set(leader ? 1 : 0)
+    metrics.leaderTransitions.inc()
+    log.info({ op: 'leadership', mode: leadership.mode, leader }, leader ? 'promoted: initiating tunnels and applying routes' : 'demoted: standby keeps credentials and responder connections loaded')
+    agent.trigger(leader ? 'leader:promoted' : 'leader:demoted')
+    if (!leader && !draining) demote().catch((err: unknown) => log.error({ op: 'demote', err: (err as Error).message }, 'demotion: cannot terminate own SAs'))
+  })
+  await leadership.start()
+  log.info({ op: 'leadership', mode: leadership.mode, leader: leadership.isLeader(), ...(election.mode !== 'none' && election.vip ? { vip: election.vip } : {}) }, 'leader election started')
+  metrics.leader.set(leadership.isLeader() ? 1 : 0)
+
   monitor.on('route', (action, route) => {
     const reason = routeTrigger(action, route)
     if (reason) agent.trigger(reason)
@@ -104,6 +183,24 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   await Promise.race([watch.ready, new Promise((r) => setTimeout(r, 2000).unref())])
   agent.start()
 
+  /**
+   * SIGTERM on the leader. With a VIP still here: first drop new IKE_SA_INITs to it (iptables drainRules), then
+   * terminate our IKE_SAs, so their DELETEs still leave from the VIP and the edges' immediate re-initiations are
+   * not answered by this dying node; their retransmissions reach the next VIP holder. docs/deploy.md explains it.
+   */
+  const drainLeader = async (): Promise<void> => {
+    const names = await ownConns()
+    if (!names) return
+    const vip = election.mode === 'none' ? undefined : election.vip
+    if (vip) {
+      const ctx = passContext(['drain'])
+      const desired = await agent.desired(ctx, { drainVip: vip })
+      if (desired) await node.iptables.apply(await node.iptables.plan(desired, ctx))
+    }
+    const n = await node.tunnels!.terminateOwnSas(names, (conn, err) => log.warn({ op: 'drain', conn, err: err.message }, 'cannot terminate SA'))
+    log.info({ op: 'drain', terminated: n, ...(vip ? { vip } : {}) }, 'leader stopping: own IKE_SAs terminated, new IKE_SA_INITs to the VIP dropped')
+  }
+
   let stopping: Promise<void> | null = null
   return {
     node,
@@ -114,11 +211,28 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     },
     stop: () =>
       (stopping ??= (async () => {
+        // From now on /healthz answers 503 "draining": keepalived's check fails at once and the VIP moves.
+        draining = true
+        const leading = election.mode !== 'none' && leadership.isLeader()
+        await bounded(leadership.release(), 1000).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'cannot release leadership'))
+        await leadership.stop()
         await watch.close()
         monitor.close()
+        if (leading) {
+          // No pass may re-initiate or re-load behind the terminates below.
+          await agent.stop(Math.min(o.stopGraceMs ?? 3000, 1500))
+          await bounded(drainLeader(), 1500).catch((err: unknown) => log.warn({ op: 'stop', err: (err as Error).message }, 'draining: cannot terminate own SAs'))
+        }
         await http.close()
         await node.close(o.stopGraceMs ?? 3000)
         log.info('stopped; the data plane stays up (use `fabtunnel cleanup` to remove it)')
       })()),
   }
+}
+
+/** `p`, or a rejection after `ms` (its work may go on; the caller must not depend on it). */
+function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms) })
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer))
 }

@@ -1,4 +1,5 @@
 // Renders the /status document as the table `fabtunnel status` prints: one row per peer.
+import type { LeadershipStatus } from './leader.js'
 
 export interface StatusDoc {
   version?: string
@@ -13,6 +14,7 @@ export interface StatusDoc {
   lastPass?: { startedAt: string; durationMs: number; writes: Record<string, number>; errors: Record<string, string>; converged: boolean } | null
   peers?: Array<{ name: string; type: string; state: string; since: string; childrenUp: number; childrenDesired: number; initiator: boolean; lastError: string | null; waiting: string | null }>
   iptables?: { backend?: string }
+  leadership?: LeadershipStatus
 }
 
 function ago(iso: string, now: number): string {
@@ -34,6 +36,11 @@ export function formatStatus(doc: StatusDoc, now = Date.now()): string {
   }
   if (doc.config) {
     lines.push(`config ${doc.config.path} generation ${doc.config.generation}${doc.config.rejected ? `  REJECTED: ${doc.config.rejected.message.split('\n').slice(0, 3).join(' | ')}` : ''}`)
+  }
+  const l = doc.leadership
+  if (l && l.mode !== 'none') {
+    const what = l.vip ? `vip ${l.vip.address}` : l.lease ? `lease ${l.lease.namespace}/${l.lease.name} as ${l.lease.identity}, holder ${l.lease.holder ?? '(none)'}` : l.mode
+    lines.push(`leadership ${what}: ${l.leader ? 'LEADER' : 'STANDBY'} since ${ago(l.since, now)} ago (${l.transitions} transition${l.transitions === 1 ? '' : 's'})`)
   }
   if (doc.lastPass) {
     const errs = Object.entries(doc.lastPass.errors)

@@ -7,6 +7,7 @@ import { desiredConns, roleOf } from './conns.js'
 import { desiredRoutes, desiredRules } from './routes.js'
 import { desiredSets } from './sets.js'
 import { cloudDesired } from './cloud.js'
+import { standbyState } from './standby.js'
 import { DesiredError, type Desired, type DesiredOptions, type Role } from './types.js'
 
 export * from './types.js'
@@ -14,12 +15,14 @@ export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY } 
 export { desiredRoutes, desiredRules } from './routes.js'
 export { desiredSets } from './sets.js'
 export { cloudDesired, cloudPrefixes, parseConnectorAddresses, type CloudOptions } from './cloud.js'
+export { standbyState } from './standby.js'
 
 export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desired {
   const role = roleOf(config)
   const conns = desiredConns(config, opts)
   const podCidrs = (family: 4 | 6): string[] => config.local.subnets.filter((c) => cidrFamily(c) === family)
-  return {
+  const drain = (family: 4 | 6): { drainVip?: string } => (role === 'connector' && opts.drainVip && cidrFamily(opts.drainVip) === family ? { drainVip: opts.drainVip } : {})
+  const desired: Desired = {
     role,
     conns: conns.conns,
     initiate: conns.initiate,
@@ -28,10 +31,11 @@ export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desire
     rules: desiredRules(config),
     ipsets: desiredSets(config, role),
     iptables: {
-      ipv4: renderRuleset({ role, family: 4, localPodCidrs: podCidrs(4) }),
-      ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6) }),
+      ipv4: renderRuleset({ role, family: 4, localPodCidrs: podCidrs(4), ...drain(4) }),
+      ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6), ...drain(6) }),
     },
   }
+  return opts.standby ? standbyState(desired) : desired
 }
 
 export interface NodeDesiredOptions extends DesiredOptions {

@@ -50,6 +50,14 @@ export interface DesiredOptions {
    * Default EDGE_DPD_DELAY.
    */
   dpdDelay?: string
+  /**
+   * Connector only: this node is a standby (another connector leads). It keeps the warm part (credentials,
+   * every connection loaded, responder-only toward edges) and drops what only the leader may have: initiators,
+   * table-220 routes, and the remote members of the steering ipsets. See standby.ts.
+   */
+  standby?: boolean
+  /** Connector only: draining while holding this VIP (canonical address); see iptables drainRules. */
+  drainVip?: string
 }
 
 export interface Desired {

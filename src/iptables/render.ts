@@ -17,6 +17,31 @@ export interface RulesetInput {
   family: Family
   /** Edge role: own pod CIDRs of this family, canonical ("10.234.1.0/24"); connector, cloud: unused. */
   localPodCidrs: string[]
+  /**
+   * Connector stopping while it holds this VIP (of this family): drop new IKE_SA_INITs addressed to it, ahead of
+   * the IKE accepts. See drainRules.
+   */
+  drainVip?: string
+}
+
+/**
+ * While a leading connector drains (SIGTERM), it sends DELETE for its IKE_SAs while the VIP is still here (once it
+ * is gone the kernel refuses the VIP as a source address and the edges would never learn). The edges then
+ * re-initiate at once; were their IKE_SA_INIT answered here, they would set up a tunnel with a dying node. These
+ * rules drop exactly the IKE_SA_INIT requests (responder SPI zero, exchange type 34) to the VIP on 500 and, after
+ * the non-ESP marker, on 4500, so the edges' retransmission reaches the next VIP holder. Everything else, the
+ * DELETE exchanges included, passes. u32 offsets: IPv4 from the IHL, IPv6 assuming no extension header.
+ */
+export function drainRules(vip: string, family: Family): string[] {
+  const ip = family === 4 ? '0x0>>0x16&0x3c@' : ''
+  const at = (off: number): string => (family === 4 ? `${ip}0x${off.toString(16)}` : `0x${(40 + off).toString(16)}`)
+  // IKE header right after the UDP header (8 bytes): responder SPI at +8..+16, exchange type at +18.
+  const ike = (base: number): string => `${at(base + 8)}=0x0&&${at(base + 12)}=0x0&&${at(base + 15)}&0xff=0x22`
+  const dst = `-d ${vip}/${family === 4 ? 32 : 128}`
+  return [
+    `${dst} -p udp -m udp --dport 500 -m u32 --u32 "${ike(8)}" -j DROP`,
+    `${dst} -p udp -m udp --dport 4500 -m u32 --u32 "${at(8)}=0x0&&${ike(12)}" -j DROP`,
+  ]
 }
 
 /**
@@ -39,7 +64,7 @@ function set(base: string, family: Family, dir: 'src' | 'dst'): string {
   return `-m set --match-set ${ipsetName(base, family)} ${dir}`
 }
 
-function connectorChains(family: Family): Chains {
+function connectorChains(family: Family, drainVip?: string): Chains {
   const localPod = IPSET.localPodCidr
   const localNode = IPSET.localNodeCidr
   const remotePod = IPSET.remotePodCidr
@@ -48,7 +73,7 @@ function connectorChains(family: Family): Chains {
     `${set(a, family, 'src')} ${set(b, family, 'dst')} -j ${target}`
   return {
     filter: [
-      [CHAIN.input, inputRules(family)],
+      [CHAIN.input, [...(drainVip ? drainRules(drainVip, family) : []), ...inputRules(family)]],
       [
         CHAIN.forward,
         [
@@ -153,7 +178,7 @@ export function renderRuleset(input: RulesetInput): string {
   const { role, family } = input
   if (family !== 4 && family !== 6) throw new IptablesError('bad-input', `bad family ${String(family)}`)
   let chains: Chains
-  if (role === 'connector') chains = connectorChains(family)
+  if (role === 'connector') chains = connectorChains(family, input.drainVip)
   else if (role === 'edge') chains = edgeChains(family, podCidrsCanonical(family, input.localPodCidrs))
   else if (role === 'cloud') chains = cloudChains(family)
   else throw new IptablesError('bad-input', `bad role ${String(role)}`)

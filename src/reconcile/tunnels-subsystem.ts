@@ -297,6 +297,27 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   }
 
   /** Children to replace that the listing no longer shows are gone: forgotten (part of caching the observation). */
+  /**
+   * Terminates every IKE_SA of the connections named (ours), keeping the connections loaded: a demoted or
+   * stopping connector sends DELETE so edges re-establish with the new leader at once. Asynchronous (force): the
+   * DELETE goes out without waiting for the peer's answer. Resolves with the number terminated; one failure does
+   * not stop the others and is reported through `onError`.
+   */
+  async terminateOwnSas(conns: ReadonlySet<string>, onError: (conn: string, err: Error) => void = () => undefined): Promise<number> {
+    const sas = (await this.port.listSas()).filter((sa) => conns.has(sa.name))
+    const now = this.now()
+    let n = 0
+    await Promise.all(sas.map(async (sa) => {
+      try {
+        await this.terminateSa('ike', sa.name, sa.uniqueid, now)
+        n++
+      } catch (err) {
+        onError(sa.name, err as Error)
+      }
+    }))
+    return n
+  }
+
   /** Terminates one SA of ours; its down event is expected (and ignored) unless the call fails. */
   private async terminateSa(kind: 'ike' | 'child', conn: string, id: string, now: number): Promise<void> {
     this.saState.terminating(kind, conn, id, now)

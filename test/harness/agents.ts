@@ -124,7 +124,7 @@ export interface DaemonOptions {
   resyncInterval?: string
   /** `--datapath`. Default libipsec (the only one whose packets flow in these namespaces). */
   datapath?: 'libipsec' | 'xfrm'
-  /** More `fabtunnel run` arguments per gateway (e.g. the HA harness's leader election). */
+  /** More `fabtunnel run` flags for some gateways (e.g. `--leader-election vip --vip ADDR` on a connector). */
   extraArgs?: (g: Gateway) => string[]
 }
 

@@ -30,19 +30,22 @@ export class FakeKernelSubsystem implements Subsystem {
 
   constructor(readonly name: SubsystemName, private readonly pick: (d: Desired) => string[], private readonly order: string[] = []) {}
 
-  async plan(d: Desired, ctx: PassContext): Promise<SubsystemPlan & { add: string[] }> {
+  async plan(d: Desired, ctx: PassContext): Promise<SubsystemPlan & { add: string[]; remove: string[] }> {
     this.contexts.push(ctx)
     if (this.stuck) {
       this.enteredStuck = true
       return new Promise(() => undefined)
     }
-    const add = this.pick(d).filter((x) => !this.live.has(x))
-    return { add, writes: add.length, describe: () => add.map((a) => `add ${a}`) }
+    const want = new Set(this.pick(d))
+    const add = [...want].filter((x) => !this.live.has(x))
+    const remove = [...this.live].filter((x) => !want.has(x))
+    return { add, remove, writes: add.length + remove.length, describe: () => [...add.map((a) => `add ${a}`), ...remove.map((a) => `remove ${a}`)] }
   }
 
-  async apply(p: SubsystemPlan & { add: string[] }): Promise<number> {
+  async apply(p: SubsystemPlan & { add: string[]; remove: string[] }): Promise<number> {
     for (const a of p.add) this.live.add(a)
-    return p.add.length
+    for (const a of p.remove) this.live.delete(a)
+    return p.add.length + p.remove.length
   }
 
   summary(): Record<string, unknown> {
@@ -101,6 +104,8 @@ export interface FakeNodeOptions {
   coalesceMs?: number
   /** Read the certificate file for local.certs, as the real node does (default: no certificate). */
   readCert?: boolean
+  /** Whether the node leads (NodeOptions.leader); default always. */
+  leader?: () => boolean
 }
 
 export function fakeNode(o: FakeNodeOptions): FakeNode {
@@ -117,6 +122,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
     configPath: o.config, datapath: 'libipsec', subsystems: [ipsets, iptables, routes, tunnels],
     ...(o.readCert ? { certPem: () => readCertPem(o.cert) } : {}),
     gateways: () => routes.gateways(), log: o.log, metrics, coalesceMs: o.coalesceMs ?? 1, resyncMs: 0,
+    ...(o.leader ? { leader: o.leader } : {}),
   })
   const trigger = agent.trigger.bind(agent)
   agent.trigger = (reason: string) => {

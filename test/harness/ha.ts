@@ -10,9 +10,11 @@
 // The VIPs are the plan's connector addresses: every tunnels.yaml names the public VIP as the connector's
 // publicAddresses, and the cloud node routes through the internal VIP, so whoever holds the VIPs is "the connector".
 // Both replicas carry the same certificate (`beijing.connector`) and the same tunnels.yaml. keepalived (unicast VRRP,
-// one sync group for both VIPs, nopreempt) tracks each replica's agent through a check script probing its /healthz:
+// one sync group for both VIPs, nopreempt) tracks each replica's agent through deploy/keepalived/check-fabtunnel.sh
+// (its /healthz, which drains to 503 on SIGTERM):
 // a dead agent puts its node in FAULT, and a crashed node (keepalived killed too) stops advertising.
 // Every namespace, process and file is removed by destroy(), also after a failure.
+import { readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -24,7 +26,7 @@ import { exec } from './exec.js'
 import { Keepalived, type KeepalivedSpec } from './keepalived.js'
 import { Netns, vethPair } from './netns.js'
 import { TestPki, type NodeCert } from './pki.js'
-import { addBridge, AGENT_LISTEN, CHARON_RETRANSMIT, Gateway, settleAll, type Pod } from './topology.js'
+import { addBridge, CHARON_RETRANSMIT, Gateway, settleAll, type Pod } from './topology.js'
 
 export const HA_CLUSTER = 'beijing'
 export const CONNECTOR = `${HA_CLUSTER}.connector`
@@ -43,10 +45,11 @@ export interface HaOptions {
 // replica need not wait 3 s to become eligible in a test.
 export const DEFAULT_HA = { edges: 2, advertInt: 0.5, check: { interval: 1, fall: 2, rise: 1 } }
 
-/** The check script keepalived runs in each connector namespace: the agent is alive and answering. */
-export function checkScript(listen = AGENT_LISTEN): string {
-  if (!/^[0-9.]+:\d+$/.test(listen)) throw new Error(`bad listen address ${listen}`)
-  return `#!/bin/sh\n# fabtunnel's agent answers /healthz (keepalived vrrp_script; weight 0: failure -> FAULT, the VIPs move)\nexec curl -sf -m 1 -o /dev/null http://${listen}/healthz\n`
+/** The check script keepalived runs in each connector namespace: the one deploy/keepalived ships (/healthz). */
+export const CHECK_SCRIPT = new URL('../../deploy/keepalived/check-fabtunnel.sh', import.meta.url).pathname
+
+export function checkScript(): string {
+  return readFileSync(CHECK_SCRIPT, 'utf8')
 }
 
 export interface Replica {
@@ -183,7 +186,8 @@ export class HaTopology {
           check: { script: '', ...this.opts.check },
         }
         const kdir = await mkdtemp(join(this.dir, 'check-'))
-        spec.check.script = join(kdir, 'check-agent.sh')
+        // A copy in a root-only dir: enable_script_security refuses scripts on paths others could modify.
+        spec.check.script = join(kdir, 'check-fabtunnel.sh')
         const keepalived = await Keepalived.start(net.ns, spec, checkScript())
         this.replicas[i] = { name: net.name, gateway, keepalived, underlayIf: net.underlayIf, lanIf: net.lanIf, underlayIp: net.underlayIp, lanIp: net.lanIp }
       }),

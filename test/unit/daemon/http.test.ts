@@ -155,3 +155,20 @@ t.test('startHttp: a port in use is an error, not a silent second server; close(
   await first.close()
   await t.rejects(fetch(`http://127.0.0.1:${first.address.port}/healthz`), 'nothing listens after close()')
 })
+
+t.test('/healthz answers 503 `draining` once stopping (keepalived moves the VIP), /is-leader still from memory', async (t) => {
+  const agent = { ready: true } as unknown as Agent
+  let draining = false
+  let leader = true
+  const server = await startHttp({ host: '127.0.0.1', port: 0 }, daemonHandlers({ agent, metrics: new Metrics({ processMetrics: false }) }, { isLeader: () => leader }, () => ({}), () => draining))
+  t.teardown(() => server.close())
+  const base = `http://127.0.0.1:${server.address.port}`
+  t.equal((await fetch(`${base}/healthz`)).status, 200, 'healthy before the stop')
+  draining = true
+  const res = await fetch(`${base}/healthz`)
+  t.equal(res.status, 503)
+  t.equal(await res.text(), 'draining\n')
+  t.equal(await (await fetch(`${base}/is-leader`)).text(), 'true', 'leadership is its own answer')
+  leader = false
+  t.equal(await (await fetch(`${base}/is-leader`)).text(), 'false')
+})

@@ -7,7 +7,8 @@ import { EventEmitter } from 'node:events'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
-import { startDaemon, type RouteMonitor, type Running } from '../../../src/daemon/run.js'
+import { startDaemon, type ElectionOptions, type RouteMonitor, type Running } from '../../../src/daemon/run.js'
+import { LeadershipBase, type Leadership } from '../../../src/daemon/leader.js'
 import type { NodeOptions } from '../../../src/daemon/node.js'
 import type { Route, Rule } from '../../../src/netlink/index.js'
 import { FakeCharon } from '../../harness/charon-fake.js'
@@ -30,7 +31,24 @@ interface Rig {
   url(path: string): string
 }
 
-async function rig(t: Test, opts: { config?: string; stopGraceMs?: number; charon?: FakeCharon } = {}): Promise<Rig> {
+/** A leadership the test flips by hand (the vip and lease modes have their own tests). */
+class ManualLeadership extends LeadershipBase {
+  readonly mode = 'vip' as const
+  releases = 0
+  constructor(initial: boolean) {
+    super(initial)
+  }
+  set(leader: boolean): void {
+    this.setLeader(leader)
+  }
+  async start(): Promise<void> {}
+  async release(): Promise<void> {
+    this.releases++
+  }
+  async stop(): Promise<void> {}
+}
+
+async function rig(t: Test, opts: { config?: string; stopGraceMs?: number; charon?: FakeCharon; election?: ElectionOptions; leadership?: Leadership } = {}): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'ftrun-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': opts.config ?? EDGE })
@@ -45,14 +63,16 @@ async function rig(t: Test, opts: { config?: string; stopGraceMs?: number; charo
       cert: secrets.path('tls.crt'), key: secrets.path('tls.key'), ca: secrets.path('ca.crt'),
       listen: { host: '127.0.0.1', port: 0 }, datapath: 'libipsec', resyncMs: 0, log,
       ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
+      ...(opts.election ? { election: opts.election } : {}),
     },
     {
       buildNode: async (o) => {
         built.push(o)
-        fake = fakeNode({ config: o.config, cert: o.cert, key: o.key, ca: o.ca, log: o.log, ...(opts.charon ? { charon: opts.charon } : {}) })
+        fake = fakeNode({ config: o.config, cert: o.cert, key: o.key, ca: o.ca, log: o.log, ...(opts.charon ? { charon: opts.charon } : {}), ...(o.leader ? { leader: o.leader } : {}) })
         return fake.parts
       },
       openMonitor: () => monitor as unknown as RouteMonitor,
+      ...(opts.leadership ? { leadership: async () => opts.leadership! } : {}),
     },
   )
   t.teardown(() => running.stop())
@@ -199,4 +219,79 @@ t.test('charon unreachable at start-up: warned, start-up goes on, a pass subscri
   t.ok(await until(() => r.lines.some((l) => l.msg === 'cannot reach charon yet; retrying with every pass' && l.err === 'connect ENOENT /var/run/charon.vici')), 'warned')
   t.ok(await until(() => r.fake.parts.agent.ready), 'converged once charon answered')
   t.ok(r.fake.charon.conns.has('beijing.connector'))
+})
+
+const metric = async (r: Rig, name: string): Promise<number | undefined> => {
+  const text = await (await fetch(r.url('/metrics'))).text()
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
+  return m ? Number(m[1]) : undefined
+}
+
+t.test('connector standby -> promotion -> demotion: one pass each; initiators only on the leader; demotion terminates own SAs', async (t) => {
+  const leadership = new ManualLeadership(false)
+  const r = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership })
+  t.ok(await until(() => r.fake.parts.agent.ready), 'a standby converges (ready) too')
+  await r.fake.parts.agent.idle()
+  const c = r.fake.charon
+  t.ok(c.conns.has('beijing.edge1') && c.conns.has('shanghai.connector'), 'standby: every connection loaded (warm)')
+  t.same(c.sas, [], 'standby: nothing initiated')
+  const steering = () => [...r.fake.ipsets.live].filter((x) => x.startsWith('FABEDGE-REMOTE-'))
+  t.same(steering(), [], 'standby: the steering sets are empty')
+  t.ok([...r.fake.ipsets.live].some((x) => x.startsWith('FABEDGE-LOCAL-POD-CIDR:')), 'the local sets are there')
+  t.equal(await (await fetch(r.url('/is-leader'))).text(), 'false')
+  t.equal(await metric(r, 'fabtunnel_leader'), 0)
+  let status = (await (await fetch(r.url('/status'))).json()) as any
+  t.match(status.leadership, { mode: 'vip', leader: false, transitions: 0 })
+
+  const passes = r.fake.parts.agent.counters.passes
+  leadership.set(true)
+  t.equal(r.fake.triggers.at(-1), 'leader:promoted', 'a change triggers a pass at once')
+  t.ok(await until(() => c.installed().size > 0), 'promotion initiates the remote connector')
+  await r.fake.parts.agent.idle()
+  t.same([...c.installed().keys()].sort(), ['shanghai.connector-n2p', 'shanghai.connector-p2n', 'shanghai.connector-p2p'])
+  t.ok(r.fake.parts.agent.counters.passes - passes <= 2, 'converged in the promotion pass (plus its verification pass)')
+  t.equal(await (await fetch(r.url('/is-leader'))).text(), 'true')
+  t.ok(steering().includes('FABEDGE-REMOTE-POD-CIDR:10.234.1.0/24'), 'the leader steers into the tunnels')
+  t.equal(await metric(r, 'fabtunnel_leader'), 1)
+  t.equal(await metric(r, 'fabtunnel_leader_transitions_total'), 1)
+  status = (await (await fetch(r.url('/status'))).json()) as any
+  t.match(status.leadership, { mode: 'vip', leader: true, transitions: 1 })
+
+  // An edge dialled the VIP meanwhile (responder SA).
+  c.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: c.localId, children: [] })
+  c.sas.push({ name: 'foreign-vpn', uniqueid: '901', state: 'ESTABLISHED', localId: 'x', children: [] })
+  leadership.set(false)
+  t.equal(r.fake.triggers.at(-1), 'leader:demoted')
+  t.ok(await until(() => !c.sas.some((s) => s.name === 'beijing.edge1' || s.name === 'shanghai.connector')), 'demotion terminates our IKE_SAs')
+  t.ok(c.sas.some((s) => s.name === 'foreign-vpn'), 'and only ours')
+  t.ok(c.conns.has('beijing.edge1') && c.conns.has('shanghai.connector'), 'connections stay loaded')
+  t.ok(r.lines.some((l) => l.op === 'demote' && l.terminated === 2), 'logged with the count')
+  await r.fake.parts.agent.idle()
+  await new Promise((res) => setTimeout(res, 50))
+  t.notOk(c.sas.some((s) => s.name === 'shanghai.connector'), 'a standby does not re-initiate')
+  t.same(steering(), [], 'demoted: steering sets emptied')
+  t.equal(await metric(r, 'fabtunnel_leader_transitions_total'), 2)
+})
+
+t.test('SIGTERM on the leader: /healthz draining, release, then own SAs terminated; a standby terminates nothing', async (t) => {
+  const leadership = new ManualLeadership(true)
+  const r = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership })
+  t.ok(await until(() => r.fake.parts.agent.ready))
+  await r.fake.parts.agent.idle()
+  const c = r.fake.charon
+  t.ok(c.sas.some((s) => s.name === 'shanghai.connector'), 'the leader initiated')
+  c.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: c.localId, children: [] })
+  await r.running.stop()
+  t.equal(leadership.releases, 1, 'leadership released')
+  t.same(c.sas.filter((s) => s.name === 'beijing.edge1' || s.name === 'shanghai.connector'), [], 'own IKE_SAs terminated (DELETE to the edges)')
+  t.ok(c.conns.has('beijing.edge1'), 'connections stay loaded (no teardown on stop)')
+  t.ok(r.lines.some((l) => l.op === 'drain' && l.vip === '10.40.10.180' && l.terminated === 2))
+
+  const standby = new ManualLeadership(false)
+  const r2 = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership: standby })
+  t.ok(await until(() => r2.fake.parts.agent.ready))
+  r2.fake.charon.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: c.localId, children: [] })
+  await r2.running.stop()
+  t.equal(r2.fake.charon.sas.length, 1, 'a standby stopping terminates nothing')
+  t.notOk(r2.lines.some((l) => l.op === 'drain'))
 })

@@ -90,3 +90,12 @@ t.test('a cloud node: its connector address and routes, no peer table (it runs n
     'last pass 3s ago, 1.3 ms, writes {}',
   ].join('\n'))
 })
+
+t.test('leadership line: vip and lease modes; none prints nothing (a single connector)', async (t) => {
+  const since = new Date(NOW - 65_000).toISOString()
+  const vip = formatStatus({ leadership: { mode: 'vip', leader: true, since, transitions: 1, vip: { address: '10.0.0.100', present: true, interfaces: [2] } } }, NOW)
+  t.equal(vip.split('\n')[1], 'leadership vip 10.0.0.100: LEADER since 65s ago (1 transition)')
+  const lease = formatStatus({ leadership: { mode: 'lease', leader: false, since, transitions: 2, lease: { namespace: 'fabedge', name: 'connector', identity: 'node-a', holder: 'node-b', lastRenew: null } } }, NOW)
+  t.equal(lease.split('\n')[1], 'leadership lease fabedge/connector as node-a, holder node-b: STANDBY since 65s ago (2 transitions)')
+  t.notMatch(formatStatus({ leadership: { mode: 'none', leader: true, since, transitions: 0 } }, NOW), /leadership/)
+})
