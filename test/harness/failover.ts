@@ -87,6 +87,13 @@ export class ReplicaSampler extends LineProcess<ReplicaSample> {
     return { at: Number(m[1]), leader, vip: Number(m[3]) > 0, routes220: Number(m[4]) }
   }
 
+  /** The sample taken nearest to `at`. */
+  nearest(at: number): ReplicaSample | undefined {
+    let best: ReplicaSample | undefined
+    for (const s of this.samples) if (!best || Math.abs(s.at - at) < Math.abs(best.at - at)) best = s
+    return best
+  }
+
   /** The sample in force at `at` (the last one taken at or before it). */
   at(at: number): ReplicaSample | undefined {
     let best: ReplicaSample | undefined
