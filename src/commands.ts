@@ -4,7 +4,7 @@ import { DEFAULTS } from './fabedge.js'
 import { VERSION } from './version.js'
 import { loadConfig } from './config/load.js'
 import { ConfigError, formatIssue, type ConfigIssue } from './config/errors.js'
-import { DesiredError, nodeDesired, parseConnectorAddresses, type Datapath, type Desired, type Role } from './desired/index.js'
+import { DesiredError, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY, nodeDesired, parseConnectorAddresses, type Datapath, type Desired, type Role } from './desired/index.js'
 import { CertError, readCertPem } from './cert.js'
 import { createLogger, isLogLevel, type Logger } from './log.js'
 import { formatFlags, parseDuration, parseFlags, UsageError, type FlagSpec, type Parsed } from './options.js'
@@ -39,6 +39,18 @@ const LIVE: Record<string, FlagSpec> = {
   key: { type: 'string', arg: 'FILE', default: DEFAULTS.key, help: 'private key PEM (sent to charon only, never logged)' },
   ca: { type: 'string', arg: 'FILE', default: DEFAULTS.ca, help: 'CA certificate PEM' },
   datapath: DATAPATH,
+}
+
+const DPD_DELAY: FlagSpec = {
+  type: 'string', arg: 'DURATION', default: EDGE_DPD_DELAY,
+  help: `dead-peer detection interval of the connections this node initiates (edges: to the connector), whole seconds; 0 disables; FabEdge uses ${FABEDGE_DPD_DELAY}`,
+}
+
+/** --dpd-delay as charon takes it: whole seconds (charon has no sub-second DPD), at most an hour. */
+export function dpdDelayOf(p: Parsed): string {
+  const ms = parseDuration(String(p.values['dpd-delay']), '--dpd-delay')
+  if (ms % 1000 !== 0 || ms > 3_600_000) throw new UsageError(`--dpd-delay must be whole seconds between 0s and 1h, got "${String(p.values['dpd-delay'])}"`)
+  return `${ms / 1000}s`
 }
 
 const ROLE_FLAGS: Record<string, FlagSpec> = {
@@ -169,6 +181,7 @@ const COMMANDS: Record<string, Command> = {
       offline: { type: 'boolean', help: 'compute from the config alone, without reading the live node' },
       json: { type: 'boolean', help: 'print the desired state as JSON' },
       datapath: DATAPATH,
+      'dpd-delay': DPD_DELAY,
       cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM sent in local.certs' },
       vici: LIVE.vici!,
     },
@@ -182,6 +195,7 @@ const COMMANDS: Record<string, Command> = {
       ...ROLE_FLAGS,
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
+      'dpd-delay': DPD_DELAY,
       ...ELECTION_FLAGS,
       'ip-forward': { type: 'boolean', help: 'set net.ipv4.ip_forward=1 at start, in this network namespace (FabEdge edge duty; always on in FabEdge mode)' },
       'cni-conf-path': { type: 'string', arg: 'DIR', help: 'write <DIR>/<network name>.conflist (FabEdge\'s bridge + host-local config for the local subnets) after each pass whose tunnels applied; empty: off (FabEdge mode: /etc/cni/net.d)' },
@@ -315,7 +329,7 @@ async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
   }
   let desired: Desired
   try {
-    desired = nodeDesired(loaded.config, role.role, { datapath, ...(certPem ? { certPem } : {}), ...(role.connectorAddresses ? { connectorAddresses: role.connectorAddresses } : {}) })
+    desired = nodeDesired(loaded.config, role.role, { datapath, dpdDelay: dpdDelayOf(p), ...(certPem ? { certPem } : {}), ...(role.connectorAddresses ? { connectorAddresses: role.connectorAddresses } : {}) })
   } catch (err) {
     if (!(err instanceof DesiredError)) throw err
     io.err(`fabtunnel plan: ${err.message}`)
@@ -329,7 +343,7 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath, role
   const { buildNode } = await import('./daemon/node.js')
   const node = await buildNode({
     config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: DEFAULTS.key, ca: DEFAULTS.ca,
-    datapath, resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000, ...role,
+    datapath, dpdDelay: dpdDelayOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000, ...role,
   })
   try {
     const outcome = await node.agent.reloadConfig()
@@ -442,7 +456,8 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     try {
       running = await startDaemon({
         config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-        ca: String(p.values.ca), listen, datapath: datapathOf(p), resyncMs, log, ipForward: p.values['ip-forward'] === true, cni, ...roles, election,
+        ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log,
+        ipForward: p.values['ip-forward'] === true, cni, ...roles, election,
       })
     } catch (err) {
       if (!(err instanceof SysctlError)) throw err

@@ -23,6 +23,8 @@ import type { Metrics } from './metrics.js'
 export interface AgentOptions {
   configPath: string
   datapath: Datapath
+  /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
+  dpdDelay?: string
   /** The role the node runs as; undefined: from the config's local endpoint type (connector or edge). */
   role?: Role
   /** Cloud role: the connector's internal address per family, the next hop of every route. */
@@ -237,7 +239,7 @@ export class Agent {
     if (this.desiredMemo?.key !== key) {
       const { role, connectorAddresses } = this.opts
       const desired = nodeDesired(this.config, role, {
-        datapath: this.opts.datapath, ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
+        datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
         ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}),
       })
       this.desiredMemo = { key, desired }

@@ -25,6 +25,8 @@ export interface NodeOptions {
   key: string
   ca: string
   datapath: Datapath
+  /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
+  dpdDelay?: string
   /** undefined: connector or edge, from the config. cloud: no tunnels, no VICI; routes via `connectorAddresses`. */
   role?: Role
   connectorAddresses?: { 4?: string; 6?: string }
@@ -89,6 +91,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   agent = new Agent({
     configPath: o.config,
     datapath: o.datapath,
+    ...(o.dpdDelay !== undefined ? { dpdDelay: o.dpdDelay } : {}),
     ...(o.role ? { role: o.role } : {}),
     ...(o.connectorAddresses ? { connectorAddresses: o.connectorAddresses } : {}),
     subsystems: tunnels ? [ipsets, iptables, routes, tunnels] : [ipsets, iptables, routes],

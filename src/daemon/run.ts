@@ -24,6 +24,8 @@ export interface RunOptions {
   ca: string
   listen: ListenAddress
   datapath: Datapath
+  /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
+  dpdDelay?: string
   /** undefined: from the config (connector or edge); cloud: no tunnels, routes via `connectorAddresses`. */
   role?: Role
   connectorAddresses?: { 4?: string; 6?: string }

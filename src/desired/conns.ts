@@ -9,8 +9,17 @@ import { childNames, MEDIATOR_CONN } from '../fabedge.js'
 import type { Endpoint, PeerEndpoint, TunnelConfig } from '../config/schema.js'
 import type { DesiredOptions, Role, ViciSection } from './types.js'
 
-/** Dead-peer detection interval FabEdge's edge agent uses. */
-export const EDGE_DPD_DELAY = '10s'
+/** Dead-peer detection interval FabEdge's edge agent uses (`fabtunnel run --dpd-delay 10s` restores it). */
+export const FABEDGE_DPD_DELAY = '10s'
+
+/**
+ * fabtunnel's default DPD interval for the connections a node initiates (`--dpd-delay`). With the retransmission
+ * schedule the shipped strongswan.conf files set (give up ~5.4 s after the first unanswered DPD), an edge declares
+ * a dead connector dead at most ~8.4 s after its last packet, within the 10 s connector failover target; FabEdge's
+ * 10 s plus charon's default 165 s schedule takes up to ~3 minutes. The cost: one INFORMATIONAL exchange (~100
+ * bytes each way) per 3 s on an idle tunnel only; a tunnel carrying traffic sends none (see docs/ha.md).
+ */
+export const EDGE_DPD_DELAY = '3s'
 
 export function roleOf(config: TunnelConfig): Role {
   return config.local.type === 'Connector' ? 'connector' : 'edge'
@@ -36,6 +45,12 @@ function ports(peer: Endpoint, section: ViciSection): void {
     section.remote_port = String(peer.port)
     section.local_port = '4500'
   }
+}
+
+/** DPD on a connection we initiate; `dpdDelay` '0s' turns it off (charon: dpd_delay 0). */
+function dpd(section: ViciSection, opts: DesiredOptions): void {
+  const delay = opts.dpdDelay ?? EDGE_DPD_DELAY
+  if (delay !== '0s') section.dpd_delay = delay
 }
 
 function children(local: Endpoint, peer: Endpoint, conn: string, initiator: boolean): ViciSection {
@@ -66,7 +81,13 @@ function peerConn(config: TunnelConfig, peer: PeerEndpoint, opts: DesiredOptions
     if (peer.publicAddresses.length) section.remote_addrs = [...peer.publicAddresses]
     ports(peer, section)
   }
-  if (initiator) section.dpd_delay = EDGE_DPD_DELAY
+  if (initiator) dpd(section, opts)
+  // A connector never lets MOBIKE move its IKE_SAs off the address peers dial. With connector HA that address is a
+  // VIP: when keepalived moves it away, charon would roam every SA to the node's own address and tell the peers,
+  // which then keep a half-working tunnel to the demoted node (their packets reach it, the cloud's replies go to
+  // the new holder of the internal VIP) and never notice through DPD, since the old node still answers. Without
+  // MOBIKE their SAs stay on the VIP, DPD finds them dead on the new holder, and they re-initiate (docs/ha.md).
+  if (config.local.type === 'Connector') section.mobike = 'no'
   section.local = localAuth(config.local, opts)
   section.remote = { auth: 'pubkey', id: peer.id }
   section.children = children(config.local, peer, peer.name, initiator)
@@ -78,7 +99,7 @@ function mediatorConn(config: TunnelConfig, mediator: Endpoint, opts: DesiredOpt
   if (config.local.type === 'EdgeNode') {
     section.remote_addrs = [...mediator.publicAddresses]
     ports(mediator, section)
-    section.dpd_delay = EDGE_DPD_DELAY
+    dpd(section, opts)
     section.local = localAuth(config.local, opts)
     section.remote = { auth: 'pubkey', id: mediator.id }
   } else {

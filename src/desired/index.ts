@@ -11,7 +11,7 @@ import { standbyState } from './standby.js'
 import { DesiredError, type Desired, type DesiredOptions, type Role } from './types.js'
 
 export * from './types.js'
-export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY } from './conns.js'
+export { desiredConns, initiatesTo, roleOf, EDGE_DPD_DELAY, FABEDGE_DPD_DELAY } from './conns.js'
 export { desiredRoutes, desiredRules } from './routes.js'
 export { desiredSets } from './sets.js'
 export { cloudDesired, cloudPrefixes, parseConnectorAddresses, type CloudOptions } from './cloud.js'

@@ -46,6 +46,11 @@ export interface DesiredOptions {
   /** Default gateways of the main table per family (xfrm); a family without one gets routes without `via`. */
   gateways?: { 4?: string; 6?: string }
   /**
+   * `dpd_delay` of the connections this node initiates, as charon takes it (whole seconds, e.g. `3s`; `0s`: no DPD).
+   * Default EDGE_DPD_DELAY.
+   */
+  dpdDelay?: string
+  /**
    * Connector only: this node is a standby (another connector leads). It keeps the warm part (credentials,
    * every connection loaded, responder-only toward edges) and drops what only the leader may have: initiators,
    * table-220 routes, and the remote members of the steering ipsets. See standby.ts.

@@ -10,6 +10,9 @@ import { join } from 'node:path'
 import { DEFAULTS } from '../../src/fabedge.js'
 import { execCapture } from '../harness/exec.js'
 import { Netns, needsRoot } from '../harness/netns.js'
+import { Charon } from '../harness/charon.js'
+import { CHARON_RETRANSMIT } from '../harness/topology.js'
+import { Vici } from '../../src/vici/index.js'
 
 const ROOT = new URL('../../', import.meta.url).pathname
 const SIDECAR = join(ROOT, 'deploy', 'image', 'strongswan')
@@ -149,3 +152,52 @@ for (const [file, libipsec] of [
     }
   })
 }
+
+/** The retransmit_* settings of a strongswan.conf, by name. */
+function retransmitOf(text: string): Record<string, number> {
+  return Object.fromEntries([...text.matchAll(/^\s*(retransmit_[a-z_]+) = ([0-9.]+)$/gm)].map((m) => [m[1]!, Number(m[2])]))
+}
+
+t.test('every shipped strongswan.conf and the harness retransmit alike; a dead peer is given up on within ~5.4 s', async (t) => {
+  const files = [
+    join(SIDECAR, 'strongswan.conf'),
+    join(SIDECAR, 'strongswan-libipsec.conf'),
+    join(ROOT, 'systemd', 'strongswan-fabtunnel.conf'),
+    join(ROOT, 'systemd', 'strongswan-fabtunnel-libipsec.conf'),
+  ]
+  const expected = { retransmit_timeout: 1, retransmit_base: 1.2, retransmit_tries: 3, retransmit_jitter: 20 }
+  for (const f of files) t.same(retransmitOf(readFileSync(f, 'utf8')), expected, f)
+  t.same(retransmitOf(CHARON_RETRANSMIT), expected, 'the namespace harness runs the shipped values')
+  // charon sends at 0 and retransmits `tries` times, each after timeout * base^n; it gives up when the last expires.
+  const { retransmit_timeout: to, retransmit_base: base, retransmit_tries: tries } = expected
+  let giveUp = 0
+  for (let n = 0; n <= tries; n++) giveUp += to * base ** n
+  t.equal(Math.round(giveUp * 100) / 100, 5.37, 'the give-up time the comments state')
+  for (const f of files) t.match(readFileSync(f, 'utf8'), /give-up = 1\.0 \* \(1 \+ 1\.2 \+ 1\.2\^2 \+ 1\.2\^3\) = 5\.37 s/, `${f} states it`)
+})
+
+t.test('charon applies the shipped schedule: an unanswered IKE_SA_INIT is given up on after 3 retransmits (default: 5)', { skip: needsRoot }, async (t) => {
+  const ns = await Netns.create('ftrt')
+  t.teardown(() => ns.destroy())
+  // A bridge without ports: IKE packets to 10.77.0.2 go nowhere.
+  await ns.run(['ip', 'link', 'add', 'rtbr', 'type', 'bridge'])
+  await ns.run(['ip', 'addr', 'add', '10.77.0.1/24', 'dev', 'rtbr'])
+  await ns.run(['ip', 'link', 'set', 'rtbr', 'up'])
+  const charon = await Charon.start(ns, { extraConf: CHARON_RETRANSMIT, logLevel: 1 })
+  const v = new Vici({ uri: charon.uri, reconnect: false, timeoutMs: 5_000 })
+  t.teardown(() => v.close())
+  await v.connect()
+  await v.loadConn('dead', { version: '2', remote_addrs: ['10.77.0.2'], local: { auth: 'psk', id: 'a' }, remote: { auth: 'psk', id: 'b' }, children: { c: { local_ts: ['10.1.0.0/24'], remote_ts: ['10.2.0.0/24'] } } })
+  const t0 = performance.now()
+  await v.initiate({ ike: 'dead', child: 'c' })
+  let log = ''
+  while (performance.now() - t0 < 30_000 && !/giving up after/.test(log)) {
+    await new Promise((r) => setTimeout(r, 100))
+    log = await charon.log()
+  }
+  const ms = performance.now() - t0
+  t.match(log, /retransmit 3 of request with message ID 0/, 'three retransmissions')
+  t.match(log, /giving up after 3 retransmits/)
+  t.notMatch(log, /retransmit 4 of/)
+  t.comment(`gave up after ${(ms / 1000).toFixed(2)} s (schedule: 4.3-5.37 s; measured, not asserted)`)
+})

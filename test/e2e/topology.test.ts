@@ -120,8 +120,8 @@ t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {
   // An edge's charon: its agent must notice, reload credentials and connections and initiate again.
   await t.test('kill -9 a charon and restart it', (t) => charonChaos(t, topo, 'beijing.edge1', CONVERGE_MS))
 
-  // The connector only responds to edges and cannot re-initiate: the edges notice through DPD (dpd_delay 10 s, then
-  // the sidecar's retransmission settings, ~15 s), and their agents re-initiate at once when the IKE_SA goes down.
+  // The connector only responds to edges and cannot re-initiate: the edges notice through DPD (dpd_delay 3 s, then
+  // the sidecar's retransmission settings, ~5.4 s), and their agents re-initiate at once when the IKE_SA goes down.
   await t.test('kill -9 the connector\'s charon and restart it', (t) => charonChaos(t, topo, 'beijing.connector', 60_000))
 
   await t.test('add an edge node to the configuration at runtime', async (t) => {

@@ -4,18 +4,23 @@
 // nothing is a failure). Refreshes until Ctrl-C, or exits after one round with
 // --once. Everything is torn down on exit, Ctrl-C or failure.
 import { parseArgs } from 'node:util'
-import { defaultDriver, startAgents, type AgentDriver } from './agents.js'
+import { defaultDriver, startAgents, type AgentDriver, type DaemonDriver } from './agents.js'
+import { runHaDemo } from './demo-ha.js'
+import type { HaTopology } from './ha.js'
 import { captureUnderlay, captureVerdict, cellLabel, defaultChecks, describeCapture, pathsWithoutTunnels, renderMatrix, runMatrix, waitMatrix, type MatrixResult } from './matrix.js'
 import { destroyAll, isRoot } from './netns.js'
 import { Topology } from './topology.js'
 
-const USAGE = `usage: scripts/demo [--once] [--interval SECONDS]
+const USAGE = `usage: scripts/demo [--once] [--interval SECONDS] [--ha]
 
 Builds two FabEdge-style clusters out of network namespaces on this machine (beijing: connector, cloud node,
 two edge nodes; shanghai: connector; the connectors joined by a community), runs one strongSwan charon and one
 fabtunnel agent per gateway, and shows the tunnels and the pod-to-pod connectivity they carry.
   --once             print one round and tear down
-  --interval SECONDS refresh period (default 5)`
+  --interval SECONDS refresh period (default 5)
+  --ha               the connector-HA shape instead: two connector replicas with real keepalived moving a public
+                     and an internal VIP, a cloud node, two edges; fails the active replica over (node crash, then
+                     planned switchover) and prints each phase (docs/ha.md)`
 
 function header(topo: Topology): string {
   const lines = [
@@ -55,7 +60,7 @@ async function round(topo: Topology, driver: AgentDriver): Promise<{ text: strin
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { once: { type: 'boolean' }, interval: { type: 'string' }, help: { type: 'boolean', short: 'h' } } })
+  const { values } = parseArgs({ options: { once: { type: 'boolean' }, interval: { type: 'string' }, ha: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
   if (values.help) {
     console.log(USAGE)
     return 0
@@ -69,6 +74,7 @@ async function main(): Promise<number> {
     console.error('scripts/demo needs root: it creates network namespaces and runs strongSwan in them')
     return 1
   }
+  if (values.ha) return haDemo(Boolean(values.once), interval)
   const driver = await defaultDriver()
   const t0 = performance.now()
   let topo: Topology | null = null
@@ -115,6 +121,29 @@ async function main(): Promise<number> {
       if (stopping) break
     }
     return 0
+  } finally {
+    await teardown()
+  }
+}
+
+async function haDemo(once: boolean, interval: number): Promise<number> {
+  let stopping = false
+  let parts: { topo: HaTopology; driver: DaemonDriver } | null = null
+  let done: Promise<void> | null = null
+  const teardown = (): Promise<void> => {
+    const p = parts
+    done ??= p ? p.driver.stopAll().finally(() => p.topo.destroy()) : destroyAll()
+    return done
+  }
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      stopping = true
+      console.log('\ntearing down ...')
+      void teardown().finally(() => process.exit(130))
+    })
+  }
+  try {
+    return await runHaDemo({ once, interval, isStopping: () => stopping, onTopology: (topo, driver) => (parts = { topo, driver }) })
   } finally {
     await teardown()
   }

@@ -20,6 +20,7 @@
 //
 // Each gateway's tunnels.yaml exists from create() on (the operator's view), so an agent can start at any time,
 // also before its charon (stop the charon first).
+import { readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -72,10 +73,12 @@ export class Gateway {
     /** Instance dir of this node: agent log, generated swanctl files. */
     readonly dir: string,
     readonly caPath: string,
+    /** The harness's name of the node when it differs from its FabEdge name (HA: two replicas of one connector). */
+    readonly nodeName?: string,
   ) {}
 
   get name(): string {
-    return this.plan.fullName
+    return this.nodeName ?? this.plan.fullName
   }
 
   /** The path the agent is given (`<configmap>/tunnels.yaml`, through the `..data` symlink). */
@@ -86,6 +89,18 @@ export class Gateway {
   get listen(): string {
     return AGENT_LISTEN
   }
+}
+
+/**
+ * The sidecar's retransmission settings, read from deploy/image/strongswan/strongswan.conf so the harness runs what
+ * ships (a dead peer is declared dead ~5.4 s after its first unanswered request; see the comments there).
+ */
+export const CHARON_RETRANSMIT = shippedRetransmit()
+
+export function shippedRetransmit(file = new URL('../../deploy/image/strongswan/strongswan.conf', import.meta.url).pathname): string {
+  const lines = readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => /^retransmit_[a-z_]+ = [0-9.]+$/.test(l))
+  if (lines.length === 0) throw new Error(`${file}: no retransmit_* settings`)
+  return lines.join('\n')
 }
 
 /**
@@ -121,8 +136,6 @@ export class CloudNode {
   }
 }
 
-/** The sidecar's retransmission settings (deploy/image/strongswan/strongswan.conf): DPD failure in ~15 s. */
-export const CHARON_RETRANSMIT = 'retransmit_timeout = 2.0\nretransmit_base = 1.4\nretransmit_tries = 3'
 
 export class Topology {
   readonly gateways = new Map<string, Gateway>()
@@ -332,13 +345,13 @@ export class Topology {
 }
 
 /** Like Promise.all, but waits for every branch so nothing is still being created when cleanup starts. */
-async function settleAll(work: Array<Promise<unknown>>): Promise<void> {
+export async function settleAll(work: Array<Promise<unknown>>): Promise<void> {
   const results = await Promise.allSettled(work)
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
 }
 
-async function addBridge(ns: Netns, name: string, addrs: string[]): Promise<void> {
+export async function addBridge(ns: Netns, name: string, addrs: string[]): Promise<void> {
   const lines = [`link add ${name} type bridge`, `link set ${name} up`, ...addrs.map((a) => `addr add ${a} dev ${name}`)]
   await exec(['ip', '-n', ns.name, '-batch', '-'], { input: lines.join('\n') + '\n' })
 }

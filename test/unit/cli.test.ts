@@ -151,6 +151,29 @@ t.test('status: a bad --listen is a usage error; an agent that is down or failin
   t.match(down.err, `fabtunnel status: cannot read http://127.0.0.1:${gone.address.port}/status: fetch failed (is \`fabtunnel run\` running with this --listen?)`)
 })
 
+t.test('--dpd-delay (and FABTUNNEL_DPD_DELAY) sets dpd_delay of the connections the node initiates', async (t) => {
+  const edge = join(FIX, 'edge.yaml')
+  const dpd = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<unknown> => {
+    const r = await cli(['plan', '--offline', '--json', '--config', edge, ...args], env)
+    t.equal(r.code, 0, r.err)
+    return JSON.parse(r.out).conns['beijing.connector'].dpd_delay
+  }
+  t.equal(await dpd([]), '3s', 'default')
+  t.equal(await dpd(['--dpd-delay', '10s']), '10s', 'FabEdge\'s value')
+  t.equal(await dpd([], { FABTUNNEL_DPD_DELAY: '5' }), '5s', 'the environment twin, plain seconds')
+  t.equal(await dpd(['--dpd-delay', '2000ms']), '2s')
+  t.equal(await dpd(['--dpd-delay', '0']), undefined, '0 disables DPD')
+  for (const bad of ['1500ms', '2h', 'soon']) {
+    const r = (await cli(['plan', '--offline', '--config', edge, '--dpd-delay', bad]))
+    t.equal(r.code, 2, `${bad}: usage error`)
+    t.match(r.err, /--dpd-delay must be/)
+  }
+  const run = await cli(['run', '--listen', '127.0.0.1:0', '--dpd-delay', '0.5s'])
+  t.equal(run.code, 2, 'run rejects it before anything starts')
+  t.match(run.err, /--dpd-delay must be whole seconds between 0s and 1h, got "0.5s"/)
+  t.match((await cli(['run', '--help'])).out, /--dpd-delay DURATION\s+dead-peer detection interval .* \(default: 3s\) \[FABTUNNEL_DPD_DELAY\]/)
+})
+
 t.test('run: a bad --listen or --resync-interval is a usage error before anything starts', async (t) => {
   const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'].map((s) => process.listenerCount(s))
   const listen = await cli(['run', '--listen', '127.0.0.1:70000'])

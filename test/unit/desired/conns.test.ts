@@ -1,7 +1,7 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { loadConfig, parseConfig } from '../../../src/config/load.js'
-import { desiredConns, initiatesTo } from '../../../src/desired/conns.js'
+import { desiredConns, EDGE_DPD_DELAY, initiatesTo } from '../../../src/desired/conns.js'
 
 const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
 const PEM = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'
@@ -13,6 +13,7 @@ t.test('connector: golden load-conn sections for edge peers, a remote connector 
   t.same(Object.keys(d.conns), ['mediator', 'shanghai.connector', 'beijing.edge1', 'beijing.edge2'])
   t.same(d.conns['beijing.edge1'], {
     version: '2',
+    mobike: 'no',
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector', certs: [PEM] },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge1' },
     children: {
@@ -25,7 +26,8 @@ t.test('connector: golden load-conn sections for edge peers, a remote connector 
   t.same(d.conns['shanghai.connector'], {
     version: '2',
     remote_addrs: ['10.50.0.9'],
-    dpd_delay: '10s',
+    dpd_delay: EDGE_DPD_DELAY,
+    mobike: 'no',
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector', certs: [PEM] },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=shanghai.connector' },
     children: {
@@ -50,12 +52,12 @@ t.test('edge: initiates to every peer, mediator first, connector before edges; m
   t.same(d.initiate, ['mediator', 'beijing.connector', 'beijing.edge2'])
   t.same(d.initiateChildren.mediator, [], 'the mediation connection has no children: initiate the IKE SA')
   t.same(d.conns.mediator, {
-    version: '2', mediation: 'yes', remote_addrs: ['10.40.10.180'], remote_port: '45000', local_port: '4500', dpd_delay: '10s',
+    version: '2', mediation: 'yes', remote_addrs: ['10.40.10.180'], remote_port: '45000', local_port: '4500', dpd_delay: EDGE_DPD_DELAY,
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge1' },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector' },
   })
   t.same(d.conns['beijing.connector'], {
-    version: '2', remote_addrs: ['10.40.10.180'], remote_port: '45000', local_port: '4500', dpd_delay: '10s',
+    version: '2', remote_addrs: ['10.40.10.180'], remote_port: '45000', local_port: '4500', dpd_delay: EDGE_DPD_DELAY,
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge1' },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector' },
     children: {
@@ -105,4 +107,25 @@ t.test('connector-to-connector initiator rule is deterministic and antisymmetric
   t.equal(initiatesTo(b, b.peers[0]!), false, 'b only responds to a')
   t.same(desiredConns(b, { datapath: 'xfrm' }).initiate, [])
   t.notOk('dpd_delay' in desiredConns(b, { datapath: 'xfrm' }).conns['a.connector']!, 'the responder leaves DPD to the initiator')
+})
+
+t.test('dpdDelay: every connection this node initiates carries it, responders never; 0s turns DPD off', async (t) => {
+  const { config } = await loadConfig(join(FIX, 'edge.yaml'))
+  t.equal(EDGE_DPD_DELAY, '3s', 'the default (docs/ha.md: a dead connector is noticed within ~8.4 s)')
+  const fabedge = desiredConns(config, { datapath: 'libipsec', dpdDelay: '10s' })
+  t.same(Object.values(fabedge.conns).map((c) => c.dpd_delay), ['10s', '10s', '10s'], 'mediator, connector and edge peer')
+  const off = desiredConns(config, { datapath: 'libipsec', dpdDelay: '0s' })
+  t.same(Object.values(off.conns).map((c) => 'dpd_delay' in c), [false, false, false])
+  const { config: connector } = await loadConfig(join(FIX, 'connector.yaml'))
+  const c = desiredConns(connector, { datapath: 'xfrm', dpdDelay: '7s' })
+  t.equal(c.conns['shanghai.connector']!.dpd_delay, '7s', 'the connector-to-connector initiator')
+  t.notOk('dpd_delay' in c.conns['beijing.edge1']!, 'edge peers: the connector responds only')
+})
+
+t.test('MOBIKE: a connector turns it off on every peer connection (its SAs stay on the VIP); edges keep the default', async (t) => {
+  const { config } = await loadConfig(join(FIX, 'connector.yaml'))
+  const d = desiredConns(config, { datapath: 'xfrm' })
+  t.same(config.peers.map((p) => d.conns[p.name]!.mobike), config.peers.map(() => 'no'))
+  const { config: edge } = await loadConfig(join(FIX, 'edge.yaml'))
+  t.same(Object.values(desiredConns(edge, { datapath: 'xfrm' }).conns).filter((c) => 'mobike' in c), [])
 })

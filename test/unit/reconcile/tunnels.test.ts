@@ -148,7 +148,8 @@ t.test('connector: responder to edges never initiates; removed children are term
 t.test('projection matches what real charon lists for every desired connection (captured list-conns)', async (t) => {
   for (const f of ['connector', 'edge']) {
     const { config } = await loadConfig(join(FIX, `${f}.yaml`))
-    const d = desiredConns(config, { datapath: 'libipsec' })
+    // The fixtures were captured from real charon with FabEdge's DPD interval loaded.
+    const d = desiredConns(config, { datapath: 'libipsec', dpdDelay: '10s' })
     const captured = JSON.parse(await import('node:fs').then((fs) => fs.readFileSync(new URL(`../../fixtures/vici/list-conns-${f}.json`, import.meta.url), 'utf8')))
     t.same(Object.keys(captured.conns).sort(), Object.keys(d.conns).sort(), `${f}: charon lists every loaded connection`)
     for (const [name, section] of Object.entries(d.conns)) {
