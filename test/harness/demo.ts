@@ -78,22 +78,10 @@ async function main(): Promise<number> {
   const driver = await defaultDriver()
   const t0 = performance.now()
   let topo: Topology | null = null
-  let stopping = false
-  let done: Promise<void> | null = null
-  // One teardown, whoever asks first (a signal or the end of main); process.exit only after it finished. Before
-  // the topology exists, whatever namespaces were already made are removed through netns.ts's registry.
-  const teardown = (): Promise<void> => {
+  const { teardown, stopping: isStopping } = teardownOnSignals(() => {
     const t = topo
-    done ??= t ? driver.stopAll().finally(() => t.destroy()) : destroyAll()
-    return done
-  }
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      stopping = true
-      console.log('\ntearing down ...')
-      void teardown().finally(() => process.exit(130))
-    })
-  }
+    return t ? driver.stopAll().finally(() => t.destroy()) : destroyAll()
+  })
   console.log('building namespaces, certificates and charons ...')
   topo = await Topology.create()
   try {
@@ -112,13 +100,13 @@ async function main(): Promise<number> {
     console.log(`\n${upLine}\n`)
     for (;;) {
       const { text, ok } = await round(topo, driver)
-      if (stopping) break
+      if (isStopping()) break
       if (!values.once) console.log(`\x1b[2J\x1b[H${head}\n\n${upLine}; ${new Date().toISOString()}, refreshing every ${interval} s (Ctrl-C tears everything down)\n`)
       console.log(text)
       // --once is also a smoke test: a failed path, a plaintext leak or a capture without ESP is a failure.
       if (values.once) return ok ? 0 : 1
       await new Promise((r) => setTimeout(r, interval * 1000))
-      if (stopping) break
+      if (isStopping()) break
     }
     return 0
   } finally {
@@ -126,15 +114,14 @@ async function main(): Promise<number> {
   }
 }
 
-async function haDemo(once: boolean, interval: number): Promise<number> {
+/**
+ * One teardown, whoever asks first (SIGINT/SIGTERM or the end of the demo); process.exit only after it finished.
+ * `destroy` runs once; before the topology exists it removes whatever namespaces netns.ts's registry holds.
+ */
+function teardownOnSignals(destroy: () => Promise<void>): { teardown: () => Promise<void>; stopping: () => boolean } {
   let stopping = false
-  let parts: { topo: HaTopology; driver: DaemonDriver } | null = null
   let done: Promise<void> | null = null
-  const teardown = (): Promise<void> => {
-    const p = parts
-    done ??= p ? p.driver.stopAll().finally(() => p.topo.destroy()) : destroyAll()
-    return done
-  }
+  const teardown = (): Promise<void> => (done ??= destroy())
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
       stopping = true
@@ -142,8 +129,17 @@ async function haDemo(once: boolean, interval: number): Promise<number> {
       void teardown().finally(() => process.exit(130))
     })
   }
+  return { teardown, stopping: () => stopping }
+}
+
+async function haDemo(once: boolean, interval: number): Promise<number> {
+  let parts: { topo: HaTopology; driver: DaemonDriver } | null = null
+  const { teardown, stopping } = teardownOnSignals(() => {
+    const p = parts
+    return p ? p.driver.stopAll().finally(() => p.topo.destroy()) : destroyAll()
+  })
   try {
-    return await runHaDemo({ once, interval, isStopping: () => stopping, onTopology: (topo, driver) => (parts = { topo, driver }) })
+    return await runHaDemo({ once, interval, isStopping: stopping, onTopology: (topo, driver) => (parts = { topo, driver }) })
   } finally {
     await teardown()
   }
