@@ -142,13 +142,13 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
    * at an SA about to go); then our own IKE_SAs are terminated, connections kept loaded, so edges re-establish
    * with the new leader instead of waiting for DPD.
    */
-  const demote = async (passed: Promise<void>): Promise<void> => {
+  const demote = async (passed: Promise<void>, op: 'demote' | 'standby-start' = 'demote'): Promise<void> => {
     await passed
     if (leadership.isLeader() || draining) return
     const names = await ownConns()
     if (!names) return
-    const n = await node.tunnels!.terminateOwnSas(names, (conn, err) => log.warn({ op: 'demote', conn, err: err.message }, 'cannot terminate SA'))
-    log.info({ op: 'demote', terminated: n }, 'demoted: own IKE_SAs terminated, connections stay loaded')
+    const n = await node.tunnels!.terminateOwnSas(names, (conn, err) => log.warn({ op, conn, err: err.message }, 'cannot terminate SA'))
+    log.info({ op, terminated: n }, op === 'demote' ? 'demoted: own IKE_SAs terminated, connections stay loaded' : 'started as standby: own IKE_SAs left from an earlier time as leader terminated, connections stay loaded')
   }
   /** The connections of a connector's config in force (null on an edge or without config: nothing to gate). */
   const ownConns = async (): Promise<Set<string> | null> => {
@@ -199,6 +199,14 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   // A change between start-up and the watch being armed would otherwise wait for the resync timer. Bounded: a
   // directory that cannot be scanned is reported by the watch itself and must not hold start-up.
   await Promise.race([watch.ready, new Promise((r) => setTimeout(r, 2000).unref())])
+  // A connector that starts as a standby may find IKE_SAs of its own from an earlier time as leader (a SIGTERM drain
+  // that could not end them, or this agent killed while its charon lived on). They are bound to a VIP this node no
+  // longer holds and nothing else would end them (a connector runs no DPD; under libipsec charon keeps their
+  // table-220 routes). Once the first pass has settled the standby state, they go as on a demotion.
+  if (election.mode !== 'none') {
+    const firstPass = agent.nextPass(30_000)
+    demote(firstPass, 'standby-start').catch((err: unknown) => log.error({ op: 'standby-start', err: (err as Error).message }, 'cannot terminate own SAs left from an earlier time as leader'))
+  }
   agent.start()
 
   /**

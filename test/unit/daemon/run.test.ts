@@ -290,10 +290,30 @@ t.test('SIGTERM on the leader: /healthz draining, release, then own SAs terminat
   const standby = new ManualLeadership(false)
   const r2 = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership: standby })
   t.ok(await until(() => r2.fake.parts.agent.ready))
+  t.ok(await until(() => r2.lines.some((l) => l.op === 'standby-start' && l.terminated === 0)), 'started as standby: nothing of ours to end')
   r2.fake.charon.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: c.localId, children: [] })
   await r2.running.stop()
   t.equal(r2.fake.charon.sas.length, 1, 'a standby stopping terminates nothing')
   t.notOk(r2.lines.some((l) => l.op === 'drain'))
+})
+
+t.test('a connector starting as standby ends the IKE_SAs of ours it finds (left from its time as leader), only ours', async (t) => {
+  const charon = new FakeCharon()
+  charon.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: charon.localId, children: [] })
+  charon.sas.push({ name: 'foreign-vpn', uniqueid: '901', state: 'ESTABLISHED', localId: 'x', children: [] })
+  const r = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership: new ManualLeadership(false), charon })
+  t.ok(await until(() => !charon.sas.some((s) => s.name === 'beijing.edge1')), 'the stale edge SA is terminated')
+  t.ok(charon.sas.some((s) => s.name === 'foreign-vpn'), 'a foreign SA stays')
+  t.ok(r.lines.some((l) => l.op === 'standby-start' && l.terminated === 1), 'logged with the count')
+  t.ok(charon.conns.has('beijing.edge1'), 'connections stay loaded')
+
+  const leaderCharon = new FakeCharon()
+  leaderCharon.sas.push({ name: 'beijing.edge1', uniqueid: '900', state: 'ESTABLISHED', localId: leaderCharon.localId, children: [] })
+  const l = await rig(t, { config: CONNECTOR, election: { mode: 'vip', vip: '10.40.10.180' }, leadership: new ManualLeadership(true), charon: leaderCharon })
+  t.ok(await until(() => l.fake.parts.agent.ready))
+  await l.fake.parts.agent.idle()
+  t.ok(leaderCharon.sas.some((s) => s.name === 'beijing.edge1'), 'a connector starting as leader keeps the SAs it finds (zero flap on restart)')
+  t.notOk(l.lines.some((x) => x.op === 'standby-start' && (x.terminated as number) > 0))
 })
 
 t.test('demotion terminates own SAs after its pass while other triggers keep passes coming', async (t) => {
