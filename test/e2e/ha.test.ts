@@ -166,11 +166,16 @@ t.test('connector HA with real keepalived: crash, switchover, split brain', { sk
     }
     t.ok(pairs >= 10, `${pairs} pairs of samples taken within ${PAIR_MS} ms of each other`)
     t.comment(`${pairs} sample pairs: ${zero} with no leader (failover gaps), ${two} with two outside the split brain, ${twoInSplit} with two during it`)
-    const standby = samplers.flatMap((s) => s.samples.filter((x) => x.leader === 'false'))
+    // A demotion is one pass (our routes go) and then the termination of our SAs (charon's libipsec routes go with
+    // them): the first standby sample after a leader sample may catch that under way. Every later standby sample is
+    // a settled standby and must have no table-220 route at all.
+    const standby = samplers.flatMap((s) => s.samples.filter((x, i) => x.leader === 'false' && s.samples[i - 1]?.leader !== 'true'))
+    const transitional = samplers.flatMap((s) => s.samples.filter((x, i) => x.leader === 'false' && s.samples[i - 1]?.leader === 'true'))
     if (election) {
       t.equal(two, 0, '/is-leader is never true on both replicas at once (outside the split brain)')
-      t.ok(standby.length > 0, `${standby.length} standby samples`)
-      t.equal(standby.filter((x) => x.routes220 > 0).length, 0, 'a standby never had table-220 routes',
+      t.ok(standby.length > 0, `${standby.length} settled standby samples`)
+      t.comment(`${transitional.length} sample(s) taken first after a demotion, ${transitional.filter((x) => x.routes220 > 0).length} of them while its routes were still going`)
+      t.equal(standby.filter((x) => x.routes220 > 0).length, 0, 'a settled standby never had table-220 routes',
         drainFailures ? { todo: 'known defect: after a failed SIGTERM drain the stale SAs (and charon\'s libipsec routes) stay on the standby (docs/ha.md)' } : {})
     } else {
       t.equal(two, 0, '/is-leader is never true on both replicas at once', { skip: `needs --leader-election (both answered true at ${two} instants)` })
