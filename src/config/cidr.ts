@@ -103,9 +103,21 @@ export function compareCidr(a: string, b: string): number {
   return ca.cidr.prefix - cb.cidr.prefix
 }
 
-/** Sorted, de-duplicated canonical list. */
+/** A string that sorts like compareCidr (family, address bytes, prefix), or null for text that is not a CIDR. */
+function sortKey(text: string): string | null {
+  const r = parseCidr(text, true)
+  if (!r.ok) return null
+  let key = String(r.cidr.family)
+  for (const b of r.cidr.bytes) key += b < 16 ? `0${b.toString(16)}` : b.toString(16)
+  return key + (r.cidr.prefix < 16 ? `0${r.cidr.prefix.toString(16)}` : r.cidr.prefix.toString(16))
+}
+
+/** Sorted, de-duplicated canonical list (each entry parsed once, not once per comparison). */
 export function sortCidrs(list: Iterable<string>): string[] {
-  return [...new Set(list)].sort(compareCidr)
+  const keyed = [...new Set(list)].map((text) => ({ text, key: sortKey(text) }))
+  if (keyed.some((k) => k.key === null)) return keyed.map((k) => k.text).sort(compareCidr)
+  keyed.sort((a, b) => (a.key! < b.key! ? -1 : a.key! > b.key! ? 1 : 0))
+  return keyed.map((k) => k.text)
 }
 
 /** RFC 1123 host name (DNS name) as FabEdge allows in publicAddresses. */

@@ -68,7 +68,7 @@ function children(local: Endpoint, peer: Endpoint, conn: string, initiator: bool
   return out
 }
 
-function peerConn(config: TunnelConfig, peer: PeerEndpoint, opts: DesiredOptions): ViciSection {
+export function peerConn(config: TunnelConfig, peer: PeerEndpoint, opts: DesiredOptions): ViciSection {
   const initiator = initiatesTo(config, peer)
   const mediated = config.local.type === 'EdgeNode' && peer.type === 'EdgeNode' && config.mediator !== null
   const section: ViciSection = { version: '2' }

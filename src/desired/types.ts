@@ -78,6 +78,11 @@ export interface Desired {
   /** FabEdge set name -> sorted canonical members; every set of the role is present, possibly empty. */
   ipsets: Record<string, { family: Family; members: string[] }>
   iptables: { ipv4: string; ipv6: string }
+  /**
+   * Key lookups without reading the sorted lists (set by DesiredBuilder, src/desired/incremental.ts): a scoped pass
+   * plans only the keys of its scope.
+   */
+  index?: { route(dst: string): DesiredRoute | undefined; setHas(set: string, member: string): boolean }
 }
 
 /** The desired state cannot be derived from this config for this role (e.g. `--role` contradicts the config). */
