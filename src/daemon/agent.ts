@@ -9,15 +9,14 @@
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { ConfigError, type ConfigIssue } from '../config/errors.js'
-import { parseConfig } from '../config/load.js'
-import { MAX_CONFIG_BYTES } from '../config/load.js'
+import { ConfigParser, MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
-import { nodeDesired } from '../desired/index.js'
+import { DesiredBuilder, type DesiredDelta } from '../desired/incremental.js'
 import type { Datapath, Desired, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { PassEngine, type PassRecord } from '../reconcile/engine.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
-import { passContext, type PassContext, type Subsystem, type SubsystemName, type SubsystemPlan } from '../reconcile/subsystem.js'
+import { passContext, type PassContext, type PassScope, type Subsystem, type SubsystemName, type SubsystemPlan } from '../reconcile/subsystem.js'
 import type { Metrics } from './metrics.js'
 
 export interface AgentOptions {
@@ -85,7 +84,7 @@ export class Agent {
   constructor(private readonly opts: AgentOptions) {
     this.now = opts.now ?? Date.now
     this.configState = { path: opts.configPath, generation: 0, hash: null, loadedAt: null, rejected: null, warnings: [] }
-    this.scheduler = new PassScheduler((reasons) => this.pass(reasons), {
+    this.scheduler = new PassScheduler((reasons, keys) => this.pass(reasons, keys), {
       coalesceMs: opts.coalesceMs ?? 5,
       onError: (err) => opts.log.error({ err }, 'pass failed unexpectedly'),
       now: this.now,
@@ -101,8 +100,9 @@ export class Agent {
     return this.config !== null
   }
 
-  trigger(reason: string): void {
-    this.scheduler.trigger(reason)
+  /** Requests a pass; `keys` name what the trigger concerns (connections, route destinations: see PassScope). */
+  trigger(reason: string, keys?: Iterable<string>): void {
+    this.scheduler.trigger(reason, keys)
   }
 
   /** Resolves when no pass is running or pending. */
@@ -167,8 +167,9 @@ export class Agent {
       return 'unchanged'
     }
     try {
-      const { config, warnings } = parseConfig(text, path)
+      const { config, warnings } = this.parser.parse(text, path)
       this.config = config
+      this.configChange = this.parser.change
       this.configState.hash = hash
       this.configState.generation++
       this.configState.loadedAt = new Date(this.now()).toISOString()
@@ -194,7 +195,19 @@ export class Agent {
     return 'rejected'
   }
 
-  private desiredMemo: { key: string; desired: Desired } | null = null
+  /** Re-reads only the peers whose text changed (src/config/load.ts). */
+  private readonly parser = new ConfigParser()
+  /** The peers the last accepted config added and removed (the parser's change), for the builder. */
+  private configChange: ConfigParser['change'] = null
+  /** Derives only the changed peers' part of the desired state (src/desired/incremental.ts). */
+  private readonly builder = new DesiredBuilder()
+  /**
+   * What changed in the desired state since the last pass took it (the union of the builder's deltas, or null
+   * when anything may have): the config part of the next pass's scope.
+   */
+  private pendingDelta: DesiredDelta | null = { conns: new Set(), dsts: new Set(), members: new Map() }
+  /** The scope of the last pass (null: it planned everything), which its verification pass re-checks. */
+  private lastScope: PassScope | null = null
   /** The last certificate read successfully; undefined before the first read, null when none was ever good. */
   private certPem: string | null | undefined = undefined
   /** Why the last pass could not derive the desired state (e.g. `--role` contradicting the config), or null. */
@@ -235,16 +248,47 @@ export class Agent {
     // A cloud node's next hop is the connector, never the default gateway.
     const gateways = this.opts.datapath === 'xfrm' && this.opts.role !== 'cloud' ? await this.opts.gateways?.() : undefined
     const standby = !(this.opts.leader?.() ?? true)
-    const key = `${this.opts.role ?? ''}\0${this.configState.generation}\0${certPem ?? ''}\0${JSON.stringify(gateways ?? {})}\0${standby}\0${extra.drainVip ?? ''}`
-    if (this.desiredMemo?.key !== key) {
-      const { role, connectorAddresses } = this.opts
-      const desired = nodeDesired(this.config, role, {
-        datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
-        ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}),
-      })
-      this.desiredMemo = { key, desired }
+    const { role, connectorAddresses } = this.opts
+    const { desired, delta } = this.builder.build(this.config, role, {
+      datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
+      ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}),
+    }, this.configChange)
+    this.configChange = null
+    if (delta === null) this.pendingDelta = null
+    else if (this.pendingDelta) mergeDelta(this.pendingDelta, delta)
+    return desired
+  }
+
+  /**
+   * The scope of a pass (PassScope), or undefined when it must plan everything: every reason must name what it
+   * concerns, and the desired state must have changed by a known delta.
+   */
+  private scopeOf(ctx: PassContext, reasons: readonly string[], keys: ReadonlyMap<string, ReadonlySet<string> | null>, delta: DesiredDelta | null): PassScope | undefined {
+    if (ctx.deep || delta === null) return undefined
+    const conns = new Set(delta.conns)
+    const dsts = new Set(delta.dsts)
+    const members = new Map([...delta.members].map(([k, v]) => [k, new Set(v)]))
+    for (const reason of reasons) {
+      const named = keys.get(reason) ?? null
+      if (reason.startsWith('config')) continue
+      if (reason === 'vici:ike-updown' || reason === 'vici:child-updown') {
+        if (!named) return undefined
+        for (const k of named) conns.add(k)
+      } else if (reason === 'netlink:route-new' || reason === 'netlink:route-del') {
+        if (!named) return undefined
+        for (const k of named) dsts.add(k)
+      } else if (reason.startsWith('backoff:')) {
+        conns.add(reason.slice('backoff:'.length))
+      } else if (reason === 'verify') {
+        if (!this.lastScope) return undefined
+        for (const k of this.lastScope.conns) conns.add(k)
+        for (const k of this.lastScope.dsts) dsts.add(k)
+        for (const [set, m] of this.lastScope.members) for (const k of m) addMember(members, set, k)
+      } else {
+        return undefined
+      }
     }
-    return this.desiredMemo.desired
+    return { conns, dsts, members }
   }
 
   /** Plans of every subsystem against the live node, without applying anything (`fabtunnel plan`). */
@@ -280,19 +324,19 @@ export class Agent {
     })
   }
 
-  private async pass(reasons: string[]): Promise<void> {
+  private async pass(reasons: string[], keys: ReadonlyMap<string, ReadonlySet<string> | null> = new Map()): Promise<void> {
     const waiters = this.passWaiters.splice(0)
     try {
-      await this.runPass(reasons)
+      await this.runPass(reasons, keys)
     } finally {
       for (const w of waiters) w()
     }
   }
 
-  private async runPass(reasons: string[]): Promise<void> {
+  private async runPass(reasons: string[], keys: ReadonlyMap<string, ReadonlySet<string> | null>): Promise<void> {
     const { log, metrics } = this.opts
     const started = this.now()
-    const ctx = passContext(reasons)
+    let ctx = passContext(reasons)
     if (this.config === null || ctx.deep || reasons.some((r) => r.startsWith('config'))) {
       const outcome = await this.reloadConfig()
       // No file yet (a ConfigMap not mounted yet): look again shortly, bounded by nothing but our own stop.
@@ -305,6 +349,11 @@ export class Agent {
       return null
     })
     this.desiredError = desiredError
+    const delta = this.pendingDelta
+    this.pendingDelta = { conns: new Set(), dsts: new Set(), members: new Map() }
+    const scope = desired ? this.scopeOf(ctx, reasons, keys, delta) : undefined
+    if (scope) ctx = { ...ctx, scope }
+    this.lastScope = scope ?? null
     if (!desired) {
       this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
       metrics.ready.set(0)
@@ -314,6 +363,7 @@ export class Agent {
       return
     }
     const record = await this.engine.run(desired, ctx)
+    if (scope) record.scope = { conns: scope.conns.size, dsts: scope.dsts.size, members: [...scope.members.values()].reduce((n, m) => n + m.size, 0) }
     for (const duty of this.opts.duties ?? []) {
       try {
         await duty.afterPass(record, this.config!)
@@ -349,7 +399,7 @@ export class Agent {
     // Tunnels may legitimately act again (an initiate the peer refused is retried); anything else writing twice
     // in a row means two writers fight over an object, or our plan and the kernel disagree.
     else if (Object.keys(record.writes).some((k) => k !== 'tunnels')) log.warn({ op: 'pass', writes: record.writes }, 'verification pass still had to write')
-    log[wrote || !record.converged ? 'info' : 'debug']({ op: 'pass', reasons, durationMs: Math.round(record.durationMs * 100) / 100, writes: record.writes, errors: record.errors, ...(record.duties ? { duties: record.duties } : {}), timings: record.timings }, 'pass done')
+    log[wrote || !record.converged ? 'info' : 'debug']({ op: 'pass', reasons, ...(record.scope ? { scope: record.scope } : {}), durationMs: Math.round(record.durationMs * 100) / 100, writes: record.writes, errors: record.errors, ...(record.duties ? { duties: record.duties } : {}), timings: record.timings }, 'pass done')
   }
 
   get configInForce(): TunnelConfig | null {
@@ -360,4 +410,17 @@ export class Agent {
   get dirtySubsystems(): SubsystemName[] {
     return this.engine.dirtySubsystems
   }
+}
+
+function addMember(m: Map<string, Set<string>>, set: string, member: string): void {
+  let s = m.get(set)
+  if (!s) m.set(set, (s = new Set()))
+  s.add(member)
+}
+
+/** Adds `b`'s keys to `a`. */
+function mergeDelta(a: DesiredDelta, b: DesiredDelta): void {
+  for (const k of b.conns) a.conns.add(k)
+  for (const k of b.dsts) a.dsts.add(k)
+  for (const [set, m] of b.members) for (const k of m) addMember(a.members, set, k)
 }

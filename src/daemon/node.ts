@@ -81,7 +81,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   const tunnels = vici === null ? null : new TunnelsSubsystem(viciTunnelsPort(vici), {
     credentials: o.credentials === false ? null : { cert: o.cert, key: o.key, ca: o.ca },
     log: o.log.child({ subsystem: 'tunnels' }),
-    trigger: (r) => agent?.trigger(r),
+    trigger: (r, conns) => agent?.trigger(r, conns),
     onReconnect: () => metrics.viciReconnects.inc(),
   })
   const routes = new RoutesSubsystem(netlinkRoutesPort(routeSock), o.log.child({ subsystem: 'routes' }))

@@ -172,14 +172,21 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   metrics.leader.set(leadership.isLeader() ? 1 : 0)
 
   monitor.on('route', (action, route) => {
+    // Table 220 as the routes subsystem remembers it follows every notification, ours included.
+    node.routes.observe(action, route)
     const reason = routeTrigger(action, route)
-    if (reason) agent.trigger(reason)
+    // A table-220 route event concerns its destination alone (a scoped pass, PassScope); a gateway change all.
+    if (reason) agent.trigger(reason, reason.startsWith('netlink:route-') ? [route.dst] : undefined)
   })
   monitor.on('rule', (action, rule) => {
     const reason = ruleTrigger(action, rule)
     if (reason) agent.trigger(reason)
   })
-  monitor.on('resync', () => agent.trigger('netlink:resync'))
+  monitor.on('resync', () => {
+    // Notifications were lost: what the routes subsystem remembers of table 220 may be wrong.
+    node.routes.observe('lost')
+    agent.trigger('netlink:resync')
+  })
   monitor.on('error', (err) => log.warn({ err: err.message }, 'netlink monitor error'))
 
   const watch = watchFiles(

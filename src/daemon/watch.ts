@@ -1,14 +1,21 @@
 // Watches the directories holding the config and the credentials. Kubelet updates a ConfigMap or Secret mount by
 // swapping the `..data` symlink, and editors save by rename, so watching a file's inode loses it after the first
 // update (FabEdge's edge agent has exactly that bug): we watch the directory and let the content hash decide.
+//
+// One inotify watch per directory through fs.watch, no library: an event is handed on the moment the kernel reports
+// it (a wrapper that waits to merge unlink+add into one change would add its window to every config change; the
+// agent's content hash already makes a duplicate event free). A directory that cannot be watched (not there yet,
+// removed and re-created) is retried every second, and its files count as changed once the watch is back.
+import { watch, type FSWatcher } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
-import chokidar, { type FSWatcher } from 'chokidar'
 
 export interface DirWatch {
-  /** Settles once every directory is scanned and watched (a change after this is never missed), or on close(). */
+  /** Settles once every directory is watched or being retried (a change after this is never missed), or on close(). */
   ready: Promise<void>
   close(): Promise<void>
 }
+
+const RETRY_MS = 1000
 
 /**
  * Calls `onChange(kind)` when one of the files changes in its directory (written, replaced by rename, removed) or
@@ -23,31 +30,50 @@ export function watchFiles(files: Array<{ path: string; kind: string }>, onChang
     byDir.set(dirname(abs), names)
     names.set(basename(abs), (names.get(basename(abs)) ?? new Set()).add(f.kind))
   }
-  const watchers: FSWatcher[] = []
-  const ready: Array<Promise<void>> = []
-  let closed!: () => void
-  const closing = new Promise<void>((done) => { closed = done })
-  for (const [dir, names] of byDir) {
-    const every = new Set([...names.values()].flatMap((k) => [...k]))
-    const w = chokidar.watch(dir, { depth: 0, ignoreInitial: true, followSymlinks: false, persistent: true })
-    w.on('all', (_event, path) => {
-      // Kubelet's atomic writer touches only `..data`, `..data_tmp` and `..<timestamp>`; the key symlinks stay put.
-      const name = basename(path)
-      const kinds = name.startsWith('..') ? every : names.get(name)
-      for (const k of kinds ?? []) onChange(k)
+  let closed = false
+  const watchers = new Set<FSWatcher>()
+  const timers = new Set<NodeJS.Timeout>()
+  const arm = (dir: string, names: Map<string, Set<string>>, every: Set<string>, again: boolean): void => {
+    if (closed) return
+    let w: FSWatcher
+    try {
+      w = watch(dir, { persistent: true }, (_event, filename) => {
+        const name = filename === null ? null : String(filename)
+        // Kubelet's atomic writer touches only `..data`, `..data_tmp` and `..<timestamp>`; the key symlinks stay put.
+        // No name (the kernel's queue overflowed): anything in the directory may have changed.
+        const kinds = name === null || name.startsWith('..') ? every : names.get(name)
+        for (const k of kinds ?? []) onChange(k)
+      })
+    } catch (err) {
+      if (!again) onError(err)
+      const timer = setTimeout(() => {
+        timers.delete(timer)
+        arm(dir, names, every, true)
+      }, RETRY_MS)
+      timer.unref()
+      timers.add(timer)
+      return
+    }
+    watchers.add(w)
+    w.on('error', (err) => {
+      // The directory went away (or the watch broke): report, and watch it again once it is back.
+      watchers.delete(w)
+      w.close()
+      onError(err)
+      arm(dir, names, every, true)
     })
-    w.on('error', onError)
-    ready.push(new Promise<void>((done) => {
-      w.once('ready', done)
-      void closing.then(done)
-    }))
-    watchers.push(w)
+    // Back after a gap: whatever happened meanwhile was not seen.
+    if (again) for (const k of every) onChange(k)
   }
+  for (const [dir, names] of byDir) arm(dir, names, new Set([...names.values()].flatMap((k) => [...k])), false)
   return {
-    ready: Promise.all(ready).then(() => undefined),
+    ready: Promise.resolve(),
     close: async () => {
-      closed()
-      await Promise.all(watchers.map((w) => w.close()))
+      closed = true
+      for (const t of timers) clearTimeout(t)
+      timers.clear()
+      for (const w of watchers) w.close()
+      watchers.clear()
     },
   }
 }

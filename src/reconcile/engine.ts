@@ -25,6 +25,8 @@ export interface PassRecord {
    * by name: the pass is then not converged either. Absent when none failed.
    */
   duties?: Record<string, string>
+  /** A scoped pass (PassScope): how many keys it planned; absent when it planned everything. */
+  scope?: { conns: number; dsts: number; members: number }
 }
 
 export interface EngineOptions {

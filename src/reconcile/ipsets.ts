@@ -65,10 +65,22 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
    * set is an error. Bounded by OWN_SETS.
    */
   private readonly refused = new Set<string>()
+  /**
+   * Our sets as last seen (members, by set name): the listing of the last full plan, kept current by our own
+   * applied ops. A scoped pass checks the members of its scope against it without listing the sets (10,000
+   * members each). The kernel sends no notification for set changes: whatever else changes a set of ours is found
+   * by the next full plan (a deep pass). null: list again.
+   */
+  private mirror: Map<string, Set<string>> | null = null
 
   constructor(private readonly port: IpsetsPort, private readonly log: Logger) {}
 
-  async plan(desired: Pick<Desired, 'ipsets'>, _ctx?: PassContext): Promise<IpsetsPlan> {
+  async plan(desired: Pick<Desired, 'ipsets' | 'index'>, ctx?: PassContext): Promise<IpsetsPlan> {
+    if (ctx?.scope && !ctx.deep && this.mirror && desired.index) {
+      const scoped = this.planScoped(desired, desired.index, ctx.scope.members)
+      if (scoped) return scoped
+    }
+    const mirror = new Map<string, Set<string>>()
     const ops: SetOp[] = []
     const wrong: IpsetsPlan['wrong'] = []
     const sizes: Record<string, number> = {}
@@ -76,6 +88,7 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
       const want = desired.ipsets[name]
       const live = await this.port.list(name)
       if (!live) this.refused.delete(name)
+      else if (live.type === 'hash:net' && live.family === family) mirror.set(name, new Set(live.members))
       if (want) {
         sizes[name] = want.members.length
         if (!live) {
@@ -91,6 +104,32 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
       }
     }
     this.last = sizes
+    this.mirror = mirror
+    return this.planOf(ops, wrong)
+  }
+
+  /**
+   * The plan of a scoped pass: the members of its scope, each checked against the desired state's index and the
+   * mirror. null when a set of the scope is not in the mirror (it must be created: a full plan's job).
+   */
+  private planScoped(desired: Pick<Desired, 'ipsets'>, index: NonNullable<Desired['index']>, members: ReadonlyMap<string, ReadonlySet<string>>): IpsetsPlan | null {
+    const ops: SetOp[] = []
+    for (const [name, candidates] of members) {
+      const live = this.mirror!.get(name)
+      if (!live || !desired.ipsets[name]) return null
+      const add: string[] = []
+      const del: string[] = []
+      for (const m of candidates) {
+        const want = index.setHas(name, m)
+        if (want && !live.has(m)) add.push(m)
+        else if (!want && live.has(m)) del.push(m)
+      }
+      if (add.length || del.length) ops.push({ op: 'update', name, add, del })
+    }
+    return this.planOf(ops, [])
+  }
+
+  private planOf(ops: SetOp[], wrong: IpsetsPlan['wrong']): IpsetsPlan {
     const writes = wrong.length + ops.reduce((n, o) => n + (o.op === 'create' ? 1 + o.members.length : o.op === 'update' ? o.add.length + o.del.length : 1), 0)
     return {
       ops,
@@ -114,18 +153,25 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
       try {
         if (o.op === 'create') {
           await this.port.create(o.name, o.family)
+          this.mirror?.set(o.name, new Set())
           done++
           await this.port.addMany(o.name, o.members)
+          for (const m of o.members) this.mirror?.get(o.name)?.add(m)
           done += o.members.length
         } else if (o.op === 'update') {
-          await this.port.addMany(o.name, o.add)
+          if (o.add.length) await this.port.addMany(o.name, o.add)
+          for (const m of o.add) this.mirror?.get(o.name)?.add(m)
           done += o.add.length
-          await this.port.delMany(o.name, o.del)
+          if (o.del.length) await this.port.delMany(o.name, o.del)
+          for (const m of o.del) this.mirror?.get(o.name)?.delete(m)
           done += o.del.length
         } else if (await this.destroy(o.name)) {
+          this.mirror?.delete(o.name)
           done++
         }
       } catch (err) {
+        // What a failed batch did is unknown: list the sets again next time.
+        this.mirror = null
         errors.push(err as Error)
       }
     }
@@ -156,6 +202,7 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
 
   /** Destroys every set of ours (`fabtunnel cleanup`, after the rules that use them are gone); returns those gone. */
   async cleanup(): Promise<string[]> {
+    this.mirror = null
     const gone: string[] = []
     for (const { name } of OWN_SETS) if ((await this.port.destroy(name)).ok) gone.push(name)
     this.refused.clear()
@@ -163,6 +210,7 @@ export class IpsetsSubsystem implements Subsystem<IpsetsPlan> {
   }
 
   summary(): Record<string, unknown> {
+    if (this.mirror) return { members: Object.fromEntries(Object.keys(this.last).map((name) => [name, this.mirror!.get(name)?.size ?? 0])) }
     return { members: { ...this.last } }
   }
 }

@@ -60,9 +60,19 @@ function isUnreachableGateway(err: NetlinkError): boolean {
 
 const listed = (dsts: string[]): string => dsts.length > 10 ? `${dsts.slice(0, 10).join(', ')} and ${dsts.length - 10} more` : dsts.join(', ')
 
+/** The kernel's key of a route in one table: destination and metric. */
+const slot = (r: { dst: string; metric?: number }): string => `${r.dst}|${r.metric ?? 0}`
+
 export class RoutesSubsystem implements Subsystem<RoutesPlan> {
   readonly name = 'routes' as const
   private last = { routes: 0, rules: 0, conflicts: 0, unroutable: 0 }
+  /**
+   * Table 220 as last seen, by destination (every protocol): the full listing of the last full plan, kept current
+   * by our own applied ops and by the kernel's route notifications (observe()). A scoped pass plans its
+   * destinations against it without listing the table (10,000 routes). null: list again. Whatever changes
+   * table 220 without a notification reaching us is found by the next full plan (a deep pass).
+   */
+  private mirror: Map<string, Map<string, Route>> | null = null
 
   constructor(private readonly port: RoutesPort, private readonly log: Logger) {}
 
@@ -81,10 +91,38 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     return out
   }
 
-  async plan(desired: Pick<Desired, 'routes' | 'rules'>, _ctx?: PassContext): Promise<RoutesPlan> {
+  /**
+   * A route notification of the kernel (the daemon's netlink monitor): keeps the table-220 mirror current. Routes
+   * of other tables are ignored. `lost` (the monitor overran its buffer): the mirror is dropped.
+   */
+  observe(action: 'new' | 'del' | 'lost', route?: Route): void {
+    if (action === 'lost' || !route) {
+      this.mirror = null
+      return
+    }
+    if (route.table !== ROUTE_TABLE || !this.mirror) return
+    let at = this.mirror.get(route.dst)
+    if (action === 'new') {
+      if (!at) this.mirror.set(route.dst, (at = new Map()))
+      at.set(slot(route), route)
+    } else if (at) {
+      at.delete(slot(route))
+      if (at.size === 0) this.mirror.delete(route.dst)
+    }
+  }
+
+  async plan(desired: Pick<Desired, 'routes' | 'rules' | 'index'>, ctx?: PassContext): Promise<RoutesPlan> {
+    if (ctx?.scope && !ctx.deep && this.mirror && desired.index) return this.planScoped(desired.index, ctx.scope.dsts)
     const unroutable = desired.routes.filter((r) => r.via === undefined)
     const held = new Set(unroutable.map((r) => r.dst))
     const observed = await this.port.listRoutes()
+    const mirror = new Map<string, Map<string, Route>>()
+    for (const r of observed) {
+      let at = mirror.get(r.dst)
+      if (!at) mirror.set(r.dst, (at = new Map()))
+      at.set(slot(r), r)
+    }
+    this.mirror = mirror
     const specs = desired.routes.filter((r) => r.via !== undefined).map((r) => ({ dst: r.dst, via: r.via!, table: r.table, protocol: r.protocol }))
     const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL, { adopt: [RTPROT_FABEDGE_GO] })
     for (const a of plan.adopted) this.log.info({ op: 'route', dst: a.want.dst, previousProtocol: a.previous.protocol }, "taking over FabEdge's route for this destination in table 220")
@@ -115,6 +153,53 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     }
   }
 
+  /**
+   * The plan of a scoped pass: the destinations of the scope alone, against the mirror. The rules are not looked
+   * at (a rule change is a trigger that never scopes a pass).
+   */
+  private planScoped(index: NonNullable<Desired['index']>, dsts: ReadonlySet<string>): RoutesPlan {
+    const wanted: DesiredRoute[] = []
+    const observed: Route[] = []
+    for (const dst of dsts) {
+      const r = index.route(dst)
+      if (r) wanted.push(r)
+      for (const o of this.mirror!.get(dst)?.values() ?? []) observed.push(o)
+    }
+    const unroutable = wanted.filter((r) => r.via === undefined)
+    const held = new Set(unroutable.map((r) => r.dst))
+    const specs = wanted.filter((r) => r.via !== undefined).map((r) => ({ dst: r.dst, via: r.via!, table: r.table, protocol: r.protocol }))
+    const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL, { adopt: [RTPROT_FABEDGE_GO] })
+    for (const a of plan.adopted) this.log.info({ op: 'route', dst: a.want.dst, previousProtocol: a.previous.protocol }, "taking over FabEdge's route for this destination in table 220")
+    for (const c of plan.conflicts) this.log.warn({ op: 'route', dst: c.want.dst, foreignProtocol: c.foreign.protocol }, 'a foreign route holds this destination in table 220; left alone')
+    const connectorVias = new Set(wanted.filter((r) => r.viaFrom === 'connector-address' && r.via !== undefined).map((r) => r.via!))
+    return {
+      ops: plan.ops,
+      rules: [],
+      unroutable,
+      connectorVias,
+      writes: plan.ops.length + unroutable.length,
+      describe: () => [
+        ...plan.ops.map((o) => `ip route ${o.op} ${o.route.dst}${o.route.via ? ` via ${o.route.via}` : ''} table ${o.route.table ?? ROUTE_TABLE} proto ${RTPROT_FABTUNNEL}`),
+        ...unroutable.map((r) => `cannot route ${r.dst} table ${r.table}: ${missingVia(r)}`),
+      ],
+    }
+  }
+
+  /** Records an applied route op in the mirror (the kernel's notification of it may come later). */
+  private mirrorApplied(op: RouteOp): void {
+    if (!this.mirror) return
+    const dst = op.route.dst
+    let at = this.mirror.get(dst)
+    if (op.op === 'del') {
+      at?.delete(slot(op.route))
+      if (at?.size === 0) this.mirror.delete(dst)
+      return
+    }
+    if (!at) this.mirror.set(dst, (at = new Map()))
+    const family: 4 | 6 = dst.includes(':') ? 6 : 4
+    at.set(slot(op.route), { family, dst, ...(op.route.via !== undefined ? { via: op.route.via } : {}), table: op.route.table ?? ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...(op.route.metric !== undefined ? { metric: op.route.metric } : {}), scope: 0, type: 1 })
+  }
+
   /** Adds the rules and applies the route batch, then throws if anything failed or could not be routed. */
   async apply(plan: RoutesPlan): Promise<number> {
     let done = 0
@@ -130,6 +215,9 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     if (plan.ops.length) {
       try {
         const results = await this.port.applyRoutes(plan.ops)
+        results.forEach((r, i) => {
+          if (r.ok || (!r.ok && r.reason === 'missing')) this.mirrorApplied(plan.ops[i]!)
+        })
         let failed = results.map((r, i) => ({ r, op: plan.ops[i]! })).filter(({ r }) => !r.ok && r.reason !== 'missing')
         done += results.filter((r) => r.ok).length
         // A cloud node's next hop is the connector: when the kernel cannot reach it on-link, say so once per family
@@ -147,6 +235,8 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
           errors.push(new Error(`${failed.length} route op(s) failed, first: ${first.op.op} ${first.op.route.dst}: ${(first.r as { error: Error }).error.message}`))
         }
       } catch (err) {
+        // What the batch did is unknown: list the table again next time.
+        this.mirror = null
         errors.push(err as Error)
       }
     }
@@ -163,6 +253,7 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
 
   /** Deletes every route of ours in table 220 (`fabtunnel cleanup`); returns the destinations deleted. */
   async cleanupRoutes(): Promise<string[]> {
+    this.mirror = null
     const ours = (await this.port.listRoutes()).filter((r) => r.protocol === RTPROT_FABTUNNEL)
     const results = await this.port.applyRoutes(ours.map((r) => ({
       op: 'del' as const,
@@ -182,8 +273,13 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
   }
 
   summary(): Record<string, unknown> {
+    let own = this.last.routes
+    if (this.mirror) {
+      own = 0
+      for (const at of this.mirror.values()) for (const r of at.values()) if (r.protocol === RTPROT_FABTUNNEL) own++
+    }
     return {
-      table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ownRoutes: this.last.routes, rulesPresent: this.last.rules, conflicts: this.last.conflicts,
+      table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ownRoutes: own, rulesPresent: this.last.rules, conflicts: this.last.conflicts,
       unroutable: this.last.unroutable,
     }
   }

@@ -119,7 +119,7 @@ export class SaStateTracker {
   }
 
   /** Forgets connections that are no longer desired. */
-  prune(desired: ReadonlySet<string>): void {
+  prune(desired: Pick<ReadonlySet<string>, 'has'>): void {
     for (const key of this.attempts.keys()) if (!desired.has(key.slice(0, key.lastIndexOf('/')))) this.attempts.delete(key)
     for (const [key, t] of this.terminated) if (!desired.has(t.conn)) this.terminated.delete(key)
   }

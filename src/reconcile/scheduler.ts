@@ -15,10 +15,18 @@ export interface SchedulerOptions {
   now?: () => number
 }
 
+/** Keys one reason may collect for a pass before it counts as concerning anything. */
+const MAX_KEYS = 1000
+
 export class PassScheduler {
   private running: Promise<void> | null = null
   private timer: NodeJS.Timeout | null = null
   private reasons = new Set<string>()
+  /**
+   * reason -> the keys its triggers named (connections, route destinations); a reason triggered once without keys
+   * maps to null (it may concern anything). Bounded: past MAX_KEYS a reason's keys collapse to null.
+   */
+  private keys = new Map<string, Set<string> | null>()
   /** reason -> when (ms since epoch); the earliest request per reason wins. */
   private readonly wakes = new Map<string, number>()
   private wakeTimer: NodeJS.Timeout | null = null
@@ -28,17 +36,27 @@ export class PassScheduler {
   private readonly now: () => number
 
   constructor(
-    private readonly pass: (reasons: string[]) => Promise<void>,
+    private readonly pass: (reasons: string[], keys: ReadonlyMap<string, ReadonlySet<string> | null>) => Promise<void>,
     private readonly opts: SchedulerOptions = {},
   ) {
     this.coalesceMs = opts.coalesceMs ?? 5
     this.now = opts.now ?? Date.now
   }
 
-  /** Requests a pass soon. Safe to call from any event handler, any number of times. */
-  trigger(reason: string): void {
+  /**
+   * Requests a pass soon. Safe to call from any event handler, any number of times. `keys`: what the trigger
+   * concerns (see PassScope); without them the pass may not be scoped for this reason.
+   */
+  trigger(reason: string, keys?: Iterable<string>): void {
     if (this.stopped) return
     this.reasons.add(reason)
+    if (keys === undefined) this.keys.set(reason, null)
+    else if (this.keys.get(reason) !== null) {
+      let set = this.keys.get(reason)
+      if (!set) this.keys.set(reason, (set = new Set()))
+      for (const k of keys) set.add(k)
+      if (set.size > MAX_KEYS) this.keys.set(reason, null)
+    }
     if (this.running || this.timer) return
     this.timer = setTimeout(() => this.start(), this.coalesceMs)
   }
@@ -82,8 +100,10 @@ export class PassScheduler {
     this.timer = null
     if (this.stopped) return
     const reasons = [...this.reasons]
+    const keys = this.keys
     this.reasons.clear()
-    this.running = this.pass(reasons)
+    this.keys = new Map()
+    this.running = this.pass(reasons, keys)
       .catch((err: unknown) => this.opts.onError?.(err))
       .finally(() => {
         this.running = null
@@ -110,6 +130,7 @@ export class PassScheduler {
     this.timer = null
     this.wakeTimer = null
     this.wakes.clear()
+    this.keys.clear()
     return this.running ?? Promise.resolve()
   }
 }

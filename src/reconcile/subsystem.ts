@@ -36,6 +36,24 @@ export interface PassContext {
   deep: boolean
   /** The credential files may have changed: read them again. */
   credentials: boolean
+  /**
+   * Set on a shallow pass whose every trigger names what it can have changed (a config change as the desired
+   * state's delta, SA events by connection, table-220 route events by destination, a backoff expiring by
+   * connection, the verification of a scoped pass): only these keys can differ from what each subsystem planned,
+   * applied or observed before, so a subsystem whose own memory of the node is intact plans these keys alone and
+   * the pass costs O(change), not O(peers). Absent: plan everything.
+   */
+  scope?: PassScope
+}
+
+/** The keys a scoped pass may find changed. */
+export interface PassScope {
+  /** Connection names. */
+  conns: ReadonlySet<string>
+  /** Table-220 route destinations. */
+  dsts: ReadonlySet<string>
+  /** Set name -> members. */
+  members: ReadonlyMap<string, ReadonlySet<string>>
 }
 
 const SHALLOW = /^(retry|vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|netlink:gateway|backoff:.*|config.*|credentials|verify)$/

@@ -31,8 +31,11 @@ export interface ConnectionHandlers {
 export interface TunnelsPort {
   /** `list-conns`: every loaded connection by name. */
   listConns(): Promise<Map<string, ListedConn>>
-  /** `list-sas` (blocking: an IKE_SA in its first exchange is listed, not skipped). */
-  listSas(): Promise<ObservedIkeSa[]>
+  /**
+   * `list-sas` (blocking: an IKE_SA in its first exchange is listed, not skipped); `ike`: only the IKE_SAs of that
+   * connection.
+   */
+  listSas(filter?: { ike?: string }): Promise<ObservedIkeSa[]>
   loadConn(name: string, section: ViciSection): Promise<void>
   unloadConn(name: string): Promise<void>
   /** Asynchronous initiate (returns once charon queued it). */
@@ -72,7 +75,7 @@ export function observedSa(s: IkeSa): ObservedIkeSa {
 export function viciTunnelsPort(vici: Vici): TunnelsPort {
   return {
     listConns: async () => new Map((await vici.listConns()).map((c) => [c.name, c.raw as ListedConn])),
-    listSas: async () => (await vici.listSas()).map(observedSa),
+    listSas: async (filter) => (await vici.listSas(filter?.ike !== undefined ? { ike: filter.ike } : {})).map(observedSa),
     loadConn: (name, section) => vici.loadConn(name, section),
     unloadConn: (name) => vici.unloadConn(name),
     initiate: (t) => vici.initiate(t.child === undefined ? { ike: t.ike } : { ike: t.ike, child: t.child }),

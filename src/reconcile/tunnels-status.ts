@@ -2,7 +2,13 @@
 // last observation (desired connections, what charon listed, why initiates wait) and the last operation errors.
 // It never feeds back into planning. Per-peer entries exist only for desired peers: every record drops the rest.
 import type { Desired } from '../desired/types.js'
-import { connUp, type ObservedTunnels } from './tunnels.js'
+import { connUp, type ListedConn, type ObservedIkeSa } from './tunnels.js'
+
+/** What charon was last seen holding: every listed connection, and the IKE_SAs of a connection by name. */
+export interface ObservedView {
+  conns: ReadonlyMap<string, ListedConn>
+  sasOf(conn: string): readonly ObservedIkeSa[]
+}
 
 export interface PeerStatus {
   name: string
@@ -23,7 +29,7 @@ const UP_STATES = new Set(['INSTALLED', 'REKEYING', 'REKEYED'])
 
 export class TunnelsStatus {
   private desired: Pick<Desired, 'conns' | 'initiate'> | null = null
-  private observed: ObservedTunnels | null = null
+  private observed: ObservedView | null = null
   private waiting = new Map<string, string>()
   private readonly since = new Map<string, { state: string; at: number }>()
   private readonly lastError = new Map<string, string>()
@@ -35,21 +41,47 @@ export class TunnelsStatus {
     return { since: this.since.size, lastError: this.lastError.size }
   }
 
-  /** The state a plan observed. */
-  record(desired: Pick<Desired, 'conns' | 'initiate'>, observed: ObservedTunnels, waiting: ReadonlyArray<{ conn: string; reason: string }>): void {
+  /**
+   * The state a plan observed. `names`: the plan looked at these connections only (a scoped pass): only their
+   * entries change; without it every entry is recomputed.
+   */
+  record(desired: Pick<Desired, 'conns' | 'initiate'>, observed: ObservedView, waiting: ReadonlyArray<{ conn: string; reason: string }>, names?: Iterable<string>): void {
     this.desired = desired
     this.observed = observed
-    this.waiting = new Map(waiting.map((w) => [w.conn, w.reason]))
     const now = this.now()
-    for (const name of this.since.keys()) if (!(name in desired.conns)) this.since.delete(name)
-    for (const name of this.lastError.keys()) if (!(name in desired.conns)) this.lastError.delete(name)
-    for (const [conn, section] of Object.entries(desired.conns)) {
-      const up = connUp(conn, Object.keys((section.children ?? {}) as object), observed.sas)
+    let which: Iterable<string>
+    if (names) {
+      const list = [...names]
+      for (const name of list) this.waiting.delete(name)
+      for (const w of waiting) this.waiting.set(w.conn, w.reason)
+      for (const name of list) {
+        if (!(name in desired.conns)) {
+          this.since.delete(name)
+          this.lastError.delete(name)
+        }
+      }
+      which = list.filter((n) => n in desired.conns)
+    } else {
+      this.waiting = new Map(waiting.map((w) => [w.conn, w.reason]))
+      for (const name of this.since.keys()) if (!(name in desired.conns)) this.since.delete(name)
+      for (const name of this.lastError.keys()) if (!(name in desired.conns)) this.lastError.delete(name)
+      for (const name of this.waiting.keys()) if (!(name in desired.conns)) this.waiting.delete(name)
+      which = Object.keys(desired.conns)
+    }
+    for (const conn of which) {
+      const section = desired.conns[conn]!
+      const sas = observed.sasOf(conn)
+      const up = connUp(conn, Object.keys((section.children ?? {}) as object), sas)
       if (up) this.lastError.delete(conn)
-      const state = up ? 'up' : observed.sas.some((s) => s.name === conn) ? 'connecting' : 'down'
+      const state = up ? 'up' : sas.length > 0 ? 'connecting' : 'down'
       const prev = this.since.get(conn)
       if (!prev || prev.state !== state) this.since.set(conn, { state, at: now })
     }
+  }
+
+  /** Connections waiting for an initiate, with why (all peers, also those a scoped pass did not look at). */
+  waitingReasons(): ReadonlyMap<string, string> {
+    return this.waiting
   }
 
   /** An operation on `conn` failed (kept until the peer is up or leaves the config). */
@@ -68,9 +100,10 @@ export class TunnelsStatus {
     const d = this.desired
     const o = this.observed
     if (!d || !o) return []
+    const initiators = new Set(d.initiate)
     return Object.entries(d.conns).map(([name, section]) => {
       const kids = Object.keys((section.children ?? {}) as object)
-      const sas = o.sas.filter((s) => s.name === name)
+      const sas = o.sasOf(name)
       const children = sas.flatMap((s) => s.children)
       const upKids = kids.filter((k) => children.some((c) => c.name === k && UP_STATES.has(c.state)))
       const established = sas.some((s) => s.state === 'ESTABLISHED')
@@ -84,7 +117,7 @@ export class TunnelsStatus {
       return {
         name,
         type: name === 'mediator' ? 'Mediator' : 'Peer',
-        initiator: d.initiate.includes(name),
+        initiator: initiators.has(name),
         loaded: o.conns.has(name),
         ike: sas.map((s) => ({ uniqueid: s.uniqueid, state: s.state })),
         children: children.map((c) => ({ name: c.name, uniqueid: c.uniqueid, state: c.state })),

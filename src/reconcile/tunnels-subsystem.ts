@@ -4,6 +4,7 @@
 // pure planTunnels; no side effects beyond caching what it observed and the status read model), then `apply`
 // (credentials, load-conn, terminate, asynchronous initiates, unload-conn; then the credentials we rotated away
 // from). SA events and reconnects trigger passes; backoff waits come back to the engine as `wakes`.
+import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import { NO_CREDENTIALS_CHANGE, OwnCredentials, type CredentialPaths, type CredentialsChange } from './credentials.js'
@@ -37,8 +38,8 @@ export interface TunnelsPlan extends SubsystemPlan {
 export interface TunnelsOptions {
   credentials: CredentialPaths | null
   log: Logger
-  /** Ask the agent for a pass (VICI events, reconnects). */
-  trigger: (reason: string) => void
+  /** Ask the agent for a pass (VICI events, reconnects), naming the connections the trigger concerns, if known. */
+  trigger: (reason: string, conns?: readonly string[]) => void
   /** Called on every reconnect to charon (metric fabtunnel_vici_reconnects_total). */
   onReconnect?: () => void
   backoff?: BackoffPolicy
@@ -53,6 +54,17 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   private readonly loaded = new Map<string, string>()
   /** The last list-conns, amended by our own applied ops (see PassContext); null: list again. */
   private listedConns: Map<string, ListedConn> | null = null
+  /**
+   * The IKE_SAs charon listed, by connection: the whole list on a full plan, one connection's (`list-sas` with
+   * its name) on a scoped plan for each connection of its scope. null: list everything again.
+   */
+  private sasByConn: Map<string, ObservedIkeSa[]> | null = null
+  /** Our own IKE identities as of the last full plan (ownIds over every desired section). */
+  private ownIdsSeen = new Set<string>()
+  private readonly observedView = {
+    conns: new Map<string, ListedConn>() as ReadonlyMap<string, ListedConn>,
+    sasOf: (conn: string): readonly ObservedIkeSa[] => this.sasByConn?.get(conn) ?? [],
+  }
   private readonly saState = new SaStateTracker()
   private readonly status: TunnelsStatus
   private readonly now: () => number
@@ -76,6 +88,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
         // charon may have restarted and forgotten everything: forget what we believe it holds, then resync.
         this.loaded.clear()
         this.listedConns = null
+        this.sasByConn = null
         this.credentials.forget()
         this.saState.reconnected()
         // A restarted charon reuses uniqueids: never terminate a new child for an old one's sake.
@@ -104,7 +117,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   private onEvent(event: SaEvent, up: boolean, sas: ObservedIkeSa[]): void {
     for (const sa of sas) this.opts.log.info({ op: event, conn: sa.name, up, state: sa.state }, `${event} ${up ? 'up' : 'down'}`)
     this.saState.onEvent(event, up, sas)
-    this.opts.trigger(`vici:${event}`)
+    // The connections named: a scoped pass re-lists their SAs alone (PassScope).
+    this.opts.trigger(`vici:${event}`, sas.map((sa) => sa.name))
   }
 
   async prepare(desired: Desired, ctx: PassContext): Promise<void> {
@@ -116,20 +130,35 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       const err = this.credentialError as (Error & { code?: string; file?: string }) | null
       if (err) this.opts.log.error({ op: 'credentials', code: err.code, file: err.file, err: err.message }, this.credentials.current ? 'credentials rejected; keeping the last good ones' : 'credentials rejected')
     }
-    const names = new Set(Object.keys(desired.conns))
-    this.saState.prune(names)
+    // A scoped pass forgets only the peers of its scope that left the config; the others are as the last pass left them.
+    const names = this.scoped(ctx) ? new Set(ctx.scope!.conns) : undefined
+    const wanted = { has: (n: string): boolean => n in desired.conns }
+    this.saState.prune(wanted)
     this.saState.expire(this.now(), (this.opts.backoff ?? DEFAULT_BACKOFF).inflightMs)
-    for (const conn of this.replacing.keys()) if (!names.has(conn)) this.replacing.delete(conn)
+    for (const conn of names ?? this.replacing.keys()) if (!wanted.has(conn)) this.replacing.delete(conn)
     // A removed peer's hash stays while charon still lists its connection: it marks the connection as ours.
-    for (const conn of this.loaded.keys()) if (!names.has(conn) && !this.listedConns?.has(conn)) this.loaded.delete(conn)
+    for (const conn of names ?? this.loaded.keys()) if (!wanted.has(conn) && !this.listedConns?.has(conn)) this.loaded.delete(conn)
+  }
+
+  /** Whether this pass may plan its scope alone: it has one and this subsystem's memory of charon is whole. */
+  private scoped(ctx: PassContext): boolean {
+    return ctx.scope !== undefined && !ctx.deep && this.listedConns !== null && this.sasByConn !== null
   }
 
   async plan(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
+    if (this.scoped(ctx)) return this.planScoped(desired, ctx)
     // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
     // last listing as amended by our own applied ops (see PassContext).
     if (ctx.deep || !this.listedConns) this.listedConns = await this.port.listConns()
     // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out and look missing.
     const sas = await this.port.listSas()
+    const byConn = new Map<string, ObservedIkeSa[]>()
+    for (const sa of sas) {
+      const list = byConn.get(sa.name)
+      if (list) list.push(sa)
+      else byConn.set(sa.name, [sa])
+    }
+    this.sasByConn = byConn
     this.forgetReplaced(sas)
     // Children the listing shows up settle our initiate memory now, as part of recording the observation (like
     // the listing cache): an up event that came late or not at all must not leave an initiate "in flight" for
@@ -137,6 +166,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     this.saState.settle(sas)
     const credentials = this.opts.credentials ? await this.credentials.observe(ctx.deep) : NO_CREDENTIALS_CHANGE
     const conns = this.sectionsWithOwnCert(desired.conns)
+    this.ownIdsSeen = ownIds(conns)
     const observed = { conns: this.listedConns, sas }
     const { ops, waiting, wakes } = planTunnels({
       desired: { conns, initiate: desired.initiate, initiateChildren: desired.initiateChildren },
@@ -144,13 +174,68 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       loaded: this.loaded,
       attempts: this.saState.view(),
       now: this.now(),
-      ownership: { ids: ownIds(conns), loaded: new Set(this.loaded.keys()) },
+      ownership: { ids: this.ownIdsSeen, loaded: this.loaded },
       replacing: this.replacing,
       terminating: this.saState.terminatingChildren(),
       ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
     })
     if (credentials.unloadKeys.length) this.reloadForRotation(conns, ops)
-    this.status.record(desired, observed, waiting)
+    this.observedView.conns = this.listedConns
+    this.status.record(desired, this.observedView, waiting)
+    return this.finish(ops, waiting, wakes, credentials)
+  }
+
+  /**
+   * The plan of a scoped pass (PassScope): only the connections of the scope (and the mediator, which mediated
+   * connections wait for), each with its SAs listed afresh by name; everything else is as the last plan saw it.
+   * The same pure planner decides, over that slice of the desired and observed state.
+   */
+  private async planScoped(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
+    const names = new Set(ctx.scope!.conns)
+    const listed = this.listedConns!
+    if (MEDIATOR_CONN in desired.conns || listed.has(MEDIATOR_CONN)) names.add(MEDIATOR_CONN)
+    const byConn = this.sasByConn!
+    const sas: ObservedIkeSa[] = []
+    for (const name of names) {
+      const mine = await this.port.listSas({ ike: name })
+      if (mine.length) byConn.set(name, mine)
+      else byConn.delete(name)
+      sas.push(...mine)
+    }
+    this.forgetReplaced(sas, names)
+    this.saState.settle(sas)
+    const credentials = this.opts.credentials ? await this.credentials.observe(false) : NO_CREDENTIALS_CHANGE
+    const pem = this.credentials.current?.certPem
+    const conns: Record<string, ViciSection> = {}
+    const observedConns = new Map<string, ListedConn>()
+    for (const name of names) {
+      const section = desired.conns[name]
+      if (section) conns[name] = pem ? withLocalCert(section, pem) : section
+      const l = listed.get(name)
+      if (l) observedConns.set(name, l)
+    }
+    for (const id of ownIds(conns)) this.ownIdsSeen.add(id)
+    // The initiators are the mediator and connector peers (a connector) or every peer (an edge): a short list.
+    const initiate = desired.initiate.filter((n) => names.has(n))
+    const { ops, waiting, wakes } = planTunnels({
+      desired: { conns, initiate, initiateChildren: desired.initiateChildren },
+      observed: { conns: observedConns, sas },
+      loaded: this.loaded,
+      attempts: this.saState.view(),
+      now: this.now(),
+      ownership: { ids: this.ownIdsSeen, loaded: this.loaded },
+      replacing: this.replacing,
+      terminating: this.saState.terminatingChildren(),
+      ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
+    })
+    // Rotating keys needs every connection reloaded: a full plan's job.
+    if (credentials.unloadKeys.length) this.reloadForRotation(this.sectionsWithOwnCert(desired.conns), ops)
+    this.observedView.conns = listed
+    this.status.record(desired, this.observedView, waiting, names)
+    return this.finish(ops, [...this.status.waitingReasons()].map(([conn, reason]) => ({ conn, reason })), wakes, credentials)
+  }
+
+  private finish(ops: TunnelOp[], waiting: ReadonlyArray<{ conn: string; reason: string }>, wakes: Array<{ at: number; reason: string }>, credentials: CredentialsChange): TunnelsPlan {
     const credentialWrites = (credentials.load ? 1 : 0) + credentials.unloadKeys.length + credentials.unloadAuthorities.length
     const writes = ops.length + credentialWrites
     if (this.credentialError && writes === 0) throw this.credentialError
@@ -328,8 +413,9 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     this.counters.terminates++
   }
 
-  private forgetReplaced(sas: readonly ObservedIkeSa[]): void {
+  private forgetReplaced(sas: readonly ObservedIkeSa[], only?: ReadonlySet<string>): void {
     for (const [conn, ids] of this.replacing) {
+      if (only && !only.has(conn)) continue
       const listed = new Set(sas.filter((s) => s.name === conn).flatMap((s) => s.children.map((c) => c.uniqueid)))
       for (const id of ids) if (!listed.has(id)) ids.delete(id)
       if (ids.size === 0) this.replacing.delete(conn)

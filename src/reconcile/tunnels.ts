@@ -81,7 +81,7 @@ export interface Ownership {
   /** Our own IKE identities (the `local.id` of our connections), normalized with normalizeId. */
   ids: ReadonlySet<string>
   /** Connection names we loaded into the current charon instance. */
-  loaded: ReadonlySet<string>
+  loaded: Pick<ReadonlySet<string>, 'has'>
 }
 
 export const NO_OWNERSHIP_HINTS: Ownership = { ids: new Set(), loaded: new Set() }
@@ -358,6 +358,12 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
   for (const id of input.terminating ?? []) terminatedIds.add(id)
   for (const ids of input.replacing?.values() ?? []) for (const id of ids) terminatedIds.add(id)
   const mediatorUp = connUp(MEDIATOR_CONN, [], observed.sas)
+  const sasByConn = new Map<string, ObservedIkeSa[]>()
+  for (const sa of observed.sas) {
+    const list = sasByConn.get(sa.name)
+    if (list) list.push(sa)
+    else sasByConn.set(sa.name, [sa])
+  }
   for (const conn of desired.initiate) {
     const children = desired.initiateChildren[conn] ?? []
     const section = desired.conns[conn]
@@ -366,7 +372,7 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
       waiting.push({ conn, until: Number.POSITIVE_INFINITY, reason: 'waiting for the mediator' })
       continue
     }
-    const sas = observed.sas.filter((s) => s.name === conn)
+    const sas = sasByConn.get(conn) ?? []
     const missing = children.length === 0
       ? (sas.some((s) => LIVE_IKE.has(s.state)) ? [] : [''])
       : children.filter((c) => !sas.some((s) => s.children.some((k) => k.name === c && LIVE_CHILD.has(k.state) && !terminatedIds.has(k.uniqueid))))
@@ -388,7 +394,7 @@ export function planTunnels(input: TunnelPlanInput): TunnelPlan {
   for (const [conn, listed] of observed.conns) {
     if (conn in desired.conns || !isOwnConn(conn, listed, hints)) continue
     ops.push({ op: 'unload', conn })
-    for (const sa of observed.sas.filter((s) => s.name === conn)) {
+    for (const sa of sasByConn.get(conn) ?? []) {
       ops.push({ op: 'terminate-ike', conn, ikeId: sa.uniqueid })
       terminating.add(sa.uniqueid)
     }

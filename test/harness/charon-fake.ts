@@ -120,9 +120,9 @@ export class FakeCharon implements TunnelsPort {
     return out
   }
 
-  async listSas(): Promise<ObservedIkeSa[]> {
-    await this.call('listSas')
-    return structuredClone(this.sas)
+  async listSas(filter?: { ike?: string }): Promise<ObservedIkeSa[]> {
+    await this.call('listSas', filter?.ike ?? '')
+    return structuredClone(filter?.ike !== undefined ? this.sas.filter((s) => s.name === filter.ike) : this.sas)
   }
 
   async loadConn(name: string, section: ViciSection): Promise<void> {
