@@ -472,8 +472,6 @@ export function splitPeers(text: string): { head: string; chunks: string[] } | n
 const UNPORTABLE = /(^|[\s,[{])[&*!]\S/m
 
 interface CachedPeer {
-  /** The item as js-yaml reads it. */
-  item: unknown
   /** Its validated endpoint; `path` is where it was first read (only used in messages, which take the full path). */
   raw: RawEndpoint
 }
@@ -565,7 +563,7 @@ export class ConfigParser {
       const c = new Collector()
       const raw = readPeer(c, entries.length, value[0])
       if (!raw || c.pending.length) return null
-      const entry = { item: value[0], raw }
+      const entry = { raw }
       parsed.set(chunk, entry)
       added.push(raw)
       return entry
@@ -604,7 +602,6 @@ export class ConfigParser {
       entries.push(entry)
     }
     for (; j < old.length; j++) skipped.push(oldEntries[j]!)
-    const items = entries.map((e) => e.item)
     const raws = entries.map((e) => e.raw)
     // Removed: the old entries walked past and not reused. Exact without the map; with it (entries reused out of
     // order), the difference is taken over all entries.
@@ -628,7 +625,9 @@ export class ConfigParser {
           return null
         }
       }
-      if (chunks.length) root.peers = items as Json[]
+      // The items themselves are not kept (memory): validate reads each peer through the reader, and only looks at
+      // an item to word an error, which sends the text through the whole parse anyway.
+      if (chunks.length) root.peers = new Array<Json>(chunks.length).fill(null)
       const c = new Collector()
       let local: RawEndpoint | null = null
       let mediator: RawEndpoint | null = null
@@ -638,7 +637,7 @@ export class ConfigParser {
       this.prev = { head: split.head, chunks, entries, local, mediator }
       this.change = null
     }
-    Object.assign(this.last, { peers: items.length, parsed: added.length, whole: false })
+    Object.assign(this.last, { peers: entries.length, parsed: added.length, whole: false })
     this.config = config
     return { config, warnings: [] }
   }

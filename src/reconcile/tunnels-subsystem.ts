@@ -13,6 +13,7 @@ import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
 import type { SaEvent, TunnelsPort } from './tunnels-port.js'
 import { TunnelsStatus, type PeerStatus } from './tunnels-status.js'
 import {
+  compactListed,
   DEFAULT_BACKOFF,
   describeOp,
   listedFromSection,
@@ -149,7 +150,10 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     if (this.scoped(ctx)) return this.planScoped(desired, ctx)
     // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
     // last listing as amended by our own applied ops (see PassContext).
-    if (ctx.deep || !this.listedConns) this.listedConns = await this.port.listConns()
+    if (ctx.deep || !this.listedConns) {
+      const listing = await this.port.listConns()
+      this.listedConns = new Map([...listing].map(([name, l]) => [name, compactListed(l)]))
+    }
     // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out and look missing.
     const sas = await this.port.listSas()
     const byConn = new Map<string, ObservedIkeSa[]>()

@@ -420,6 +420,28 @@ export function attemptWait(a: InitiateAttempt | undefined, now: number, policy:
   return until > now ? { until, reason: `backoff after ${failures} failed attempt(s)` } : null
 }
 
+/**
+ * A `list-conns` entry reduced to the fields this module reads (projectListed, isOwnConn): remote addresses, DPD
+ * delay, the first local and remote identity, and each child's selectors and DPD action. charon lists some 40
+ * fields per connection; kept whole for 10,000 connections that is tens of MB for nothing.
+ */
+export function compactListed(l: ListedConn): ListedConn {
+  const auth = (prefix: string): Record<string, unknown> => {
+    const key = Object.keys(l).find((k) => k.startsWith(`${prefix}-`) && asRecord(l[k]))
+    const id = key ? asRecord(l[key])!.id : undefined
+    return id === undefined ? {} : { id }
+  }
+  const children: Record<string, unknown> = {}
+  for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
+    const child = asRecord(c) ?? {}
+    children[name] = { 'local-ts': child['local-ts'], 'remote-ts': child['remote-ts'], dpd_action: child.dpd_action }
+  }
+  const out: ListedConn = { 'local-1': auth('local'), 'remote-1': auth('remote'), children }
+  if (l.remote_addrs !== undefined) out.remote_addrs = l.remote_addrs
+  if (l.dpd_delay !== undefined) out.dpd_delay = l.dpd_delay
+  return out
+}
+
 /** What `list-conns` will show for a section we just loaded (the projection's fields), for the cached listing. */
 export function listedFromSection(section: ViciSection): ListedConn {
   const children: Record<string, unknown> = {}

@@ -165,3 +165,32 @@ t.test('projection matches what real charon lists for every desired connection (
     }
   }
 })
+
+t.test('compactListed keeps everything the planner reads of a real list-conns entry, and little else', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { compactListed: compact, projectListed: project, isOwnConn: own } = await import('../../../src/reconcile/tunnels.js')
+  let n = 0
+  for (const file of ['list-conns-connector.json', 'list-conns-edge.json']) {
+    const raw = JSON.parse(readFileSync(new URL(`../../fixtures/vici/${file}`, import.meta.url), 'utf8')) as unknown
+    const entries: Array<[string, Record<string, unknown>]> = []
+    const walk = (v: unknown): void => {
+      if (Array.isArray(v)) v.forEach(walk)
+      else if (v && typeof v === 'object') {
+        for (const [k, x] of Object.entries(v)) {
+          if (x && typeof x === 'object' && !Array.isArray(x) && 'children' in x) entries.push([k, x as Record<string, unknown>])
+          else walk(x)
+        }
+      }
+    }
+    walk(raw)
+    for (const [name, l] of entries) {
+      n++
+      const c = compact(l)
+      t.same(project(c), project(l), `${file} ${name}: same projection`)
+      const hints = { ids: new Set(['C=CN,O=fabedge.io,CN=beijing.connector']), loaded: new Set<string>() }
+      t.equal(own(name, c, hints), own(name, l, hints), `${file} ${name}: same ownership`)
+      t.ok(JSON.stringify(c).length < JSON.stringify(l).length, `${file} ${name}: smaller`)
+    }
+  }
+  t.ok(n >= 2, `entries checked: ${n}`)
+})
