@@ -2,7 +2,7 @@
 // edits (add, remove, change a peer; change the head; v6 appearing), ConfigParser.parse equals parseConfig, and
 // DesiredBuilder.build equals nodeDesired, field by field; every difference from the previous desired state is named
 // in the delta (a delta that misses a key would leave a scoped pass blind to it).
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { ConfigParser, parseConfig, splitPeers } from '../../../src/config/load.js'
 import { DesiredBuilder, type DesiredDelta } from '../../../src/desired/incremental.js'
 import { nodeDesired, type Desired, type NodeDesiredOptions } from '../../../src/desired/index.js'
@@ -45,7 +45,7 @@ const materialize = (d: Desired, ordered = true): unknown => ({
   iptables: d.iptables,
 })
 
-function checkDelta(t: Tap.Test, prev: Desired, next: Desired, delta: DesiredDelta): void {
+function checkDelta(t: Test, prev: Desired, next: Desired, delta: DesiredDelta): void {
   const names = new Set([...Object.keys(prev.conns), ...Object.keys(next.conns)])
   for (const n of names) {
     if (JSON.stringify(prev.conns[n]) !== JSON.stringify(next.conns[n]) && !delta.conns.has(n)) t.fail(`conn ${n} differs but is not in the delta`)
