@@ -468,6 +468,8 @@ export function splitPeers(text: string): { head: string; chunks: string[] } | n
   return { head: text.slice(0, blockStart) + text.slice(blockEnd), chunks }
 }
 
+const NO_PATH: Path = []
+
 /** Anchors, aliases and tags: a chunk holding one may depend on text outside it. */
 const UNPORTABLE = /(^|[\s,[{])[&*!]\S/m
 
@@ -563,6 +565,9 @@ export class ConfigParser {
       const c = new Collector()
       const raw = readPeer(c, entries.length, value[0])
       if (!raw || c.pending.length) return null
+      // Field paths only word messages, and a peer with any issue goes through the whole parse: not kept.
+      for (const l of raw.subnets) l.path = NO_PATH
+      for (const l of raw.nodeSubnets) l.path = NO_PATH
       const entry = { raw }
       parsed.set(chunk, entry)
       added.push(raw)

@@ -32,9 +32,16 @@ export function initiatesTo(config: TunnelConfig, peer: PeerEndpoint): boolean {
   return config.local.name < peer.name
 }
 
+// Every connection of a node carries the same `local` section and the same local selectors: one shared (never
+// mutated) object each instead of one per peer, which is most of a section's size with 10,000 peers.
+const localAuthMemo = new WeakMap<Endpoint, { pem: string | undefined; auth: ViciSection }>()
+
 function localAuth(local: Endpoint, opts: DesiredOptions): ViciSection {
+  const memo = localAuthMemo.get(local)
+  if (memo && memo.pem === opts.certPem) return memo.auth
   const auth: ViciSection = { auth: 'pubkey', id: local.id }
   if (opts.certPem) auth.certs = [opts.certPem]
+  localAuthMemo.set(local, { pem: opts.certPem, auth })
   return auth
 }
 
@@ -60,7 +67,8 @@ function children(local: Endpoint, peer: Endpoint, conn: string, initiator: bool
   const add = (name: string, localTs: string[], remoteTs: string[]): void => {
     // An empty selector list would make strongSwan fall back to `dynamic` (the IKE address): leave the child out.
     if (localTs.length === 0 || remoteTs.length === 0) return
-    out[name] = { local_ts: [...localTs], remote_ts: [...remoteTs], start_action: 'none', dpd_action: dpdAction }
+    // The config's own lists (never mutated): shared by every connection rather than copied into each.
+    out[name] = { local_ts: localTs as string[], remote_ts: remoteTs as string[], start_action: 'none', dpd_action: dpdAction }
   }
   add(names.p2p, local.subnets, peer.subnets)
   add(names.n2p, local.nodeSubnets, peer.subnets)

@@ -50,7 +50,8 @@ interface PeerPart {
   /** Children this node initiates, or null when it only responds. */
   initiate: string[] | null
   routes: DesiredRoute[]
-  members: Array<[set: string, member: string]>
+  /** Set name and member, alternating (flat: one array per peer). */
+  members: string[]
 }
 
 interface Built {
@@ -149,13 +150,13 @@ export class DesiredBuilder {
         const e = routes.get(r.dst)!
         if (--e.refs === 0) routes.delete(r.dst)
       }
-      for (const [set, member] of part.members) {
+      forMembers(part, (set, member) => {
         addTo(delta.members, set, member)
         const m = sets.get(set)!
         const n = m.get(member)! - 1
         if (n === 0) m.delete(member)
         else m.set(member, n)
-      }
+      })
     }
     let initiate = prev.desired.initiate
     let initiateChildren = prev.desired.initiateChildren
@@ -178,11 +179,11 @@ export class DesiredBuilder {
         if (e) e.refs++
         else routes.set(r.dst, { route: r, refs: 1 })
       }
-      for (const [set, member] of part.members) {
+      forMembers(part, (set, member) => {
         addTo(delta.members, set, member)
         const m = sets.get(set)!
         m.set(member, (m.get(member) ?? 0) + 1)
-      }
+      })
     }
     prev.families = families
     prev.config = config
@@ -213,9 +214,11 @@ export class DesiredBuilder {
     for (const r of desired.routes) routes.set(r.dst, { route: r, refs: 0 })
     for (const peer of config.peers) {
       const part = this.part(config, peer, opts, desired.conns[peer.name])
+      // The same route objects as the desired state's list (memory: one object per route).
+      part.routes = part.routes.map((r) => routes.get(r.dst)?.route ?? r)
       parts.set(peer, part)
       for (const r of part.routes) routes.get(r.dst)!.refs++
-      for (const [set, member] of part.members) sets.get(set)!.set(member, sets.get(set)!.get(member)! + 1)
+      forMembers(part, (set, member) => sets.get(set)!.set(member, sets.get(set)!.get(member)! + 1))
     }
     // Members no peer contributes (the local sets): held by the context, never removed by a peer.
     for (const m of sets.values()) for (const [member, n] of m) if (n === 0) m.set(member, Number.POSITIVE_INFINITY)
@@ -224,8 +227,9 @@ export class DesiredBuilder {
       if (p.families & 1) families[4]++
       if (p.families & 2) families[6]++
     }
-    const conns = { ...desired.conns }
-    const view = this.view(desired, conns, [...desired.initiate], { ...desired.initiateChildren }, routes, sets, desired.routes, desired.ipsets)
+    // The full build's own records become the ones updated in place (nothing else holds that desired state).
+    const conns = desired.conns
+    const view = this.view(desired, conns, desired.initiate, desired.initiateChildren, routes, sets, desired.routes, desired.ipsets)
     return { key, config, parts, routes, sets, conns, families, desired: view }
   }
 
@@ -240,9 +244,9 @@ export class DesiredBuilder {
       if (via) route.via = via
       return route
     })
-    const members: Array<[string, string]> = []
+    const members: string[] = []
     const put = (base: string, cidrs: readonly string[]): void => {
-      for (const c of cidrs) members.push([ipsetName(base, cidrFamily(c)), c])
+      for (const c of cidrs) members.push(ipsetName(base, cidrFamily(c)), c)
     }
     if (role === 'connector') {
       put(IPSET.remotePodCidr, peer.subnets)
@@ -295,6 +299,10 @@ export class DesiredBuilder {
       },
     }
   }
+}
+
+function forMembers(part: PeerPart, fn: (set: string, member: string) => void): void {
+  for (let i = 0; i < part.members.length; i += 2) fn(part.members[i]!, part.members[i + 1]!)
 }
 
 function addTo(m: Map<string, Set<string>>, key: string, value: string): void {
