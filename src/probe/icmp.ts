@@ -1,0 +1,98 @@
+// The real probe port: one raw ICMP socket per address family (opened on first use) through the native addon
+// (native/src/icmp.c). Echo requests carry a random identifier and token per port; replies with another identifier
+// or token (someone else's ping: a raw socket sees every echo reply of the namespace) are dropped here.
+import { randomBytes } from 'node:crypto'
+import { loadAddon } from '../netlink/native.js'
+import { addressBytes, addressText, decodeEchoReply, encodeEchoRequest, ProbeError } from './codec.js'
+import type { ProbePort, ProbeReply, ProbeSend } from './port.js'
+
+type Handle = { readonly __brand: 'fabtunnel_icmp' }
+type NativeErr = Error & { code?: string; errno?: number }
+
+export interface IcmpAddon {
+  icmpOpen(family: 4 | 6, netnsPath?: string): Handle
+  icmpSend(h: Handle, dst: Buffer, src: Buffer | null, packet: Buffer): number
+  icmpStart(h: Handle, cb: (err: NativeErr | null, replies: Array<{ from: Buffer; data: Buffer; at: number }>) => void): void
+  icmpRef(h: Handle, on: boolean): void
+  icmpClose(h: Handle): void
+}
+
+export interface IcmpPortOptions {
+  /** Open the sockets inside this network namespace (tests and benchmarks); default: the process's own. */
+  netnsPath?: string
+  addon?: IcmpAddon
+}
+
+export class IcmpProbePort implements ProbePort {
+  private readonly addon: IcmpAddon
+  private readonly socks = new Map<4 | 6, Handle>()
+  readonly ident: number
+  private readonly token: Buffer
+  private replyFns: Array<(r: ProbeReply) => void> = []
+  private errorFns: Array<(e: Error) => void> = []
+  private closed = false
+
+  constructor(private readonly opts: IcmpPortOptions = {}) {
+    this.addon = opts.addon ?? (loadAddon() as unknown as IcmpAddon)
+    const r = randomBytes(10)
+    this.ident = r.readUInt16BE(0)
+    this.token = r.subarray(2, 10)
+  }
+
+  private socket(family: 4 | 6): Handle {
+    let h = this.socks.get(family)
+    if (h) return h
+    if (this.closed) throw new ProbeError('EBADF', 'probe port closed')
+    try {
+      h = this.addon.icmpOpen(family, this.opts.netnsPath)
+    } catch (cause) {
+      const c = cause as NativeErr
+      throw new ProbeError(c.code ?? 'EOPEN', `cannot open a raw ICMPv${family === 4 ? '' : '6'} socket (needs CAP_NET_RAW): ${c.message}`, { cause })
+    }
+    this.addon.icmpStart(h, (err, replies) => this.onNative(family, err, replies))
+    // The prober's timer keeps the process alive while probing; the socket alone never does.
+    this.addon.icmpRef(h, false)
+    this.socks.set(family, h)
+    return h
+  }
+
+  private onNative(family: 4 | 6, err: NativeErr | null, replies: Array<{ from: Buffer; data: Buffer; at: number }>): void {
+    if (err) {
+      const e = new ProbeError(err.code ?? 'ERECV', err.message, { cause: err })
+      for (const fn of this.errorFns) fn(e)
+    }
+    for (const r of replies) {
+      const echo = decodeEchoReply(family, r.data)
+      if (!echo || echo.ident !== this.ident || !echo.token.equals(this.token)) continue
+      const reply: ProbeReply = { family, from: addressText(r.from), seq: echo.seq, at: r.at }
+      for (const fn of this.replyFns) fn(reply)
+    }
+  }
+
+  send(p: ProbeSend, seq: number): number {
+    const dst = addressBytes(p.dst, p.family)
+    const src = p.src === null ? null : addressBytes(p.src, p.family)
+    const packet = encodeEchoRequest(p.family, { ident: this.ident, seq, token: this.token })
+    const h = this.socket(p.family)
+    try {
+      return this.addon.icmpSend(h, dst, src, packet)
+    } catch (cause) {
+      const c = cause as NativeErr
+      throw new ProbeError(c.code ?? 'ESEND', `echo request to ${p.dst}${p.src ? ` from ${p.src}` : ''}: ${c.message}`, { cause })
+    }
+  }
+
+  onReply(fn: (r: ProbeReply) => void): void {
+    this.replyFns.push(fn)
+  }
+
+  onError(fn: (err: Error) => void): void {
+    this.errorFns.push(fn)
+  }
+
+  close(): void {
+    this.closed = true
+    for (const h of this.socks.values()) this.addon.icmpClose(h)
+    this.socks.clear()
+  }
+}

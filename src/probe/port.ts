@@ -1,0 +1,32 @@
+// The probe port: what the prober needs to send echo requests and hear replies. The real adapter is icmp.ts (raw
+// ICMP sockets through the native addon); unit tests use an in-memory fake (test/unit/probe/fake-port.ts).
+
+export interface ProbeSend {
+  family: 4 | 6
+  /** Source address (one of this node's, inside the local tunnel selectors); null: the kernel picks. */
+  src: string | null
+  dst: string
+}
+
+export interface ProbeReply {
+  family: 4 | 6
+  /** Canonical address the reply came from. */
+  from: string
+  seq: number
+  /** Monotonic ms (the clock of `send`'s result) when the reply was read. */
+  at: number
+}
+
+export interface ProbePort {
+  /** Sends one echo request with `seq`; returns the monotonic ms of the send. Throws ProbeError. */
+  send(p: ProbeSend, seq: number): number
+  onReply(fn: (r: ProbeReply) => void): void
+  /** Receive errors (the sockets stay open). */
+  onError(fn: (err: Error) => void): void
+  close(): void
+}
+
+/** Monotonic ms on the clock the addon stamps sends and replies with (libuv's hrtime). */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6
+}
