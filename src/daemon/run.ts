@@ -76,8 +76,8 @@ export interface DaemonDeps {
   sysctl?: SysctlFs
   /** The filesystem under the CNI conf dir (default: the real one). */
   cniFs?: CniFs
-  /** The probes' ICMP port (default: raw sockets through the addon). */
-  probePort?: () => ProbePort
+  /** The probes' I/O (default: raw ICMP sockets through the addon, and this node's addresses over netlink). */
+  probeIo?: { port(): ProbePort; addresses(): Promise<string[]> }
 }
 
 const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs }
@@ -140,11 +140,11 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     probes = startProbes(o.probes, {
       config: () => agent.configInForce,
       peers: () => tunnels.peers(),
-      addresses: async () => (await addrList(node.routeSock)).map((a) => a.address),
+      addresses: deps.probeIo?.addresses ?? (async () => (await addrList(node.routeSock)).map((a) => a.address)),
       repairs: { reestablish: (peer, scope, stillNeeded) => tunnels.reestablish(peer, scope, stillNeeded) },
       metrics,
       log,
-    }, deps.probePort?.())
+    }, deps.probeIo?.port())
     monitor.on('addr', () => probes?.addressesChanged())
   }
   const status = (): unknown => ({ ...statusDocument(node, o.datapath), leadership: leadership.status(), probes: probes?.status() ?? { enabled: false } })
