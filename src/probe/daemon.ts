@@ -39,7 +39,10 @@ export function peerTunnel(p: PeerStatus): PeerTunnel {
 
 export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: ProbesHost, port: ProbePort = new IcmpProbePort()): Probes {
   const log = host.log.child({ subsystem: 'probes' })
-  const prober = new Prober(o, { port, repairs: host.repairs, log, metrics: probeMetricsSink(host.metrics), now: monotonicMs })
+  // The sink reads the prober's rows lazily (at scrape time), after the prober exists.
+  let prober: Prober | null = null
+  const metrics = probeMetricsSink(host.metrics, () => prober?.gaugeRows() ?? [])
+  prober = new Prober(o, { port, repairs: host.repairs, log, metrics, now: monotonicMs })
   let addrs: string[] | null = null
   let lastConfig: TunnelConfig | null = null
   let refreshing: Promise<void> | null = null
@@ -50,7 +53,7 @@ export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: P
     if (addrs === null || config !== lastConfig) addrs = await host.addresses()
     lastConfig = config
     const tunnels = new Map(host.peers().map((p) => [p.name, peerTunnel(p)]))
-    prober.update(probeTargets(config, addrs), tunnels)
+    prober!.update(probeTargets(config, addrs), tunnels)
   }
   const refresh = (): void => {
     if (refreshing) {
@@ -73,7 +76,10 @@ export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: P
   return {
     refresh,
     addressesChanged: () => { addrs = null },
-    status: () => prober.status(),
-    close: () => prober.close(),
+    status: () => prober!.status(),
+    close: () => {
+      prober!.close()
+      host.metrics.probeSnapshot = null
+    },
   }
 }

@@ -31,6 +31,8 @@ export class IcmpProbePort implements ProbePort {
   private replyFns: Array<(r: ProbeReply) => void> = []
   private errorFns: Array<(e: Error) => void> = []
   private closed = false
+  /** Validated address bytes by `family/address`: the same few thousand addresses are sent to every period. */
+  private readonly addrCache = new Map<string, Buffer>()
 
   constructor(private readonly opts: IcmpPortOptions = {}) {
     this.addon = opts.addon ?? (loadAddon() as unknown as IcmpAddon)
@@ -70,8 +72,8 @@ export class IcmpProbePort implements ProbePort {
   }
 
   send(p: ProbeSend, seq: number): number {
-    const dst = addressBytes(p.dst, p.family)
-    const src = p.src === null ? null : addressBytes(p.src, p.family)
+    const dst = this.bytes(p.dst, p.family)
+    const src = p.src === null ? null : this.bytes(p.src, p.family)
     const packet = encodeEchoRequest(p.family, { ident: this.ident, seq, token: this.token })
     const h = this.socket(p.family)
     try {
@@ -80,6 +82,18 @@ export class IcmpProbePort implements ProbePort {
       const c = cause as NativeErr
       throw new ProbeError(c.code ?? 'ESEND', `echo request to ${p.dst}${p.src ? ` from ${p.src}` : ''}: ${c.message}`, { cause })
     }
+  }
+
+  private bytes(address: string, family: 4 | 6): Buffer {
+    const key = `${family}/${address}`
+    let b = this.addrCache.get(key)
+    if (!b) {
+      b = addressBytes(address, family)
+      // Bounded: peers come and go; a cache of every address ever seen would only grow.
+      if (this.addrCache.size >= 100_000) this.addrCache.clear()
+      this.addrCache.set(key, b)
+    }
+    return b
   }
 
   onReply(fn: (r: ProbeReply) => void): void {

@@ -1,24 +1,12 @@
-// The prober's metrics on the agent's registry (names in src/daemon/metrics.ts, docs/probes.md).
+// The prober's metrics on the agent's registry (names in src/daemon/metrics.ts, docs/probes.md): the histogram and
+// the repair counter are pushed as things happen; the per-peer gauges are read from the prober when scraped.
 import type { Metrics } from '../daemon/metrics.js'
-import type { ProbeMetricsSink } from './prober.js'
+import type { ProbeGaugeRow, ProbeMetricsSink } from './prober.js'
 
-export function probeMetricsSink(m: Pick<Metrics, 'peerDatapathUp' | 'peerRtt' | 'peerRttHistogram' | 'peerProbeLossRatio' | 'datapathRepairs'>): ProbeMetricsSink {
+export function probeMetricsSink(m: Pick<Metrics, 'peerRttHistogram' | 'datapathRepairs' | 'probeSnapshot'>, rows: () => ProbeGaugeRow[]): ProbeMetricsSink {
+  m.probeSnapshot = rows
   return {
-    datapathUp: (peer, up) => {
-      if (up === null) m.peerDatapathUp.remove({ peer })
-      else m.peerDatapathUp.set({ peer }, up ? 1 : 0)
-    },
-    rtt: (peer, seconds) => {
-      m.peerRtt.set({ peer }, seconds)
-      m.peerRttHistogram.observe(seconds)
-    },
-    lossRatio: (peer, ratio) => m.peerProbeLossRatio.set({ peer }, ratio),
+    rtt: (seconds) => m.peerRttHistogram.observe(seconds),
     repaired: (peer) => m.datapathRepairs.inc({ peer }),
-    forget: (peer) => {
-      m.peerDatapathUp.remove({ peer })
-      m.peerRtt.remove({ peer })
-      m.peerProbeLossRatio.remove({ peer })
-      // The repair counter stays: a counter that vanishes and comes back would read as a reset.
-    },
   }
 }

@@ -37,6 +37,8 @@ export class PeerProbe {
   private st: DatapathState = 'unknown'
   sent = 0
   received = 0
+  /** Losses inside `results` (kept as a count: the loss ratio is read on every scrape). */
+  private lossesInWindow = 0
   lastReplyAt: number | null = null
   /** When the state last changed (the caller's clock). */
   since: number
@@ -90,7 +92,9 @@ export class PeerProbe {
   }
 
   private record(ok: boolean): void {
-    push(this.results, ok)
+    this.results.push(ok)
+    if (!ok) this.lossesInWindow++
+    if (this.results.length > WINDOW && !this.results.shift()) this.lossesInWindow--
     this.consecutive = ok ? 0 : this.consecutive + 1
   }
 
@@ -108,7 +112,12 @@ export class PeerProbe {
   /** Loss ratio over the window (null before any result). */
   lossRatio(): number | null {
     if (!this.results.length) return null
-    return this.results.filter((r) => !r).length / this.results.length
+    return this.lossesInWindow / this.results.length
+  }
+
+  /** The last RTT in ms (null before any reply). */
+  get lastRttMs(): number | null {
+    return this.rtts.length ? this.rtts[this.rtts.length - 1]! : null
   }
 
   rtt(): RttStats | null {

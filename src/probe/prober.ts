@@ -36,13 +36,18 @@ export interface RepairPort {
   reestablish(peer: string, scope: RepairScope, stillNeeded: () => boolean): Promise<number | null>
 }
 
+/** What the prober pushes to metrics as it happens; per-peer gauges are read from gaugeRows() when scraped. */
 export interface ProbeMetricsSink {
-  /** null: unknown (the series is removed). */
-  datapathUp(peer: string, up: boolean | null): void
-  rtt(peer: string, seconds: number): void
-  lossRatio(peer: string, ratio: number): void
+  rtt(seconds: number): void
   repaired(peer: string): void
-  forget(peer: string): void
+}
+
+export interface ProbeGaugeRow {
+  name: string
+  datapath: DatapathState
+  /** Seconds. */
+  rttLast: number | null
+  lossRatio: number | null
 }
 
 export interface PeerProbeStatus {
@@ -168,7 +173,6 @@ export class Prober {
     const e = this.peers.get(name)
     if (e?.seq !== null && e?.seq !== undefined) this.bySeq.delete(e.seq)
     this.peers.delete(name)
-    this.d.metrics.forget(name)
   }
 
   start(): void {
@@ -244,7 +248,7 @@ export class Prober {
     if (!got) return
     this.bySeq.delete(r.seq)
     e.seq = null
-    this.d.metrics.rtt(name, got.rttMs / 1000)
+    this.d.metrics.rtt(got.rttMs / 1000)
     this.report(name, e, got.changed)
   }
 
@@ -257,14 +261,11 @@ export class Prober {
       e.probe = new PeerProbe(this.o.downAfter, this.d.now())
       e.reason = `target ${e.pairs[(e.candidate + e.pairs.length - 1) % e.pairs.length]!.dst} never answered; trying ${e.pair.dst} (candidate ${e.candidate + 1} of ${e.pairs.length})`
       this.d.log.info({ op: 'probe', peer: name, src: e.pair.src, dst: e.pair.dst, candidate: e.candidate + 1, candidates: e.pairs.length }, 'probe target never answered; trying the next candidate')
-      this.d.metrics.datapathUp(name, null)
       return
     }
     e.reason = p.state === 'unknown' ? (p.consecutiveLosses >= this.o.downAfter ? 'the target has never answered' : e.candidate > 0 ? e.reason : 'not enough probes yet') : null
-    this.d.metrics.datapathUp(name, p.state === 'unknown' ? null : p.state === 'up')
-    const ratio = p.lossRatio()
-    if (ratio !== null) this.d.metrics.lossRatio(name, ratio)
     if (!changed) return
+    const ratio = p.lossRatio()
     const fields = { op: 'probe', peer: name, datapath: p.state, src: e.pair?.src, dst: e.pair?.dst, consecutiveLosses: p.consecutiveLosses, lossRatio: ratio, ike: e.tunnel.ike }
     if (p.state === 'down') this.d.log.warn(fields, `datapath to ${name} down: ${p.consecutiveLosses} probes lost in a row`)
     else if (p.state === 'up') {
@@ -312,6 +313,16 @@ export class Prober {
     }).finally(() => {
       e.repairing = false
     })
+  }
+
+  /** The per-peer gauges' values (read at scrape time). */
+  gaugeRows(): ProbeGaugeRow[] {
+    const out: ProbeGaugeRow[] = []
+    for (const [name, e] of this.peers) {
+      const last = e.probe.lastRttMs
+      out.push({ name, datapath: e.probe.state, rttLast: last === null ? null : last / 1000, lossRatio: e.probe.lossRatio() })
+    }
+    return out
   }
 
   status(): ProberStatus {

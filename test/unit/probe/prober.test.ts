@@ -69,7 +69,7 @@ function rig(opts: Partial<ProberOptions> = {}): Rig {
     },
   }
   r.prober = new Prober({ intervalMs: 1000, downAfter: 5, maxRate: 500, repair: true, ...opts }, {
-    port, log, metrics: probeMetricsSink(metrics), now: () => clock.now, wallNow: () => 1_700_000_000_000 + clock.now,
+    port, log, metrics: probeMetricsSink(metrics, () => r.prober.gaugeRows()), now: () => clock.now, wallNow: () => 1_700_000_000_000 + clock.now,
     repairs: { reestablish: (peer, scope, stillNeeded) => { r.repairs.push({ peer, scope, stillNeeded: stillNeeded() }); return r.repairResult(peer) } },
     setTimer: () => ({ cancel: () => undefined }),
   })
@@ -236,7 +236,7 @@ t.test('membership: a removed peer loses its series; a changed pair starts afres
   const armed: number[] = []
   let cancelled = 0
   const timed = new Prober({ intervalMs: 1000, downAfter: 5, maxRate: 500, repair: true }, {
-    port: r.port, log: createLogger('silent'), metrics: probeMetricsSink(r.metrics), now: () => r.clock.now,
+    port: r.port, log: createLogger('silent'), metrics: { rtt: () => undefined, repaired: () => undefined }, now: () => r.clock.now,
     repairs: { reestablish: async () => 0 },
     setTimer: (_fn, ms) => { armed.push(ms); return { cancel: () => { cancelled++ } } },
   })
@@ -256,5 +256,5 @@ t.test('membership: a removed peer loses its series; a changed pair starts afres
   t.equal(await metricValue(r.metrics, 'fabtunnel_peer_rtt_seconds', 'b'), undefined, 'b gone: its series too')
   t.match(status(r, 'a'), { datapath: 'unknown', sent: 0, probe: pair('10.81.2.9') }, 'a new pair: history about other addresses dropped')
   t.same(r.prober.status().peers.map((p) => p.name), ['a'])
-  t.throws(() => new Prober({ intervalMs: 1000, downAfter: 0, maxRate: 1, repair: true }, { port: r.port, log: createLogger('silent'), metrics: probeMetricsSink(r.metrics), now: () => 0, repairs: { reestablish: async () => 0 } }), RangeError)
+  t.throws(() => new Prober({ intervalMs: 1000, downAfter: 0, maxRate: 1, repair: true }, { port: r.port, log: createLogger('silent'), metrics: { rtt: () => undefined, repaired: () => undefined }, now: () => 0, repairs: { reestablish: async () => 0 } }), RangeError)
 })
