@@ -1,7 +1,9 @@
 // fabtunnel ICMP echo sockets: the syscall layer under src/probe/icmp.ts. One raw ICMP (or ICMPv6) socket per
 // address family sends echo requests built in TypeScript, with the source address chosen per packet
-// (IP_PKTINFO / IPV6_PKTINFO), and hands echo replies to JS through a libuv poll handle with the monotonic time
-// they were read. It knows nothing of sequence numbers or peers: matching happens in TypeScript. See raw(7),
+// (IP_PKTINFO / IPV6_PKTINFO), and returns the echo replies queued on it when asked (the prober drains it on its own
+// timer, so a thousand replies a second cost no thousand event-loop wake-ups), each with the kernel's receive time
+// (SO_TIMESTAMPNS), so the RTT does not depend on when they are read. It knows nothing of sequence numbers or
+// peers: matching happens in TypeScript. See raw(7),
 // icmp(7), ipv6(7). A raw socket needs CAP_NET_RAW, which the agent has (it already needs CAP_NET_ADMIN); the
 // kernel's "ping sockets" would also need net.ipv4.ping_group_range, which is "1 0" (off) in every new netns.
 #define _GNU_SOURCE
@@ -18,10 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <node_api.h>
-#include <uv.h>
+#include <uv.h>  // uv_err_name: errno names as in the netlink part
 
 #define ICMP_RECV_BUF 2048
 #define ICMP_MAX_BATCH 4096
@@ -29,10 +32,7 @@
 typedef struct icmp_sock {
   int fd;
   int family;  // AF_INET or AF_INET6
-  napi_env env;
-  napi_ref callback;
-  uv_poll_t poll;
-  bool poll_init, closed, js_alive, uv_alive;
+  bool closed;
 } icmp_sock;
 
 static _Thread_local uint8_t icmp_buf[ICMP_RECV_BUF];
@@ -59,32 +59,20 @@ static napi_value icmp_errno(napi_env env, int err, const char *syscall, bool th
   return e;
 }
 
+static double realtime_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 static napi_value icmp_type_error(napi_env env, const char *msg) {
   napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
   return NULL;
 }
 
-static void icmp_maybe_free(icmp_sock *s) {
-  if (!s->js_alive && !s->uv_alive) free(s);
-}
-
-static void icmp_on_poll_closed(uv_handle_t *h) {
-  icmp_sock *s = (icmp_sock *)h->data;
-  s->uv_alive = false;
-  icmp_maybe_free(s);
-}
-
 static void icmp_close_sock(icmp_sock *s) {
   if (s->closed) return;
   s->closed = true;
-  if (s->poll_init) {
-    uv_poll_stop(&s->poll);
-    uv_close((uv_handle_t *)&s->poll, icmp_on_poll_closed);
-  }
-  if (s->callback) {
-    napi_delete_reference(s->env, s->callback);
-    s->callback = NULL;
-  }
   close(s->fd);
   s->fd = -1;
 }
@@ -94,8 +82,7 @@ static void icmp_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   icmp_sock *s = (icmp_sock *)data;
   icmp_close_sock(s);
-  s->js_alive = false;
-  icmp_maybe_free(s);
+  free(s);
 }
 
 static icmp_sock *icmp_get(napi_env env, napi_value v, bool must_be_open) {
@@ -174,6 +161,8 @@ static napi_value icmp_open(napi_env env, napi_callback_info info) {
     ICMP6_FILTER_SETPASS(ICMP6_ECHO_REPLY, &f);
     rc = setsockopt(fd, IPPROTO_ICMPV6, ICMP6_FILTER, &f, sizeof f);
   }
+  int on = 1;
+  if (rc == 0) rc = setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
   if (rc < 0) {
     int e = errno;
     close(fd);
@@ -186,8 +175,6 @@ static napi_value icmp_open(napi_env env, napi_callback_info info) {
   }
   s->fd = fd;
   s->family = family;
-  s->env = env;
-  s->js_alive = true;
   napi_value ext;
   if (napi_create_external(env, s, icmp_finalize, NULL, &ext) != napi_ok) {
     close(fd);
@@ -211,8 +198,8 @@ static bool icmp_addr(napi_env env, napi_value v, int family, void **data) {
 }
 
 // icmpSend(handle, dst: Buffer, src: Buffer | null, packet: Buffer) -> ms: one echo request (the ICMP message; the
-// kernel adds the IP header, and the ICMPv6 checksum), from `src` when given, and the monotonic time (uv_hrtime,
-// in ms) just before the send, for the round-trip time.
+// kernel adds the IP header, and the ICMPv6 checksum), from `src` when given. Returns the time just before the send
+// (ms since the epoch, CLOCK_REALTIME: the clock of the kernel's receive timestamps).
 static napi_value icmp_send(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -280,7 +267,7 @@ static napi_value icmp_send(napi_env env, napi_callback_info info) {
     }
   }
   msg.msg_namelen = to_len;
-  double at = (double)uv_hrtime() / 1e6;
+  double at = realtime_ms();
   ssize_t n;
   do {
     n = sendmsg(s->fd, &msg, 0);
@@ -291,54 +278,44 @@ static napi_value icmp_send(napi_env env, napi_callback_info info) {
   return r;
 }
 
-static void icmp_deliver(icmp_sock *s, napi_value err, napi_value list) {
-  napi_env env = s->env;
-  napi_value cb, global, argv[2] = {err, list}, result;
-  if (!s->callback || napi_get_reference_value(env, s->callback, &cb) != napi_ok || cb == NULL) return;
-  napi_get_global(env, &global);
-  napi_async_context ctx = NULL;
-  napi_value name;
-  napi_create_string_utf8(env, "fabtunnel:icmp", NAPI_AUTO_LENGTH, &name);
-  napi_async_init(env, NULL, name, &ctx);
-  if (napi_make_callback(env, ctx, global, cb, 2, argv, &result) == napi_pending_exception) {
-    napi_value ex;
-    napi_get_and_clear_last_exception(env, &ex);
-    napi_fatal_exception(env, ex);
-  }
-  napi_async_destroy(env, ctx);
-}
-
-// Replies reach JS as { from: Buffer, data: Buffer (the ICMP message, IPv4 header stripped), at: ms }.
-static void icmp_on_readable(uv_poll_t *h, int status, int events) {
-  (void)events;
-  icmp_sock *s = (icmp_sock *)h->data;
-  if (s->closed) return;
-  napi_env env = s->env;
-  napi_handle_scope scope;
-  napi_open_handle_scope(env, &scope);
-  napi_value null_v, list;
-  napi_get_null(env, &null_v);
+// icmpRecv(handle) -> Array<{ from: Buffer, data: Buffer (the ICMP message, IPv4 header stripped), at: ms }>:
+// every echo reply queued now (at most ICMP_MAX_BATCH), never blocking. `at` is the kernel's receive time.
+static napi_value icmp_recv(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1) return icmp_type_error(env, "expected a handle");
+  icmp_sock *s = icmp_get(env, argv[0], true);
+  if (!s) return NULL;
+  napi_value list;
   napi_create_array(env, &list);
   uint32_t count = 0;
-  int err = 0;
-  if (status < 0) {
-    int soerr = 0;
-    socklen_t sl = sizeof soerr;
-    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr != 0) err = soerr;
-    uv_poll_start(&s->poll, UV_READABLE, icmp_on_readable);
-  }
   while (count < ICMP_MAX_BATCH) {
     struct sockaddr_storage from;
-    socklen_t fl = sizeof from;
-    ssize_t n = recvfrom(s->fd, icmp_buf, sizeof icmp_buf, 0, (struct sockaddr *)&from, &fl);
+    union {
+      char buf[CMSG_SPACE(sizeof(struct timespec)) + 64];
+      struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = icmp_buf, .iov_len = sizeof icmp_buf};
+    struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+    ssize_t n = recvmsg(s->fd, &msg, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
-      // Raw ICMP sockets report errors queued by earlier sends (e.g. EHOSTUNREACH); they say nothing about a reply.
-      if (errno != EAGAIN && errno != EWOULDBLOCK && !err) err = errno;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      // Raw ICMP sockets report errors queued by earlier sends (e.g. EHOSTUNREACH); they say nothing about a reply,
+      // and the replies behind them are still good.
       continue;
     }
-    double at = (double)uv_hrtime() / 1e6;
+    double at = -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+        struct timespec ts;
+        memcpy(&ts, CMSG_DATA(c), sizeof ts);
+        at = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+      }
+    }
+    if (at < 0) at = realtime_ms();
     const uint8_t *data = icmp_buf;
     size_t len = (size_t)n;
     const void *addr;
@@ -366,57 +343,7 @@ static void icmp_on_readable(uv_poll_t *h, int status, int events) {
     napi_set_named_property(env, obj, "at", v);
     napi_set_element(env, list, count++, obj);
   }
-  if (count > 0) icmp_deliver(s, null_v, list);
-  if (err && !s->closed) {
-    napi_value empty;
-    napi_create_array(env, &empty);
-    icmp_deliver(s, icmp_errno(env, err, "recvfrom", false), empty);
-  }
-  napi_close_handle_scope(env, scope);
-}
-
-// icmpStart(handle, callback(err, replies[])): begins delivering echo replies.
-static napi_value icmp_start(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return icmp_type_error(env, "expected (handle, callback)");
-  icmp_sock *s = icmp_get(env, argv[0], true);
-  if (!s) return NULL;
-  napi_valuetype t;
-  napi_typeof(env, argv[1], &t);
-  if (t != napi_function) return icmp_type_error(env, "callback must be a function");
-  if (s->poll_init) return icmp_errno(env, EALREADY, "uv_poll_start", true);
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  int r = uv_poll_init(loop, &s->poll, s->fd);
-  if (r < 0) return icmp_errno(env, -r, "uv_poll_init", true);
-  s->poll.data = s;
-  s->poll_init = true;
-  s->uv_alive = true;
-  napi_create_reference(env, argv[1], 1, &s->callback);
-  r = uv_poll_start(&s->poll, UV_READABLE, icmp_on_readable);
-  if (r < 0) return icmp_errno(env, -r, "uv_poll_start", true);
-  return NULL;
-}
-
-// icmpRef(handle, bool): whether the receive poll keeps the process alive (the prober's timer decides that).
-static napi_value icmp_ref(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return icmp_type_error(env, "expected (handle, bool)");
-  icmp_sock *s = icmp_get(env, argv[0], false);
-  if (!s) return NULL;
-  bool on;
-  if (napi_get_value_bool(env, argv[1], &on) != napi_ok) return icmp_type_error(env, "expected a boolean");
-  if (s->poll_init && !s->closed) {
-    if (on)
-      uv_ref((uv_handle_t *)&s->poll);
-    else
-      uv_unref((uv_handle_t *)&s->poll);
-  }
-  return NULL;
+  return list;
 }
 
 static napi_value icmp_close(napi_env env, napi_callback_info info) {
@@ -434,8 +361,7 @@ void icmp_register(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"icmpOpen", NULL, icmp_open, NULL, NULL, NULL, napi_default, NULL},
       {"icmpSend", NULL, icmp_send, NULL, NULL, NULL, napi_default, NULL},
-      {"icmpStart", NULL, icmp_start, NULL, NULL, NULL, napi_default, NULL},
-      {"icmpRef", NULL, icmp_ref, NULL, NULL, NULL, napi_default, NULL},
+      {"icmpRecv", NULL, icmp_recv, NULL, NULL, NULL, napi_default, NULL},
       {"icmpClose", NULL, icmp_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -1,5 +1,6 @@
 // The real probe port: one raw ICMP socket per address family (opened on first use) through the native addon
-// (native/src/icmp.c). Echo requests carry a random identifier and token per port; replies with another identifier
+// (native/src/icmp.c), drained by poll() (the prober's timer) instead of an event per reply. Times are the addon's:
+// send time and the kernel's receive time, both on the wall clock, so RTTs do not depend on when replies are read. Echo requests carry a random identifier and token per port; replies with another identifier
 // or token (someone else's ping: a raw socket sees every echo reply of the namespace) are dropped here.
 import { randomBytes } from 'node:crypto'
 import { loadAddon } from '../netlink/native.js'
@@ -12,8 +13,7 @@ type NativeErr = Error & { code?: string; errno?: number }
 export interface IcmpAddon {
   icmpOpen(family: 4 | 6, netnsPath?: string): Handle
   icmpSend(h: Handle, dst: Buffer, src: Buffer | null, packet: Buffer): number
-  icmpStart(h: Handle, cb: (err: NativeErr | null, replies: Array<{ from: Buffer; data: Buffer; at: number }>) => void): void
-  icmpRef(h: Handle, on: boolean): void
+  icmpRecv(h: Handle): Array<{ from: Buffer; data: Buffer; at: number }>
   icmpClose(h: Handle): void
 }
 
@@ -51,18 +51,27 @@ export class IcmpProbePort implements ProbePort {
       const c = cause as NativeErr
       throw new ProbeError(c.code ?? 'EOPEN', `cannot open a raw ICMPv${family === 4 ? '' : '6'} socket (needs CAP_NET_RAW): ${c.message}`, { cause })
     }
-    this.addon.icmpStart(h, (err, replies) => this.onNative(family, err, replies))
-    // The prober's timer keeps the process alive while probing; the socket alone never does.
-    this.addon.icmpRef(h, false)
     this.socks.set(family, h)
     return h
   }
 
-  private onNative(family: 4 | 6, err: NativeErr | null, replies: Array<{ from: Buffer; data: Buffer; at: number }>): void {
-    if (err) {
-      const e = new ProbeError(err.code ?? 'ERECV', err.message, { cause: err })
-      for (const fn of this.errorFns) fn(e)
+  /** Hands every reply queued on the sockets to the reply handlers. */
+  poll(): void {
+    for (const [family, h] of this.socks) {
+      let replies
+      try {
+        replies = this.addon.icmpRecv(h)
+      } catch (cause) {
+        const c = cause as NativeErr
+        const e = new ProbeError(c.code ?? 'ERECV', c.message, { cause })
+        for (const fn of this.errorFns) fn(e)
+        continue
+      }
+      this.dispatch(family, replies)
     }
+  }
+
+  private dispatch(family: 4 | 6, replies: Array<{ from: Buffer; data: Buffer; at: number }>): void {
     for (const r of replies) {
       const echo = decodeEchoReply(family, r.data)
       if (!echo || echo.ident !== this.ident || !echo.token.equals(this.token)) continue
@@ -98,6 +107,10 @@ export class IcmpProbePort implements ProbePort {
 
   onReply(fn: (r: ProbeReply) => void): void {
     this.replyFns.push(fn)
+  }
+
+  offReply(fn: (r: ProbeReply) => void): void {
+    this.replyFns = this.replyFns.filter((f) => f !== fn)
   }
 
   onError(fn: (err: Error) => void): void {

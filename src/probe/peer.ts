@@ -59,13 +59,13 @@ export class PeerProbe {
     return this.everAnswered
   }
 
-  /** A probe with `seq` left at `at`; a previous one still unanswered is lost. */
-  onSent(seq: number, at: number): ProbeOutcome {
+  /** A probe with `seq` left at `at` (the port's clock), at `now` (the caller's); a previous one unanswered is lost. */
+  onSent(seq: number, at: number, now = at): ProbeOutcome {
     const lost = this.outstanding !== null
     if (lost) this.record(false)
     this.outstanding = { seq, sentAt: at }
     this.sent++
-    return { lost, changed: lost ? this.evaluate(at) : false }
+    return { lost, changed: lost ? this.evaluate(now) : false }
   }
 
   /** A probe could not even be sent (no route, socket error): the datapath did not carry it, a loss. */
@@ -77,18 +77,21 @@ export class PeerProbe {
     return { lost: true, changed: this.evaluate(at) }
   }
 
-  /** A reply; null when it does not answer the outstanding probe (late, duplicate). Else the RTT in ms. */
-  onReply(seq: number, at: number): { rttMs: number; changed: boolean } | null {
+  /**
+   * A reply that arrived at `at` (the clock of onSent's `at`), seen at `now` (the caller's clock); null when it does not
+   * answer the outstanding probe (late, duplicate). Else the RTT in ms.
+   */
+  onReply(seq: number, at: number, now = at): { rttMs: number; changed: boolean } | null {
     const o = this.outstanding
     if (!o || o.seq !== seq) return null
     this.outstanding = null
     const rttMs = Math.max(0, at - o.sentAt)
     this.received++
     this.everAnswered = true
-    this.lastReplyAt = at
+    this.lastReplyAt = now
     push(this.rtts, rttMs)
     this.record(true)
-    return { rttMs, changed: this.evaluate(at) }
+    return { rttMs, changed: this.evaluate(now) }
   }
 
   private record(ok: boolean): void {

@@ -13,20 +13,22 @@ export interface ProbeReply {
   /** Canonical address the reply came from. */
   from: string
   seq: number
-  /** Monotonic ms (the clock of `send`'s result) when the reply was read. */
+  /** When the reply arrived, on the clock of `send`'s result (ms). */
   at: number
 }
 
 export interface ProbePort {
-  /** Sends one echo request with `seq`; returns the monotonic ms of the send. Throws ProbeError. */
+  /** Sends one echo request with `seq`; returns the time of the send (ms, the port's clock). Throws ProbeError. */
   send(p: ProbeSend, seq: number): number
+  /** Delivers the replies received so far to onReply (a port that delivers by itself may leave it out). */
+  poll?(): void
   onReply(fn: (r: ProbeReply) => void): void
   /** Receive errors (the sockets stay open). */
   onError(fn: (err: Error) => void): void
   close(): void
 }
 
-/** Monotonic ms on the clock the addon stamps sends and replies with (libuv's hrtime). */
+/** Monotonic ms (libuv's hrtime): the prober's clock for schedules and ages. */
 export function monotonicMs(): number {
   return Number(process.hrtime.bigint()) / 1e6
 }

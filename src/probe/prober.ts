@@ -104,7 +104,7 @@ export interface ProberDeps {
   repairs: RepairPort
   log: Logger
   metrics: ProbeMetricsSink
-  /** Monotonic ms on the port's clock. */
+  /** Monotonic ms: schedules, backoff, ages (the port's own clock only ever meets itself, in RTTs). */
   now: () => number
   /** Wall clock for status timestamps. Default Date.now. */
   wallNow?: () => number
@@ -199,8 +199,9 @@ export class Prober {
     }, wait)
   }
 
-  /** Sends the probes due now and decides repairs for the peers probed. */
+  /** Reads the replies in, then sends the probes due now and decides repairs for the peers probed. */
   tick(): void {
+    this.d.port.poll?.()
     const now = this.d.now()
     for (const name of this.schedule.due(now)) {
       const e = this.peers.get(name)
@@ -227,7 +228,7 @@ export class Prober {
       const at = this.d.port.send({ family: e.pair!.family, src: e.pair!.src, dst: e.pair!.dst }, seq)
       e.seq = seq
       this.bySeq.set(seq, name)
-      outcome = e.probe.onSent(seq, at)
+      outcome = e.probe.onSent(seq, at, now)
     } catch (err) {
       // Not sent (e.g. no route: the tunnel's route is gone): the datapath cannot carry it, which is a loss.
       outcome = e.probe.onSendFailed(now)
@@ -244,7 +245,7 @@ export class Prober {
     if (name === undefined) return
     const e = this.peers.get(name)
     if (!e?.pair || e.pair.dst !== r.from || e.pair.family !== r.family) return
-    const got = e.probe.onReply(r.seq, r.at)
+    const got = e.probe.onReply(r.seq, r.at, this.d.now())
     if (!got) return
     this.bySeq.delete(r.seq)
     e.seq = null

@@ -5,21 +5,27 @@ import { IcmpProbePort, type IcmpAddon } from '../../../src/probe/icmp.js'
 import { ProbeError } from '../../../src/probe/codec.js'
 import type { ProbeReply } from '../../../src/probe/port.js'
 
-type Cb = Parameters<IcmpAddon['icmpStart']>[1]
+type Rx = ReturnType<IcmpAddon['icmpRecv']>
 
 function fakeAddon() {
   const calls: string[] = []
-  const cbs = new Map<number, Cb>()
+  const queues = new Map<number, Rx>()
   let openErr: Error | null = null
   let sendErr: Error | null = null
+  let recvErr: Error | null = null
   const addon: IcmpAddon = {
     icmpOpen: (family, ns) => { calls.push(`open ${family} ${ns ?? ''}`); if (openErr) throw openErr; return { family } as never },
     icmpSend: (h, dst, src, packet) => { calls.push(`send ${(h as unknown as { family: number }).family} ${dst.toString('hex')} ${src?.toString('hex') ?? '-'} ${packet.subarray(0, 1).toString('hex')}`); if (sendErr) throw sendErr; return 42.5 },
-    icmpStart: (h, cb) => { cbs.set((h as unknown as { family: number }).family, cb) },
-    icmpRef: (_h, on) => { calls.push(`ref ${on}`) },
+    icmpRecv: (h) => {
+      if (recvErr) throw recvErr
+      const fam = (h as unknown as { family: number }).family
+      const q = queues.get(fam) ?? []
+      queues.set(fam, [])
+      return q
+    },
     icmpClose: (h) => { calls.push(`close ${(h as unknown as { family: number }).family}`) },
   }
-  return { addon, calls, cbs, setOpenErr: (e: Error) => { openErr = e }, setSendErr: (e: Error) => { sendErr = e } }
+  return { addon, calls, queues, setOpenErr: (e: Error) => { openErr = e }, setSendErr: (e: Error) => { sendErr = e }, setRecvErr: (e: Error | null) => { recvErr = e } }
 }
 
 const reply = (port: IcmpProbePort, type: number, ident = port.ident, token?: Buffer) => {
@@ -31,15 +37,15 @@ const reply = (port: IcmpProbePort, type: number, ident = port.ident, token?: Bu
   return b
 }
 
-t.test('sockets open per family on first use, unref\'d; sends carry validated addresses', async (t) => {
+t.test('sockets open per family on first use; sends carry validated addresses', async (t) => {
   const f = fakeAddon()
   const port = new IcmpProbePort({ addon: f.addon, netnsPath: '/run/netns/x' })
   t.equal(port.send({ family: 4, src: '10.81.2.1', dst: '10.81.1.1' }, 1), 42.5)
   port.send({ family: 4, src: null, dst: '10.81.1.1' }, 2)
   port.send({ family: 6, src: null, dst: 'fd00::1' }, 3)
   t.same(f.calls, [
-    'open 4 /run/netns/x', 'ref false', 'send 4 0a510101 0a510201 08', 'send 4 0a510101 - 08',
-    'open 6 /run/netns/x', 'ref false', 'send 6 fd000000000000000000000000000001 - 80',
+    'open 4 /run/netns/x', 'send 4 0a510101 0a510201 08', 'send 4 0a510101 - 08',
+    'open 6 /run/netns/x', 'send 6 fd000000000000000000000000000001 - 80',
   ])
   t.throws(() => port.send({ family: 4, src: 'bad', dst: '10.81.1.1' }, 1), ProbeError)
   port.close()
@@ -55,16 +61,19 @@ t.test('only our replies (identifier and token) reach the handler; receive error
   port.onReply((r) => got.push(r))
   port.onError((e) => errs.push(e))
   port.send({ family: 4, src: null, dst: '10.81.1.1' }, 9)
-  const cb = f.cbs.get(4)!
   const from = Buffer.from('0a510101', 'hex')
-  cb(null, [
+  port.poll()
+  t.same(got, [], 'nothing queued: nothing delivered')
+  f.queues.set(4, [
     { from, data: reply(port, 0), at: 50 },
     { from, data: reply(port, 0, (port.ident + 1) & 0xffff), at: 51 },
     { from, data: reply(port, 0, port.ident, Buffer.alloc(8)), at: 52 },
     { from, data: reply(port, 8), at: 53 },
   ])
+  port.poll()
   t.same(got, [{ family: 4, from: '10.81.1.1', seq: 9, at: 50 }])
-  cb(Object.assign(new Error('recvfrom EHOSTUNREACH'), { code: 'EHOSTUNREACH' }), [])
+  f.setRecvErr(Object.assign(new Error('recvmsg EBADF'), { code: 'EHOSTUNREACH' }))
+  port.poll()
   t.equal(errs.length, 1)
   t.ok(errs[0] instanceof ProbeError)
   t.equal((errs[0] as ProbeError).code, 'EHOSTUNREACH')

@@ -19,6 +19,7 @@ class FakePort implements ProbePort {
   errorFns: Array<(e: Error) => void> = []
   fail: ((p: ProbeSend) => Error | undefined) | null = null
   closed = false
+  polls = 0
   constructor(private readonly clock: { now: number }) {}
   send(p: ProbeSend, seq: number): number {
     const err = this.fail?.(p)
@@ -29,6 +30,7 @@ class FakePort implements ProbePort {
   onReply(fn: (r: ProbeReply) => void): void { this.replyFns.push(fn) }
   onError(fn: (e: Error) => void): void { this.errorFns.push(fn) }
   close(): void { this.closed = true }
+  poll(): void { this.polls++ }
   /** Answers every outstanding probe to `dst` after `rttMs`. */
   answer(dst: string, rttMs = 2): void {
     const last = [...this.sent].reverse().find((s) => s.p.dst === dst)
@@ -92,6 +94,7 @@ t.test('healthy peers: up, RTT in status and metrics, probes spread over the int
   r.prober.update(targets({ a: ['10.81.2.1'], b: ['10.81.3.1'] }), tun({ a: UP_INIT, b: UP_INIT }))
   await r.run(3000, new Set(['10.81.2.1', '10.81.3.1']))
   t.equal(r.port.sent.length, 6, 'each peer once per second')
+  t.equal(r.port.polls, 300, 'replies read in at every tick')
   t.same(r.port.sent.slice(0, 2).map((s) => s.at - r.port.sent[0]!.at), [0, 500], 'spread: the second peer half an interval later')
   const a = status(r, 'a')
   t.equal(a.datapath, 'up')
