@@ -139,6 +139,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
     const tunnels = node.tunnels
     probes = startProbes(o.probes, {
       config: () => agent.configInForce,
+      active: () => leadership.isLeader(),
       peers: () => tunnels.peers(),
       addresses: deps.probeIo?.addresses ?? (async () => (await addrList(node.routeSock)).map((a) => a.address)),
       repairs: { reestablish: (peer, scope, stillNeeded) => tunnels.reestablish(peer, scope, stillNeeded) },

@@ -13,6 +13,8 @@ import { probeTargets } from './targets.js'
 
 export interface ProbesHost {
   config(): TunnelConfig | null
+  /** Whether this node runs its tunnels now (a standby connector does not: it probes nothing). Default: always. */
+  active?(): boolean
   /** The tunnels subsystem's peers (its last observation). */
   peers(): PeerStatus[]
   /** This node's addresses (bare). */
@@ -50,6 +52,11 @@ export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: P
   const refreshNow = async (): Promise<void> => {
     const config = host.config()
     if (!config) return
+    if (host.active && !host.active()) {
+      // A standby holds no SAs: every peer would read down. Its status lists no probed peers instead.
+      prober!.update(new Map(), new Map())
+      return
+    }
     if (addrs === null || config !== lastConfig) addrs = await host.addresses()
     lastConfig = config
     const tunnels = new Map(host.peers().map((p) => [p.name, peerTunnel(p)]))

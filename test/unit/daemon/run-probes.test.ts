@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { startDaemon, type RouteMonitor, type Running } from '../../../src/daemon/run.js'
+import { LeadershipBase } from '../../../src/daemon/leader.js'
 import type { ProbePort, ProbeReply, ProbeSend } from '../../../src/probe/port.js'
 import { monotonicMs } from '../../../src/probe/port.js'
 import { ConfigMapDir } from '../../harness/configmap.js'
@@ -29,7 +30,17 @@ class AnsweringPort implements ProbePort {
   close(): void { this.closed = true }
 }
 
-async function rig(t: Test, probes: boolean): Promise<{ running: Running; port: AnsweringPort; monitor: EventEmitter; addrReads: { n: number }; url(p: string): string }> {
+class ManualLeadership extends LeadershipBase {
+  readonly mode = 'vip' as const
+  set(leader: boolean): void {
+    this.setLeader(leader)
+  }
+  async start(): Promise<void> {}
+  async release(): Promise<void> {}
+  async stop(): Promise<void> {}
+}
+
+async function rig(t: Test, probes: boolean, leadership?: ManualLeadership): Promise<{ running: Running; port: AnsweringPort; monitor: EventEmitter; addrReads: { n: number }; url(p: string): string }> {
   const dir = mkdtempSync(join(tmpdir(), 'ftprobe-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': EDGE })
@@ -41,7 +52,9 @@ async function rig(t: Test, probes: boolean): Promise<{ running: Running; port: 
     config: config.path('tunnels.yaml'), vici: 'unix:///nonexistent/charon.vici', cert: join(dir, 'c'), key: join(dir, 'k'), ca: join(dir, 'ca'),
     listen: { host: '127.0.0.1', port: 0 }, datapath: 'libipsec', resyncMs: 0, log,
     ...(probes ? { probes: { intervalMs: 100, downAfter: 5, maxRate: 500, repair: true } } : {}),
+    ...(leadership ? { election: { mode: 'vip' as const, vip: '10.40.10.200' } } : {}),
   }, {
+    ...(leadership ? { leadership: async () => leadership } : {}),
     buildNode: async (o) => fakeNode({ config: o.config, cert: o.cert, key: o.key, ca: o.ca, log: o.log, ...(o.afterPass ? { afterPass: o.afterPass } : {}) }).parts,
     openMonitor: () => monitor as unknown as RouteMonitor,
     probeIo: { port: () => port, addresses: async () => { addrReads.n++; return ['127.0.0.1', '10.234.1.1', '10.22.53.116'] } },
@@ -84,4 +97,17 @@ t.test('without probes: /status says off, nothing is sent', async (t) => {
   const s = (await (await fetch(r.url('/status'))).json()) as any
   t.same(s.probes, { enabled: false })
   t.same(r.port.sent, [])
+})
+
+t.test('a standby probes nothing; once promoted it probes its peers', async (t) => {
+  const lead = new ManualLeadership(false)
+  const r = await rig(t, true, lead)
+  await new Promise((res) => setTimeout(res, 500))
+  let s = (await (await fetch(r.url('/status'))).json()) as any
+  t.same(s.probes.peers, [], 'standby: no probed peers')
+  t.same(r.port.sent, [], 'nothing sent')
+  lead.set(true)
+  t.ok(await until(() => r.port.sent.length > 0), 'probing once leader')
+  s = (await (await fetch(r.url('/status'))).json()) as any
+  t.ok(s.probes.peers.length > 0)
 })
