@@ -16,6 +16,7 @@ import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocati
 import { canonicalVip } from './daemon/leader.js'
 import { checkLeaseTimings } from './daemon/lease.js'
 import type { ElectionOptions } from './daemon/run.js'
+import { PROBE_FLAGS, probeOptionsOf } from './probe/flags.js'
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 
@@ -189,7 +190,7 @@ const COMMANDS: Record<string, Command> = {
   },
   run: {
     summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
-    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]] [--ip-forward] [--cni-conf-path DIR ...]',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]] [--ip-forward] [--cni-conf-path DIR ...] [--probe-interval 1s --probe-down-after 5 --probe-rate 500 --probe-repair on|off]',
     flags: {
       ...LIVE,
       ...ROLE_FLAGS,
@@ -204,6 +205,7 @@ const COMMANDS: Record<string, Command> = {
       'cni-version': { type: 'string', arg: 'VERSION', default: CNI_DEFAULTS.cniVersion, help: 'cniVersion of the conflist' },
       'network-plugin-mtu': { type: 'string', arg: 'MTU', default: String(CNI_DEFAULTS.mtu), help: 'mtu of the CNI bridge (0 leaves it out)' },
       'enable-hairpinmode': { type: 'string', arg: 'BOOL', default: String(CNI_DEFAULTS.hairpinMode), help: 'hairpinMode of the CNI bridge (true|false)' },
+      ...PROBE_FLAGS,
     },
     run: runCommand,
   },
@@ -449,6 +451,8 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     const election = electionOf(p, io.env)
     const cni = cniOptionsOf(p)
     const roles = roleFlags(p)
+    // A cloud node runs no tunnels: nothing to probe.
+    const probes = roles.role === 'cloud' ? null : probeOptionsOf(p)
     if (roles.role === 'cloud' && election.mode !== 'none') throw new UsageError('--leader-election is for connectors; a cloud node follows the connectors through --connector-address (their internal VIP)')
     // The conflist carries the local endpoint's pod subnets; a cloud node reads the connector's config.
     if (cni && roles.role === 'cloud') throw new UsageError('--cni-conf-path is for edge nodes; a cloud node (--role cloud) keeps its own CNI')
@@ -457,7 +461,7 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
       running = await startDaemon({
         config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
         ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log,
-        ipForward: p.values['ip-forward'] === true, cni, ...roles, election,
+        ipForward: p.values['ip-forward'] === true, cni, ...roles, election, probes,
       })
     } catch (err) {
       if (!(err instanceof SysctlError)) throw err

@@ -484,6 +484,9 @@ static napi_value nl_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// native/src/icmp.c: ICMP echo sockets for the datapath probes (src/probe), in the same module.
+void icmp_register(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"open", NULL, nl_open, NULL, NULL, NULL, napi_default, NULL},
@@ -496,6 +499,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"close", NULL, nl_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  icmp_register(env, exports);
   return exports;
 }
 

@@ -18,6 +18,25 @@ export class Metrics {
   readonly leaderTransitions = new Counter({ name: 'fabtunnel_leader_transitions_total', help: 'Leadership changes (promotions and demotions) since start', registers: [this.registry] })
   readonly viciReconnects = new Counter({ name: 'fabtunnel_vici_reconnects_total', help: 'Reconnections to charon (each is followed by a full reload)', registers: [this.registry] })
 
+  // Datapath probes (src/probe, docs/probes.md). The per-peer gauges are filled from the prober's state when scraped
+  // (`probeSnapshot`), not on every reply: 1,000 label-hashed sets per second cost more than one pass per scrape.
+  // The histogram has no peer label (10,000 peers x buckets would be too many series).
+  probeSnapshot: (() => ReadonlyArray<{ name: string; datapath: string; rttLast: number | null; lossRatio: number | null }>) | null = null
+  readonly peerDatapathUp: Gauge<'peer'> = new Gauge({ name: 'fabtunnel_peer_datapath_up', help: 'Datapath probe state per peer: 1 up, 0 down (absent while unknown)', labelNames: ['peer'], registers: [this.registry], collect: (): void => this.fillProbeGauge(this.peerDatapathUp, (p) => (p.datapath === 'unknown' ? null : p.datapath === 'up' ? 1 : 0)) })
+  readonly peerRtt: Gauge<'peer'> = new Gauge({ name: 'fabtunnel_peer_rtt_seconds', help: 'Round-trip time of the last answered probe through the tunnel, per peer', labelNames: ['peer'], registers: [this.registry], collect: (): void => this.fillProbeGauge(this.peerRtt, (p) => p.rttLast) })
+  readonly peerRttHistogram = new Histogram({ name: 'fabtunnel_peer_rtt_histogram_seconds', help: 'Round-trip times of answered probes, all peers', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers: [this.registry] })
+  readonly peerProbeLossRatio: Gauge<'peer'> = new Gauge({ name: 'fabtunnel_peer_probe_loss_ratio', help: 'Share of the last 60 probes lost, per peer', labelNames: ['peer'], registers: [this.registry], collect: (): void => this.fillProbeGauge(this.peerProbeLossRatio, (p) => p.lossRatio) })
+  readonly datapathRepairs = new Counter({ name: 'fabtunnel_datapath_repairs_total', help: 'SAs re-established because the datapath was down while IKE said up, per peer', labelNames: ['peer'], registers: [this.registry] })
+
+  /** Refills one per-peer probe gauge from the prober's state (null: no series for that peer). */
+  private fillProbeGauge(g: Gauge<'peer'>, value: (p: { datapath: string; rttLast: number | null; lossRatio: number | null }) => number | null): void {
+    g.reset()
+    for (const p of this.probeSnapshot?.() ?? []) {
+      const v = value(p)
+      if (v !== null) g.set({ peer: p.name }, v)
+    }
+  }
+
   constructor(opts: { processMetrics?: boolean } = {}) {
     // Event-loop lag sampled once a second: the default 10 ms timer alone costs ~0.3 % CPU on an idle agent.
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'fabtunnel_', eventLoopMonitoringPrecision: 1000 })

@@ -41,6 +41,8 @@ export interface NodeOptions {
   /** The CNI conflist to keep written (the daemon with --cni-conf-path); absent or null: not managed. */
   cni?: CniOptions | null
   cniFs?: CniFs
+  /** Called after every pass, after the metrics (the datapath probes refresh their targets). */
+  afterPass?: () => void
 }
 
 export interface NodeParts {
@@ -109,6 +111,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       metrics.peers.set({ state: 'loaded' }, peers.filter((p) => p.loaded).length)
       metrics.peers.set({ state: 'up' }, peers.filter((p) => p.state === 'up').length)
       metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
+      o.afterPass?.()
     },
     ...(cni ? { duties: [cniDuty(cni, o.log.child({ duty: 'cni' }))] } : {}),
   })

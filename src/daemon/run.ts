@@ -15,6 +15,9 @@ import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './n
 import type { CniFs, CniOptions } from './cni.js'
 import { IP_FORWARD, realSysctlFs, sysctlEnsure, type SysctlFs } from './sysctl.js'
 import { watchFiles } from './watch.js'
+import { startProbes, type Probes } from '../probe/daemon.js'
+import type { ProbePort } from '../probe/port.js'
+import type { ProberOptions } from '../probe/prober.js'
 
 export interface RunOptions {
   config: string
@@ -39,6 +42,8 @@ export interface RunOptions {
   stopGraceMs?: number
   /** Connector leader election (`--leader-election`); default none (always the leader). */
   election?: ElectionOptions
+  /** Datapath probes (`--probe-*`, docs/probes.md); absent or null: off. Never on a cloud node (no tunnels). */
+  probes?: Omit<ProberOptions, 'policy' | 'tickMs'> | null
 }
 
 /**
@@ -71,6 +76,8 @@ export interface DaemonDeps {
   sysctl?: SysctlFs
   /** The filesystem under the CNI conf dir (default: the real one). */
   cniFs?: CniFs
+  /** The probes' I/O (default: raw ICMP sockets through the addon, and this node's addresses over netlink). */
+  probeIo?: { port(): ProbePort; addresses(): Promise<string[]> }
 }
 
 const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs }
@@ -122,12 +129,26 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   const election = o.election ?? { mode: 'none' }
   // Read at every pass; the election replaces it once started (before the first pass).
   let leadership: Leadership = new SoleLeadership()
-  const node = await deps.buildNode({ ...o, credentials: true, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}) })
+  let probes: Probes | null = null
+  const node = await deps.buildNode({ ...o, credentials: true, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}), afterPass: () => probes?.refresh() })
   const { agent, metrics } = node
   const monitor = deps.openMonitor()
   leadership = await (deps.leadership ?? createLeadership)(election, { node, monitor, log })
   let draining = false
-  const status = (): unknown => ({ ...statusDocument(node, o.datapath), leadership: leadership.status() })
+  if (o.probes && node.tunnels && o.role !== 'cloud') {
+    const tunnels = node.tunnels
+    probes = startProbes(o.probes, {
+      config: () => agent.configInForce,
+      active: () => leadership.isLeader(),
+      peers: () => tunnels.peers(),
+      addresses: deps.probeIo?.addresses ?? (async () => (await addrList(node.routeSock)).map((a) => a.address)),
+      repairs: { reestablish: (peer, scope, stillNeeded) => tunnels.reestablish(peer, scope, stillNeeded) },
+      metrics,
+      log,
+    }, deps.probeIo?.port())
+    monitor.on('addr', () => probes?.addressesChanged())
+  }
+  const status = (): unknown => ({ ...statusDocument(node, o.datapath), leadership: leadership.status(), probes: probes?.status() ?? { enabled: false } })
   const http = await startHttp(o.listen, daemonHandlers(node, leadership, status, () => draining))
   log.info({ listen: `${http.address.address}:${http.address.port}` }, 'HTTP endpoints up (/healthz /readyz /is-leader /metrics /status)')
 
@@ -252,6 +273,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
         await leadership.stop()
         await watch.close()
         monitor.close()
+        probes?.close()
         if (leading) {
           // No pass may re-initiate or re-load behind the terminates below.
           await agent.stop(Math.min(o.stopGraceMs ?? 3000, 1500))

@@ -15,6 +15,15 @@ export interface StatusDoc {
   peers?: Array<{ name: string; type: string; state: string; since: string; childrenUp: number; childrenDesired: number; initiator: boolean; lastError: string | null; waiting: string | null }>
   iptables?: { backend?: string }
   leadership?: LeadershipStatus
+  probes?: { enabled: boolean; peers?: Array<{ name: string; datapath: string; rtt: { last: number } | null; lossRatio: number | null; repairs: number }> }
+}
+
+/** An RTT in seconds as people read it: 0.42ms, 12.3ms, 1.20s. */
+export function formatRtt(seconds: number): string {
+  const ms = seconds * 1000
+  if (ms < 10) return `${ms.toFixed(2)}ms`
+  if (ms < 1000) return `${ms.toFixed(1)}ms`
+  return `${seconds.toFixed(2)}s`
 }
 
 function ago(iso: string, now: number): string {
@@ -47,11 +56,18 @@ export function formatStatus(doc: StatusDoc, now = Date.now()): string {
     lines.push(`last pass ${ago(doc.lastPass.startedAt, now)} ago, ${doc.lastPass.durationMs.toFixed(1)} ms, writes ${JSON.stringify(doc.lastPass.writes)}${errs.length ? `, errors: ${errs.map(([k, v]) => `${k}: ${v}`).join('; ')}` : ''}`)
   }
   if (doc.role === 'cloud') return lines.join('\n')
-  const rows = (doc.peers ?? []).map((p) => [
-    p.name, p.type, p.initiator ? 'initiator' : 'responder', p.state, ago(p.since, now),
-    p.childrenDesired ? `${p.childrenUp}/${p.childrenDesired}` : '-', p.lastError ?? p.waiting ?? '',
-  ])
-  const header = ['PEER', 'TYPE', 'ROLE', 'STATE', 'SINCE', 'CHILDREN', 'LAST ERROR']
+  // Probes off (or an agent without them): no DATAPATH/RTT columns rather than columns of dashes.
+  const probed = doc.probes?.enabled ? new Map((doc.probes.peers ?? []).map((x) => [x.name, x])) : null
+  const rows = (doc.peers ?? []).map((p) => {
+    const pr = probed?.get(p.name)
+    const datapath = pr ? `${pr.datapath}${pr.repairs ? ` (${pr.repairs} repair${pr.repairs === 1 ? '' : 's'})` : ''}` : '-'
+    const rtt = pr?.rtt && pr.datapath === 'up' ? formatRtt(pr.rtt.last) : '-'
+    return [
+      p.name, p.type, p.initiator ? 'initiator' : 'responder', p.state, ago(p.since, now),
+      p.childrenDesired ? `${p.childrenUp}/${p.childrenDesired}` : '-', ...(probed ? [datapath, rtt] : []), p.lastError ?? p.waiting ?? '',
+    ]
+  })
+  const header = ['PEER', 'TYPE', 'ROLE', 'STATE', 'SINCE', 'CHILDREN', ...(probed ? ['DATAPATH', 'RTT'] : []), 'LAST ERROR']
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
   lines.push('')
   lines.push(header.map((h, i) => h.padEnd(widths[i]!)).join('  ').trimEnd())

@@ -94,6 +94,14 @@ export class SaStateTracker {
     }
   }
 
+  /**
+   * Drops the initiate memory of `conn` (probe repair, src/probe): we ended its IKE_SA ourselves, so initiates still
+   * "in flight" on it will never complete, and the next pass must initiate at once instead of waiting them out.
+   */
+  forgetConn(conn: string): void {
+    for (const key of [...this.attempts.keys()]) if (key.startsWith(`${conn}/`)) this.attempts.delete(key)
+  }
+
   private fail(key: string, a: InitiateAttempt): void {
     this.attempts.set(key, { lastAttempt: a.lastAttempt, failures: a.failures + 1, inflight: false })
   }

@@ -407,6 +407,34 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     return n
   }
 
+  /**
+   * Datapath repair (src/probe/prober.ts): ends the CHILD_SAs of connection `conn` (scope children) or its IKE_SAs
+   * (scope ike, forced: no DELETE exchange to wait for, the peer may have lost it) and asks for a pass, which
+   * initiates them again like any missing SA (only the initiator side repairs). Resolves with how many SAs ended,
+   * or null when `stillNeeded` says no once charon answered (a charon that was frozen, ours included, queues the
+   * request; by the time it runs, the datapath may be back and the repair would only break it).
+   */
+  async reestablish(conn: string, scope: 'children' | 'ike', stillNeeded: () => boolean = () => true): Promise<number | null> {
+    const sas = (await this.port.listSas()).filter((sa) => sa.name === conn)
+    if (!stillNeeded()) return null
+    const now = this.now()
+    let n = 0
+    for (const sa of sas) {
+      if (scope === 'ike') {
+        await this.terminateSa('ike', conn, sa.uniqueid, now)
+        n++
+      } else {
+        for (const c of sa.children) {
+          await this.terminateSa('child', conn, c.uniqueid, now)
+          n++
+        }
+      }
+    }
+    if (scope === 'ike') this.saState.forgetConn(conn)
+    this.opts.trigger(`probe-repair:${conn}`)
+    return n
+  }
+
   /** Terminates one SA of ours; its down event is expected (and ignored) unless the call fails. */
   private async terminateSa(kind: 'ike' | 'child', conn: string, id: string, now: number): Promise<void> {
     this.saState.terminating(kind, conn, id, now)

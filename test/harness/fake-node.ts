@@ -110,6 +110,8 @@ export interface FakeNodeOptions {
   /** Keep a CNI conflist, as the real node does with --cni-conf-path (through `cniFs`, default the real fs). */
   cni?: CniOptions
   cniFs?: CniFs
+  /** NodeOptions.afterPass (the datapath probes refresh after every pass). */
+  afterPass?: () => void
 }
 
 export function fakeNode(o: FakeNodeOptions): FakeNode {
@@ -129,6 +131,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
     ...(o.readCert ? { certPem: () => readCertPem(o.cert) } : {}),
     gateways: () => routes.gateways(), log: o.log, metrics, coalesceMs: o.coalesceMs ?? 1, resyncMs: 0,
     ...(o.leader ? { leader: o.leader } : {}),
+    ...(o.afterPass ? { onPass: () => o.afterPass!() } : {}),
   })
   const trigger = agent.trigger.bind(agent)
   agent.trigger = (reason: string) => {
