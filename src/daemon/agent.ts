@@ -271,7 +271,7 @@ export class Agent {
     for (const reason of reasons) {
       const named = keys.get(reason) ?? null
       if (reason.startsWith('config')) continue
-      if (reason === 'vici:ike-updown' || reason === 'vici:child-updown') {
+      if (reason === 'vici:ike-updown' || reason === 'vici:child-updown' || reason === 'probe-repair') {
         if (!named) return undefined
         for (const k of named) conns.add(k)
       } else if (reason === 'netlink:route-new' || reason === 'netlink:route-del') {

@@ -56,7 +56,7 @@ export interface PassScope {
   members: ReadonlyMap<string, ReadonlySet<string>>
 }
 
-const SHALLOW = /^(retry|vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|netlink:gateway|backoff:.*|config.*|credentials|verify)$/
+const SHALLOW = /^(retry|probe-repair|vici:(ike|child)-updown|netlink:(route|rule)-(new|del)|netlink:gateway|backoff:.*|config.*|credentials|verify)$/
 
 export function passContext(reasons: readonly string[]): PassContext {
   const deep = reasons.length === 0 || reasons.some((r) => !SHALLOW.test(r))

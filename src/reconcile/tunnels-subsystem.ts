@@ -415,7 +415,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
    * request; by the time it runs, the datapath may be back and the repair would only break it).
    */
   async reestablish(conn: string, scope: 'children' | 'ike', stillNeeded: () => boolean = () => true): Promise<number | null> {
-    const sas = (await this.port.listSas()).filter((sa) => sa.name === conn)
+    const sas = (await this.port.listSas({ ike: conn })).filter((sa) => sa.name === conn)
     if (!stillNeeded()) return null
     const now = this.now()
     let n = 0
@@ -431,7 +431,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       }
     }
     if (scope === 'ike') this.saState.forgetConn(conn)
-    this.opts.trigger(`probe-repair:${conn}`)
+    // A shallow pass scoped to this connection re-initiates what was terminated (PassScope).
+    this.opts.trigger('probe-repair', [conn])
     return n
   }
 
