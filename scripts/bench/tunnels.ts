@@ -11,10 +11,9 @@
 // --default-charon runs the connector's charon with strongSwan's defaults instead of the shipped scale settings.
 import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
-import { defaultDriver, desiredOf, loadCredentials, table, waitForValue, type AgentHandle } from '../../test/harness/agents.js'
+import { defaultDriver, table, waitForValue, type AgentHandle } from '../../test/harness/agents.js'
 import { ManyEdges } from '../../test/harness/many-edges.js'
 import { isRoot, teardownOnSignals } from '../../test/harness/netns.js'
-import { Vici } from '../../src/vici/index.js'
 
 const { values: args } = parseArgs({
   options: {
@@ -70,6 +69,7 @@ interface RunResult {
   ike: number
   children: number
   ids: number
+  ignored: number
 }
 
 /** One run on fresh namespaces: `agent` true runs the daemon, false loads the same conns straight over VICI. */
@@ -83,21 +83,14 @@ async function run(agent: boolean): Promise<RunResult> {
       await driver.start(m.connector)
       readyMs = await driver.waitReady(m.connector, 120_000)
     } else {
-      const vici = new Vici({ uri: m.connector.charon.uri, reconnect: false, timeoutMs: 20_000 })
-      await vici.connect()
-      try {
-        const desired = await desiredOf(m.connector)
-        await loadCredentials(vici, m.connector)
-        for (const [name, conn] of Object.entries(desired.conns)) await vici.loadConn(name, conn)
-      } finally {
-        await vici.close()
-      }
+      await m.loadConnectorDirect()
     }
     const edgesMs = await m.bringUp(300_000)
     const establishedMs = performance.now() - t0
     const sas = await m.connectorSas()
+    const ignored = await m.connectorIgnoredInits()
     const pings = await Promise.all([0, Math.floor(EDGES / 2), EDGES - 1].map((i) => m.ping(i, 5_000)))
-    const out: RunResult = { readyMs, establishedMs, edgesMs, charonRss: await rssMiB(m.connector.charon.pid), pings, ike: sas.ike, children: sas.children, ids: sas.fullyUp.size }
+    const out: RunResult = { readyMs, establishedMs, edgesMs, charonRss: await rssMiB(m.connector.charon.pid), pings, ike: sas.ike, children: sas.children, ids: sas.fullyUp.size, ignored }
     if (agent) {
       const a = driver.agent(m.connector)
       // Let the passes the SA events caused settle first.
@@ -132,6 +125,7 @@ const rows = [
   [`all ${EDGES} established (IKE + 3 CHILD each)`, fmt(ours.establishedMs), fmt(floor.establishedMs)],
   ['  of which: conns loaded -> all established', fmt(ours.edgesMs), fmt(floor.edgesMs)],
   ['ESTABLISHED IKE_SAs / INSTALLED CHILD_SAs / distinct ids', `${ours.ike} / ${ours.children} / ${ours.ids}`, `${floor.ike} / ${floor.children} / ${floor.ids}`],
+  ['IKE_SA_INITs the connector ignored (charon log)', String(ours.ignored), String(floor.ignored)],
   ['sample pings (first, middle, last edge)', ours.pings.map((p) => (p ? 'ok' : 'FAIL')).join(' '), floor.pings.map((p) => (p ? 'ok' : 'FAIL')).join(' ')],
   [`no-op pass (config swap), median / max of ${SAMPLES}`, `${fmt(median(ours.passes!.noop.map((p) => p.ms)))} / ${fmt(Math.max(...ours.passes!.noop.map((p) => p.ms)))}, writes ${writes(ours.passes!.noop)}`, '-'],
   [`deep pass (SIGHUP), median / max of ${SAMPLES}`, `${fmt(median(ours.passes!.deep.map((p) => p.ms)))} / ${fmt(Math.max(...ours.passes!.deep.map((p) => p.ms)))}, writes ${writes(ours.passes!.deep)}`, '-'],

@@ -26,6 +26,7 @@ import { parseConfig } from '../../src/config/load.js'
 import { desiredState } from '../../src/desired/index.js'
 import type { ViciSection } from '../../src/desired/types.js'
 import { Vici, type IkeSa } from '../../src/vici/index.js'
+import { desiredOf, loadCredentials } from './agents.js'
 import { connectorEndpoint, planTopology, renderTunnelsYaml, starTopology, type EndpointView } from './addressing.js'
 import { Charon } from './charon.js'
 import { ConfigMapDir } from './configmap.js'
@@ -207,6 +208,27 @@ export class ManyEdges {
     } finally {
       await vici.close()
     }
+  }
+
+  /**
+   * The floor without the agent: the connector's credentials and its N connections (the agent's very desired state)
+   * loaded into its charon straight over VICI; no routes, ipsets or iptables.
+   */
+  async loadConnectorDirect(): Promise<void> {
+    const vici = new Vici({ uri: this.connector.charon.uri, reconnect: false, timeoutMs: 20_000 })
+    await vici.connect()
+    try {
+      const desired = await desiredOf(this.connector)
+      await loadCredentials(vici, this.connector)
+      for (const [name, conn] of Object.entries(desired.conns)) await vici.loadConn(name, conn)
+    } finally {
+      await vici.close()
+    }
+  }
+
+  /** IKE_SA_INITs the connector's charon ignored (per-IP block threshold, half-open or job-load limit), from its log. */
+  async connectorIgnoredInits(): Promise<number> {
+    return ((await this.connector.charon.log()).match(/ignoring IKE_SA setup from/g) ?? []).length
   }
 
   /** The edges' SAs as the connector's charon sees them (VICI list-sas on the connector, not the edge). */
