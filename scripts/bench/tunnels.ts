@@ -53,6 +53,17 @@ async function onePass(agent: AgentHandle, reason: RegExp, kick: () => Promise<v
   return { ms: pass.durationMs, writes: pass.writes }
 }
 
+/** Passes so far and their summed duration, from the agent's /metrics. */
+async function passTotals(agent: AgentHandle): Promise<{ passes: number; seconds: number; cpu: number }> {
+  const text = (await agent.get('/metrics')).body
+  const sum = (re: RegExp): number => [...text.matchAll(re)].reduce((n, m) => n + Number(m[1]), 0)
+  return {
+    passes: sum(/^fabtunnel_passes_total\{[^}]*\} (\S+)$/gm),
+    seconds: sum(/^fabtunnel_pass_duration_seconds_sum (\S+)$/gm),
+    cpu: sum(/^fabtunnel_process_cpu_seconds_total (\S+)$/gm),
+  }
+}
+
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 const fmt = (ms: number): string => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(1)} ms`)
 
@@ -63,6 +74,8 @@ interface RunResult {
   /** From the connector's conns being loaded (agent ready) to all N up: the edges' part. */
   edgesMs: number
   passes?: { noop: PassSample[]; deep: PassSample[] }
+  /** The agent's passes while the edges came up: how many, their summed duration, the agent's CPU seconds. */
+  duringBringUp?: { passes: number; seconds: number; cpu: number }
   agentRss?: number
   charonRss: number
   pings: boolean[]
@@ -85,7 +98,9 @@ async function run(agent: boolean): Promise<RunResult> {
     } else {
       await m.loadConnectorDirect()
     }
+    const before = agent ? await passTotals(driver.agent(m.connector)) : null
     const edgesMs = await m.bringUp(300_000)
+    const after = agent ? await passTotals(driver.agent(m.connector)) : null
     const establishedMs = performance.now() - t0
     const sas = await m.connectorSas()
     const ignored = await m.connectorIgnoredInits()
@@ -103,6 +118,7 @@ async function run(agent: boolean): Promise<RunResult> {
         deep.push(await onePass(a, /^sighup$/, () => a.signal('SIGHUP')))
       }
       out.passes = { noop, deep }
+      out.duringBringUp = { passes: after!.passes - before!.passes, seconds: after!.seconds - before!.seconds, cpu: after!.cpu - before!.cpu }
       out.agentRss = await rssMiB(a.pid)
     }
     return out
@@ -124,6 +140,7 @@ const rows = [
   ['connector ready (agent start -> /readyz)', ours.readyMs === null ? '-' : fmt(ours.readyMs), '-'],
   [`all ${EDGES} established (IKE + 3 CHILD each)`, fmt(ours.establishedMs), fmt(floor.establishedMs)],
   ['  of which: conns loaded -> all established', fmt(ours.edgesMs), fmt(floor.edgesMs)],
+  ['  agent passes meanwhile: count / summed duration / agent CPU', `${ours.duringBringUp!.passes} / ${fmt(ours.duringBringUp!.seconds * 1000)} / ${fmt(ours.duringBringUp!.cpu * 1000)}`, '-'],
   ['ESTABLISHED IKE_SAs / INSTALLED CHILD_SAs / distinct ids', `${ours.ike} / ${ours.children} / ${ours.ids}`, `${floor.ike} / ${floor.children} / ${floor.ids}`],
   ['IKE_SA_INITs the connector ignored (charon log)', String(ours.ignored), String(floor.ignored)],
   ['sample pings (first, middle, last edge)', ours.pings.map((p) => (p ? 'ok' : 'FAIL')).join(' '), floor.pings.map((p) => (p ? 'ok' : 'FAIL')).join(' ')],
