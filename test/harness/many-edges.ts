@@ -107,8 +107,9 @@ export class ManyEdges {
     let pki: TestPki | null = null
     try {
       pki = await TestPki.create()
-      const [cns, ens, pns] = await Promise.all([Netns.create('ftmc'), Netns.create('ftme'), Netns.create('ftmp')])
-      spaces.push(cns!, ens!, pns!)
+      // One at a time, so a failure leaves nothing behind that `spaces` does not know of.
+      for (const prefix of ['ftmc', 'ftme', 'ftmp']) spaces.push(await Netns.create(prefix))
+      const [cns, ens, pns] = spaces
       const edges = await issueAll(pki, n, shared)
       // Underlay: one veth between the two gateways.
       const [inC, inE] = await vethPair(cns!, ens!, 'vm')
@@ -281,7 +282,7 @@ export function edgeAddressing(i: number, shared: boolean): Pick<EdgeIdentity, '
   return { address: shared ? '10.77.2.1' : `10.77.${host}`, nodeIp: `10.78.${host}`, podCidr: `${pod}.0/24`, podIp: `${pod}.1` }
 }
 
-/** N certificates, a few `pki` processes at a time. */
+/** N edge identities with their certificates (made in process: TestPki.issueInProcess). */
 async function issueAll(pki: TestPki, n: number, shared: boolean): Promise<EdgeIdentity[]> {
   const out: EdgeIdentity[] = new Array(n)
   let next = 0
