@@ -2,7 +2,7 @@
 // sidecar image installs) in throwaway namespaces with a private /run: the sidecar's strongswan.conf (both
 // datapaths) through its entrypoint, and the bare-metal drop-ins under Debian's own strongswan.conf layout. Each
 // must load its plugins and serve VICI at /var/run/charon.vici, the path fabtunnel dials by default.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -13,6 +13,7 @@ import { Netns, needsRoot } from '../harness/netns.js'
 import { Charon } from '../harness/charon.js'
 import { CHARON_RETRANSMIT } from '../harness/topology.js'
 import { Vici } from '../../src/vici/index.js'
+import { parseStrongswanConf, SCALE_KEYS } from '../harness/strongswan-conf.js'
 
 const ROOT = new URL('../../', import.meta.url).pathname
 const SIDECAR = join(ROOT, 'deploy', 'image', 'strongswan')
@@ -67,6 +68,20 @@ async function runCharon(exe: string, conf: string, dir: string): Promise<Run> {
   }
 }
 
+/**
+ * charon runs the shipped thread pool: `threads` workers, and more MEDIUM threads reserved than it keeps busy for
+ * good at idle, so the reservation leaves MEDIUM_FREE threads for VICI and IKE_SA_INIT (strongswan.conf(5), JOB
+ * PRIORITY MANAGEMENT: a reservation counts busy threads too). `swanctl --stats` is itself one MEDIUM job.
+ */
+function checkWorkers(t: Test, stats: string | null, libipsec: boolean): void {
+  const expected = libipsec ? SCALE.libipsec : SCALE.xfrm
+  const m = /worker threads: (\d+) total, \d+ idle, working: (\d+)\/(\d+)\/(\d+)\/(\d+)/.exec(stats ?? '')
+  if (!t.ok(m, 'swanctl --stats shows the worker threads')) return
+  t.equal(m![1], expected['charon.threads'], `charon runs ${expected['charon.threads']} worker threads (default 16)`)
+  const busyMedium = Number(m![4]) - 1
+  t.equal(Number(expected['charon.processor.priority_threads.medium']) - busyMedium, MEDIUM_FREE, `${busyMedium} MEDIUM threads busy at idle: ${MEDIUM_FREE} stay reserved for VICI and IKE_SA_INIT`)
+}
+
 function loadedPlugins(stats: string | null): string[] {
   return /loaded plugins: (.*)/.exec(stats ?? '')?.[1]?.trim().split(/\s+/) ?? []
 }
@@ -97,6 +112,7 @@ for (const [file, libipsec] of [
     t.ok(r.stats, 'VICI answered')
     t.same(loadedPlugins(r.stats), ['charon', ...loadList(text)], 'every listed plugin loaded, in order')
     t.match(r.stderr, /loaded plugins:/, 'charon logs to stderr (kubectl logs)')
+    checkWorkers(t, r.stats, libipsec)
   })
 }
 
@@ -150,8 +166,73 @@ for (const [file, libipsec] of [
     } else {
       t.notOk(plugins.includes('kernel-libipsec'), 'kernel ESP: no userspace ESP')
     }
+    checkWorkers(t, r.stats, libipsec)
   })
 }
+
+/** Reserved MEDIUM threads left free at idle by the shipped configs (docs/scale.md). */
+const MEDIUM_FREE = 4
+
+/** The shipped scale settings (docs/scale.md); kernel-libipsec keeps 4 MEDIUM threads busy, hence its medium. */
+const SCALE_XFRM = {
+  'charon.ikesa_table_size': '1024',
+  'charon.ikesa_table_segments': '16',
+  'charon.threads': '32',
+  'charon.processor.priority_threads.high': '2',
+  'charon.processor.priority_threads.medium': '4',
+  'charon.init_limit_half_open': '1000',
+  'charon.cookie_threshold': '100',
+  'charon.cookie_threshold_ip': '30',
+  'charon.block_threshold': '500',
+}
+const SCALE = { xfrm: SCALE_XFRM, libipsec: { ...SCALE_XFRM, 'charon.processor.priority_threads.medium': '8' } }
+
+/** strongSwan 5.9.8's defaults (conf/options/charon.opt, strongswan.conf(5), receiver.c), each comment states them. */
+const STRONGSWAN_DEFAULTS: Record<(typeof SCALE_KEYS)[number], string> = {
+  'charon.ikesa_table_size': '1',
+  'charon.ikesa_table_segments': '1',
+  'charon.threads': '16',
+  'charon.processor.priority_threads.high': '0',
+  'charon.processor.priority_threads.medium': '0',
+  'charon.init_limit_half_open': '0',
+  'charon.cookie_threshold': '30',
+  'charon.cookie_threshold_ip': '3',
+  'charon.block_threshold': '5',
+}
+
+const SHIPPED = [
+  [join(SIDECAR, 'strongswan.conf'), false],
+  [join(SIDECAR, 'strongswan-libipsec.conf'), true],
+  [join(ROOT, 'systemd', 'strongswan-fabtunnel.conf'), false],
+  [join(ROOT, 'systemd', 'strongswan-fabtunnel-libipsec.conf'), true],
+] as const
+
+t.test('every shipped strongswan.conf carries the scale settings, with a reason and the default for each', async (t) => {
+  t.same(Object.keys(STRONGSWAN_DEFAULTS), [...SCALE_KEYS], 'the test covers exactly the harness\'s scale keys')
+  for (const [file, libipsec] of SHIPPED) {
+    const text = readFileSync(file, 'utf8')
+    const settings = parseStrongswanConf(text, file)
+    const expected = libipsec ? SCALE.libipsec : SCALE.xfrm
+    t.same(Object.fromEntries(SCALE_KEYS.map((k) => [k, settings.get(k)])), expected, `${file}: values`)
+    const lines = text.split('\n')
+    for (const key of SCALE_KEYS) {
+      const leaf = key.split('.').at(-1)!
+      const at = lines.findIndex((l) => l.trim() === `${leaf} = ${expected[key]}`)
+      // The comment block right above the setting gives the reason and ends with strongSwan's default.
+      let i = at - 1
+      const comment: string[] = []
+      while (i >= 0 && lines[i]!.trim().startsWith('#')) comment.unshift(lines[i--]!.trim())
+      t.ok(at > 0 && comment.length > 0, `${file}: ${key} has a comment`)
+      t.match(comment.at(-1), new RegExp(`\\[${STRONGSWAN_DEFAULTS[key]}[:\\]]`), `${file}: ${key} states the default ${STRONGSWAN_DEFAULTS[key]}`)
+    }
+    // charon raises block_threshold to cookie_threshold_ip + 1 on its own (receiver.c): keep them apart.
+    t.ok(Number(settings.get('charon.cookie_threshold_ip')) < Number(settings.get('charon.block_threshold')), `${file}: per-IP cookies before blocking`)
+    t.ok(Number(settings.get('charon.cookie_threshold')) < Number(settings.get('charon.init_limit_half_open')), `${file}: cookies before dropping`)
+    const size = Number(settings.get('charon.ikesa_table_size'))
+    t.equal(size & (size - 1), 0, `${file}: ikesa_table_size is a power of 2`)
+    t.ok(Number(settings.get('charon.ikesa_table_segments')) <= 512, `${file}: at most 512 segments`)
+  }
+})
 
 /** The retransmit_* settings of a strongswan.conf, by name. */
 function retransmitOf(text: string): Record<string, number> {

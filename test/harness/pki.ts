@@ -5,6 +5,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { exec } from './exec.js'
+import { issueCertificate } from './x509.js'
 
 export type KeyType = 'ecdsa' | 'rsa'
 
@@ -33,7 +34,11 @@ async function pki(args: string[], keyType: KeyType): Promise<string> {
   })
 }
 
+const CA_DN = 'C=CN, O=fabedge.io, CN=fabtunnel-test-ca'
+
 export class TestPki {
+  private caKeyPem: string | undefined
+
   private constructor(
     readonly dir: string,
     readonly keyType: KeyType,
@@ -52,7 +57,7 @@ export class TestPki {
       await writeFile(caKeyPath, await pki(['--gen', '--type', keyType, '@size', '--outform', 'pem'], keyType), { mode: 0o600 })
       const caCert = await pki(
         ['--self', '--ca', '--lifetime', '30', '--in', caKeyPath, '--type', keyType,
-          '--dn', 'C=CN, O=fabedge.io, CN=fabtunnel-test-ca', '--outform', 'pem'],
+          '--dn', CA_DN, '--outform', 'pem'],
         keyType,
       )
       await writeFile(caCertPath, caCert)
@@ -78,6 +83,20 @@ export class TestPki {
     )
     await writeFile(certPath, cert)
     return { id, certPem: cert, keyPem: await readFile(keyPath, 'utf8'), certPath, keyPath }
+  }
+
+  /**
+   * Like issue(), without a `pki` process: key and certificate made in process (x509.ts), ECDSA P-256 whatever the
+   * CA's key type. For tests that need hundreds of node certificates (many-edges.ts).
+   */
+  async issueInProcess(cluster: string, node: string): Promise<NodeCert> {
+    const id = fabedgeId(cluster, node)
+    this.caKeyPem ??= await readFile(this.caKeyPath, 'utf8')
+    const { certPem, keyPem } = issueCertificate({ issuerDn: CA_DN, issuerKey: this.caKeyPem, subjectDn: id, dnsName: `${cluster}.${node}` })
+    const base = join(this.dir, `${cluster}.${node}`)
+    await writeFile(`${base}.key`, keyPem, { mode: 0o600 })
+    await writeFile(`${base}.crt`, certPem)
+    return { id, certPem, keyPem, certPath: `${base}.crt`, keyPath: `${base}.key` }
   }
 
   async destroy(): Promise<void> {
