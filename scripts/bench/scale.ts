@@ -41,10 +41,12 @@ const vici = (await import(dist('vici/index.js'))) as typeof import('../../src/v
 const { parseConfig } = (await import(dist('config/load.js'))) as typeof import('../../src/config/load.js')
 
 const USAGE = `usage: node --import tsx scripts/bench/scale.ts [--peers LIST] [--repeat N] [--edge] [--json]
-  --peers LIST   comma-separated peer counts, each in its own namespace (default 1000), e.g. 100,1000,5000,10000
+  --peers LIST   comma-separated peer counts, each in its own namespace (default 1000), e.g. 100,1000,5000,10000;
+                 empty ('') with --edge measures the edge alone
   --repeat N     samples per one-peer operation, no-op pass and deep resync (default 5)
   --edge         also measure one edge with one peer: CPU to ready and RSS, against node -e 0
   --json         print the results as JSON instead of the markdown table
+  --from FILES   print the table from earlier --json outputs (comma-separated files; sizes merged) and exit
   --keep         keep each run's work dir (agent.log, generated configs, floor inputs) and print its path`
 
 const GATEWAY = '172.19.0.254'
@@ -147,9 +149,17 @@ function agentMem(pid: number): { rss: number; hwm: number } {
 let httpRequests = 0
 
 async function http(path: string): Promise<{ status: number; text: string }> {
-  httpRequests++
-  const r = await fetch(`${HTTP}${path}`, { signal: AbortSignal.timeout(30_000) })
-  return { status: r.status, text: await r.text() }
+  for (let attempt = 1; ; attempt++) {
+    httpRequests++
+    try {
+      const r = await fetch(`${HTTP}${path}`, { signal: AbortSignal.timeout(30_000) })
+      return { status: r.status, text: await r.text() }
+    } catch (e) {
+      // A kept-alive socket the agent closed after 5 s idle (its keepAliveTimeout) while this request was on its
+      // way fails with "other side closed": a GET is safe to send again, on a new connection.
+      if (attempt >= 3) throw e
+    }
+  }
 }
 
 const ready = async (): Promise<boolean> => (await http('/readyz').catch(() => ({ status: 0 }))).status === 200
@@ -362,10 +372,15 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const cpuS = treeCpuSeconds(pid)
     const members = async (set: string): Promise<number> => (await netlink.ipsetList(o.sock, set))?.members.length ?? 0
     let conns = 0
-    const inPlace = await until('all conns, routes and members in place', async () => {
+    // Each check takes a while at 10,000 (get-conns, two set dumps): the instant counted is the start of the check
+    // that found everything in place (what it found was there at the latest by its end).
+    let checkStart = 0
+    await until('all conns, routes and members in place', async () => {
+      checkStart = performance.now()
       conns = (await o.vici.getConns()).length
       return conns === n && o.routes.size === n && (await members(IPSET.remotePodCidr)) === n && (await members(IPSET.remoteNodeCidr)) === n
     }, 300_000, 20)
+    const inPlace = checkStart
     if (inPlace - readyAt > 50) log(`NOTE: ready ${Math.round(inPlace - readyAt)} ms before everything was in place`)
     const afterCold = await settle()
     result.cold = {
@@ -543,6 +558,7 @@ const { values } = parseArgs({
     edge: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
+    from: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
     inside: { type: 'string' },
     out: { type: 'string' },
@@ -556,13 +572,19 @@ if (values.help) {
 }
 keep = values.keep === true
 const repeat = Number(values.repeat)
-const sizes = values.peers!.split(',').map((x) => Number(x.trim().replace(/_/g, '')))
+// `--peers ''` with --edge: the edge alone.
+const sizes = values.peers === '' ? [] : values.peers!.split(',').map((x) => Number(x.trim().replace(/_/g, '')))
 if (!Number.isInteger(repeat) || repeat < 1 || sizes.some((x) => !Number.isInteger(x) || x < 1)) {
   console.error(USAGE)
   process.exit(2)
 }
 
-if (values.inside) {
+if (values.from) {
+  // Sizes measured by separate runs (e.g. one size per run on a busy machine), merged into one table.
+  const runs = values.from.split(',').map((f) => JSON.parse(readFileSync(f, 'utf8')) as { sizes: SizeResult[]; edge: EdgeResult | null })
+  const bySize = new Map(runs.flatMap((r) => r.sizes).map((x) => [x.peers, x]))
+  console.log(scaleTable([...bySize.values()], runs.map((r) => r.edge).filter((e) => e !== null).at(-1) ?? null))
+} else if (values.inside) {
   const r = values['edge-only'] ? await measureEdge(values.inside, repeat) : await measureSize(values.inside, Number(values.size), repeat)
   writeFileSync(values.out!, JSON.stringify(r))
   process.exit(0)
