@@ -166,11 +166,14 @@ const ready = async (): Promise<boolean> => (await http('/readyz').catch(() => (
 const counters = async (): Promise<PassCounters> => passCounters((await http('/metrics')).text)
 
 /**
- * Waits until the agent is ready and ran no pass for `quietMs` (a writing pass is followed by a verify pass).
- * Returns the counters at that point.
+ * Waits until at least `minPasses` passes ended since `from` (a pass in progress shows nowhere: the counters move at
+ * its end, so the quiet window alone could end in the middle of a long pass), then until the agent is ready and ran
+ * no pass for `quietMs`. A writing pass is always followed by a verify pass: 2 for a change, 1 for a trigger that
+ * writes nothing. Returns the counters at that point.
  */
-async function settle(quietMs = 400, timeoutMs = 300_000): Promise<PassCounters> {
+async function settle(from: PassCounters | null, minPasses: number, quietMs = 400, timeoutMs = 600_000): Promise<PassCounters> {
   const deadline = performance.now() + timeoutMs
+  const base = from?.passes ?? 0
   let last = await counters()
   let since = performance.now()
   for (;;) {
@@ -179,7 +182,7 @@ async function settle(quietMs = 400, timeoutMs = 300_000): Promise<PassCounters>
     if (now.passes !== last.passes) {
       last = now
       since = performance.now()
-    } else if (performance.now() - since >= quietMs && (await ready())) {
+    } else if (now.passes - base >= minPasses && performance.now() - since >= quietMs && (await ready())) {
       return now
     }
     if (performance.now() > deadline) throw new Error(`agent did not settle within ${timeoutMs} ms`)
@@ -382,7 +385,8 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     }, 300_000, 20)
     const inPlace = checkStart
     if (inPlace - readyAt > 50) log(`NOTE: ready ${Math.round(inPlace - readyAt)} ms before everything was in place`)
-    const afterCold = await settle()
+    // The cold pass and its verify pass.
+    const afterCold = await settle(null, 2)
     result.cold = {
       ms: Math.max(readyAt, inPlace) - t0, readyMs: readyAt - t0, cpuS, conns, routes: o.routes.size, members: await members(IPSET.remotePodCidr),
       writes: Object.values(afterCold.writes).reduce((a, b) => a + b, 0),
@@ -398,7 +402,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
       const before = await counters()
       const t = cfg.swap(connectorYaml(specs))
       const done = await waitPeer(o, i, want)
-      const after = await settle()
+      const after = await settle(before, 2)
       change[op].samples.push(done - t)
       change[op].writes.push(passDelta(before, after).totalWrites)
     }
@@ -421,10 +425,11 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
       for (let k = 0; k < repeat; k++) {
         const before = await counters()
         trigger()
-        // A trigger that runs no pass at all is a finding too: wait a bounded while, then record none.
-        // 100 ms between requests: a request handled in the middle of the pass lengthens it (~1 ms each).
-        await until(`a pass after ${what}`, async () => (await counters()).passes > before.passes, 5_000, 100).catch(() => undefined)
-        const after = await settle()
+        // A trigger that runs no pass at all is a finding too: wait a bounded while (a deep pass at 10,000 peers
+        // under load takes many seconds), then record none. 100 ms between requests: a request handled in the
+        // middle of the pass lengthens it (~1 ms each).
+        const ran = await until(`a pass after ${what}`, async () => (await counters()).passes > before.passes, 120_000, 100).then(() => true, () => false)
+        const after = ran ? await settle(before, 1) : await counters()
         const d = passDelta(before, after)
         if (d.passes > 0) out.ms.push(d.ms / d.passes)
         out.passes += d.passes
@@ -449,7 +454,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const r0 = performance.now()
     agent = startAgent(agentArgs, join(dir, 'agent.log'))
     const rReady = await until('restarted agent ready', ready, 1_800_000, 50)
-    const afterRestart = await settle()
+    const afterRestart = await settle(null, 1)
     result.restart = { ms: rReady - r0, writes: Object.values(afterRestart.writes).reduce((a, b) => a + b, 0) }
     failed = false
     return result as SizeResult
@@ -485,7 +490,7 @@ async function measureEdge(nsName: string, repeat: number): Promise<EdgeResult> 
     const readyAt = await until('edge agent ready', ready, 60_000, 25)
     const cpuS = treeCpuSeconds(agent.pid!)
     const polls = httpRequests - polls0
-    await settle()
+    await settle(null, 1)
     await sleep(2_000)
     const mem = agentMem(agent.pid!)
     // What one /readyz costs the agent, to state the observer's share of the CPU to ready.
