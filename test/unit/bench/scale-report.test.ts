@@ -72,7 +72,7 @@ const size = (peers: number, over: Partial<SizeResult> = {}): SizeResult => ({
   restart: { ms: 900, writes: 0 },
   ...over,
 })
-const EDGE: EdgeResult = { load: '1 1 1', cpuS: 0.25, readyMs: 400, polls: 16, pollCpuS: 0.01, mem: { rss: 45e6, hwm: 46e6 }, floor: { cpuS: 0.1, maxRss: 40e6 } }
+const EDGE: EdgeResult = { load: '1 1 1', cpuS: 0.25, childCpuS: 0.05, readyMs: 400, polls: 16, pollCpuS: 0.01, mem: { rss: 45e6, hwm: 46e6 }, floor: { cpuS: 0.1, maxRss: 40e6 } }
 
 t.test('bytes per peer: slope against the smallest size, the edge for the smallest itself', async (t) => {
   const b = bytesPerPeer([size(10_000), size(1000)], EDGE)
@@ -98,6 +98,8 @@ t.test('the table: one column per size, ratios, and a verdict on every target', 
   t.match(row('agent restarted'), /\| 900, 0 writes met \| 900, 0 writes met \|$/)
   t.match(row('idle CPU'), /\| 0\.50 \| 0\.50 \|$/)
   t.match(text, /\| CPU to ready \(s\) \| 0\.25 .* \| 0\.10 \| <= 0\.3 s met \|/)
+  t.match(text, /16 \/readyz polls ~0\.01 s of it; \+ 0\.05 s in the processes it ran\)/)
   t.match(text, /\| RSS after settle \(MB\), peak \| 45\.0 \(46\.0\) \| 40\.0 \(peak\) \| <= 50 MB met \|/)
   t.notMatch(scaleTable([size(1000)], null), /edge, 1 peer/, 'no edge table without --edge')
+  t.match(scaleTable([], EDGE), /^\| edge, 1 peer \|/, 'the edge alone: no empty size table')
 })
