@@ -34,6 +34,7 @@ import {
   planTopology,
   renderTunnelsYaml,
   tunnelsView,
+  type NatPlan,
   type NodePlan,
   type TopologyPlan,
   type TopologySpec,
@@ -144,6 +145,8 @@ export class Topology {
   readonly pods = new Map<string, Pod>()
   /** Cloud nodes run by an agent (TopologyOptions.cloudAgents), by full name; empty otherwise. */
   readonly cloudNodes = new Map<string, CloudNode>()
+  /** NAT router namespaces (TopologySpec.edgeNat) by NatPlan name, with the name of their underlay interface. */
+  readonly nats = new Map<string, { ns: Netns; plan: NatPlan; outIf: string }>()
   private readonly activeEdges: Set<string>
   private destroyed = false
 
@@ -199,6 +202,7 @@ export class Topology {
         this.nodes.set(n.fullName, ns)
       }),
     )
+    await settleAll(this.plan.nats.map((n) => this.addNat(n)))
     // Connectors first: they own the LAN bridge their cloud nodes plug into.
     await settleAll(all.filter((n) => n.role === 'connector').map((n) => this.wireNode(n)))
     await settleAll(all.filter((n) => n.role !== 'connector').map((n) => this.wireNode(n)))
@@ -215,7 +219,12 @@ export class Topology {
   private async wireNode(n: NodePlan): Promise<void> {
     const ns = this.nodes.get(n.fullName)!
     const batch: string[] = []
-    if (n.publicIp) {
+    if (n.nat) {
+      const nat = this.nats.get(n.nat.name)!
+      const [inNat, inNode] = await vethPair(nat.ns, ns, 'vn')
+      await nat.ns.run(['ip', 'link', 'set', inNat, 'master', 'natlan'])
+      batch.push(`addr add ${n.ikeIp}/24 dev ${inNode}`, `route add default via ${n.nat.insideIp}`)
+    } else if (n.publicIp) {
       const [inHub, inNode] = await vethPair(this.hub, ns, 'vu')
       await this.hub.run(['ip', 'link', 'set', inHub, 'master', 'ul'])
       batch.push(`addr add ${n.publicIp}/16 dev ${inNode}`)
@@ -235,6 +244,45 @@ export class Topology {
     if (n.role !== 'connector' && !agentRouted) for (const r of n.routes) batch.push(`route replace ${r.dst} via ${r.via}`)
     if (batch.length) await exec(['ip', '-n', ns.name, '-batch', '-'], { input: batch.join('\n') + '\n' })
     await ns.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0'])
+  }
+
+  /**
+   * A NAT router: underlay address on a veth into the hub, the inside LAN on a bridge, MASQUERADE of the inside LAN
+   * out of the underlay interface. Nothing else: no port forwards, so inbound packets pass only as replies to a
+   * mapping an inside host opened (what hole punching has to work with).
+   */
+  private async addNat(plan: NatPlan): Promise<void> {
+    const ns = await Netns.create('ftn')
+    this.nats.set(plan.name, { ns, plan, outIf: '' })
+    const [inHub, outIf] = await vethPair(this.hub, ns, 'vu')
+    this.nats.get(plan.name)!.outIf = outIf
+    await this.hub.run(['ip', 'link', 'set', inHub, 'master', 'ul'])
+    await exec(['ip', '-n', ns.name, '-batch', '-'], { input: `addr add ${plan.publicIp}/16 dev ${outIf}\n` })
+    await addBridge(ns, 'natlan', [`${plan.insideIp}/24`])
+    await ns.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'])
+    // Like any home or cloud NAT gateway, it drops what arrives unsolicited on its public side. That matters for
+    // hole punching, not only for realism: a conntrack entry is confirmed only once its first packet survives the
+    // hooks, so a punch packet that reaches this NAT before the inside edge sent its own leaves no trace here. A NAT
+    // that accepted it (into INPUT, no listener) would keep that entry, and the edge's own punch packets towards the
+    // same peer would then clash with it and leave on another port, never matching the peer NAT's mapping.
+    const rules = [
+      ['-t', 'nat', '-A', 'POSTROUTING', '-s', plan.insideCidr, '-o', outIf, '-j', 'MASQUERADE'],
+      ['-A', 'INPUT', '-i', outIf, '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'],
+      ['-A', 'INPUT', '-i', outIf, '-j', 'DROP'],
+    ]
+    for (const r of rules) await ns.run(['iptables', '-w', ...r])
+  }
+
+  /** The NAT in front of an edge. */
+  natOf(edge: string): { ns: Netns; plan: NatPlan; outIf: string } {
+    const plan = this.gateway(edge).plan.nat
+    if (!plan) throw new Error(`${edge} is not behind a NAT`)
+    return this.nats.get(plan.name)!
+  }
+
+  /** Forgets every mapping of an edge's NAT (`conntrack -F`): the next packet out gets a fresh one. */
+  async flushNat(edge: string): Promise<void> {
+    await this.natOf(edge).ns.run(['conntrack', '-F'])
   }
 
   private async addPod(node: NodePlan, name: string, ip: string): Promise<void> {
@@ -338,7 +386,7 @@ export class Topology {
   async destroy(): Promise<void> {
     if (this.destroyed) return
     this.destroyed = true
-    const spaces = [...[...this.pods.values()].map((p) => p.ns), ...this.nodes.values()]
+    const spaces = [...[...this.pods.values()].map((p) => p.ns), ...this.nodes.values(), ...[...this.nats.values()].map((n) => n.ns)]
     await Promise.all(spaces.map((ns) => ns.destroy()))
     await this.hub.destroy()
   }
