@@ -49,6 +49,8 @@ export interface TopologyOptions {
   inactiveEdges?: string[]
   /** charon filelog level. Default 1. */
   charonLogLevel?: number
+  /** Every gateway's charon is started again when it exits on its own (CharonOptions.respawn). Default false. */
+  charonRespawn?: boolean
   /**
    * Cloud nodes get no static route to the connector: their routes come from `fabtunnel run --role cloud` (a
    * CloudNode, run like a gateway's agent by the DaemonDriver). Default false: a static default route via the
@@ -184,7 +186,7 @@ export class Topology {
       await rm(dir, { recursive: true, force: true })
     })
     try {
-      await topo.build(opts.charonLogLevel ?? 1)
+      await topo.build(opts.charonLogLevel ?? 1, opts.charonRespawn === true)
     } catch (e) {
       await topo.destroy()
       throw e
@@ -192,7 +194,7 @@ export class Topology {
     return topo
   }
 
-  private async build(charonLogLevel: number): Promise<void> {
+  private async build(charonLogLevel: number, respawn: boolean): Promise<void> {
     await this.hub.run(['ip', 'link', 'add', 'ul', 'type', 'bridge'])
     await this.hub.run(['ip', 'link', 'set', 'ul', 'up'])
     const all = this.plan.clusters.flatMap((c) => c.nodes)
@@ -207,7 +209,7 @@ export class Topology {
     await settleAll(all.filter((n) => n.role === 'connector').map((n) => this.wireNode(n)))
     await settleAll(all.filter((n) => n.role !== 'connector').map((n) => this.wireNode(n)))
     await settleAll(all.flatMap((n) => n.pods.map((p) => this.addPod(n, p.name, p.ip))))
-    await settleAll(this.plan.gateways.map((g) => this.startGateway(g, charonLogLevel)))
+    await settleAll(this.plan.gateways.map((g) => this.startGateway(g, charonLogLevel, respawn)))
     if (this.cloudAgents) {
       for (const n of all.filter((x) => x.role === 'cloud')) {
         const connector = this.gateway(this.plan.clusters.find((c) => c.name === n.cluster)!.connector.fullName)
@@ -296,13 +298,13 @@ export class Topology {
     })
   }
 
-  private async startGateway(n: NodePlan, charonLogLevel: number): Promise<void> {
+  private async startGateway(n: NodePlan, charonLogLevel: number, respawn: boolean): Promise<void> {
     const ns = this.nodes.get(n.fullName)!
     if (n.role === 'connector' && n.routes.length) {
       await exec(['ip', '-n', ns.name, '-batch', '-'], { input: n.routes.map((r) => `route replace ${r.dst} via ${r.via}\n`).join('') })
     }
     const dir = join(this.dir, n.fullName)
-    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel, extraConf: CHARON_RETRANSMIT }), this.pki.issue(n.cluster, n.name)])
+    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel, extraConf: CHARON_RETRANSMIT, respawn }), this.pki.issue(n.cluster, n.name)])
     const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': this.tunnelsYaml(n) })
     this.gateways.set(n.fullName, new Gateway(n, ns, charon, cert, config, dir, this.pki.caCertPath))
   }
