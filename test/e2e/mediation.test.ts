@@ -49,8 +49,25 @@ async function pods(topo: Topology, timeoutMs = 700): Promise<boolean> {
   return (await ping(a.ns, b.ip, timeoutMs)) && (await ping(b.ns, a.ip, timeoutMs))
 }
 
+/** charon's mediation lines and the agents' mediation decisions, for a step that did not recover. */
+async function diagnosis(topo: Topology): Promise<string> {
+  const out: string[] = []
+  for (const g of topo.activeGateways()) {
+    const lines = (await g.charon.log()).split('\n').filter((l) => /mediat|queued|not online|CALLBACK|pairs|checks|established between|state change/i.test(l))
+    out.push(`--- charon ${g.name} (last mediation lines)`, ...lines.slice(-25))
+    const agent = (await driver!.agent(g).logTail(200)).split('\n').filter((l) => /mediation|beijing\.edge[12]/.test(l))
+    out.push(`--- agent ${g.name}`, ...agent.slice(-10))
+  }
+  return out.join('\n')
+}
+
 async function timeToPing(t: Test, topo: Topology, step: string, t0: number): Promise<void> {
-  await waitFor(`${step}: pod-to-pod ping between the edges`, UP_MS, () => pods(topo), 50)
+  try {
+    await waitFor(`${step}: pod-to-pod ping between the edges`, UP_MS, () => pods(topo), 50)
+  } catch (e) {
+    t.comment(await diagnosis(topo))
+    throw e
+  }
   const ms = performance.now() - t0
   timings.push([step, ms])
   t.pass(`${step}: edge-to-edge ping after ${(ms / 1000).toFixed(1)} s`)

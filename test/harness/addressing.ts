@@ -156,9 +156,8 @@ export function defaultTopology(): TopologySpec {
       { name: 'shanghai', nodes: [{ name: 'connector', role: 'connector', pods: 1 }] },
     ],
     communities: [['beijing', 'shanghai']],
-    // Not `mediated`: strongSwan 5.9.8 queues a mediation request to a peer that was not yet registered with the
-    // mediator forever ("mediation with the same peer is already in progress, queued"), even after the IKE_SA
-    // is deleted, so two edges starting together can stay apart (see docs/harness.md).
+    // Its edges are not behind NAT, so they dial each other; the mediated shape behind NAT (edgeNat) has its own
+    // e2e and demo (docs/mediation.md).
     edgeMesh: 'direct',
   }
 }
