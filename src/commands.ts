@@ -42,6 +42,28 @@ const LIVE: Record<string, FlagSpec> = {
   datapath: DATAPATH,
 }
 
+/** Mediated edge-to-edge recovery (src/mediation, docs/mediation.md). */
+const MEDIATION_FLAGS: Record<string, FlagSpec> = {
+  'mediation-takeover': { type: 'string', arg: 'DURATION', default: '8s', help: 'a mediated edge peer initiated by the other side (lower name) and still down this long with our mediation SA up: initiate it from here too; 0 disables' },
+  'mediation-restart-after': { type: 'string', arg: 'DURATION', default: '20s', help: 'a mediated peer whose mediation request was made under an earlier mediation SA and is still down this long: restart charon (needs --charon-pidfile); 0 disables' },
+  'mediation-restart-interval': { type: 'string', arg: 'DURATION', default: '5m', help: 'at most one such charon restart per interval' },
+  'charon-pidfile': { type: 'string', arg: 'FILE', default: '', help: 'charon\'s pid file (e.g. /var/run/charon.pid): lets mediation recovery restart charon (SIGTERM; systemd or the kubelet starts it again; a sidecar needs shareProcessNamespace); empty: never restart' },
+}
+
+/** --mediation-* and --charon-pidfile as the daemon takes them. */
+export function mediationOf(p: Parsed): { policy: { takeoverMs: number; restartAfterMs: number; restartIntervalMs: number }; charonPidfile: string | null } {
+  const pidfile = String(p.values['charon-pidfile'] ?? '')
+  if (pidfile !== '' && !pidfile.startsWith('/')) throw new UsageError(`--charon-pidfile must be an absolute path, got "${pidfile}"`)
+  return {
+    policy: {
+      takeoverMs: parseDuration(String(p.values['mediation-takeover']), '--mediation-takeover'),
+      restartAfterMs: parseDuration(String(p.values['mediation-restart-after']), '--mediation-restart-after'),
+      restartIntervalMs: parseDuration(String(p.values['mediation-restart-interval']), '--mediation-restart-interval'),
+    },
+    charonPidfile: pidfile === '' ? null : pidfile,
+  }
+}
+
 const DPD_DELAY: FlagSpec = {
   type: 'string', arg: 'DURATION', default: EDGE_DPD_DELAY,
   help: `dead-peer detection interval of the connections this node initiates (edges: to the connector), whole seconds; 0 disables; FabEdge uses ${FABEDGE_DPD_DELAY}`,
@@ -197,6 +219,7 @@ const COMMANDS: Record<string, Command> = {
       listen: { type: 'string', arg: 'HOST:PORT', default: DEFAULTS.listen, help: 'HTTP endpoints /healthz /readyz /is-leader /metrics /status' },
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
       'dpd-delay': DPD_DELAY,
+      ...MEDIATION_FLAGS,
       ...ELECTION_FLAGS,
       'ip-forward': { type: 'boolean', help: 'set net.ipv4.ip_forward=1 at start, in this network namespace (FabEdge edge duty; always on in FabEdge mode)' },
       'cni-conf-path': { type: 'string', arg: 'DIR', help: 'write <DIR>/<network name>.conflist (FabEdge\'s bridge + host-local config for the local subnets) after each pass whose tunnels applied; empty: off (FabEdge mode: /etc/cni/net.d)' },
@@ -449,6 +472,7 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     }
     const resyncMs = parseDuration(String(p.values['resync-interval']), '--resync-interval')
     const election = electionOf(p, io.env)
+    const mediation = mediationOf(p)
     const cni = cniOptionsOf(p)
     const roles = roleFlags(p)
     // A cloud node runs no tunnels: nothing to probe.
@@ -461,7 +485,7 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
       running = await startDaemon({
         config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
         ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log,
-        ipForward: p.values['ip-forward'] === true, cni, ...roles, election, probes,
+        ipForward: p.values['ip-forward'] === true, cni, ...roles, election, probes, mediation,
       })
     } catch (err) {
       if (!(err instanceof SysctlError)) throw err

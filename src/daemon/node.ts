@@ -17,6 +17,9 @@ import { VERSION } from '../version.js'
 import { Agent, type PassRecord } from './agent.js'
 import { CniConflist, realCniFs, type CniFs, type CniOptions } from './cni.js'
 import { Metrics } from './metrics.js'
+import { pidfileRestarter } from '../mediation/charon-restart.js'
+import { MediationController } from '../mediation/controller.js'
+import type { MediationPolicy } from '../mediation/recovery.js'
 
 export interface NodeOptions {
   config: string
@@ -43,6 +46,8 @@ export interface NodeOptions {
   cniFs?: CniFs
   /** Called after every pass, after the metrics (the datapath probes refresh their targets). */
   afterPass?: () => void
+  /** Mediated edge-to-edge recovery: its timings, and charon's pid file for the last-resort restart (null: none). */
+  mediation?: { policy: MediationPolicy; charonPidfile: string | null }
 }
 
 export interface NodeParts {
@@ -80,7 +85,13 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   // A cloud node has no charon: no VICI client is created, so nothing ever dials the socket.
   const vici = cloud ? null : new Vici({ uri: o.vici, ...(o.viciTimeoutMs ? { timeoutMs: o.viciTimeoutMs } : {}) })
   let agent: Agent | undefined
+  const mediation = vici === null ? null : new MediationController({
+    ...(o.mediation ? { policy: o.mediation.policy } : {}),
+    restarter: o.mediation?.charonPidfile ? pidfileRestarter(o.mediation.charonPidfile) : null,
+    log: o.log.child({ subsystem: 'mediation' }),
+  })
   const tunnels = vici === null ? null : new TunnelsSubsystem(viciTunnelsPort(vici), {
+    ...(mediation ? { mediation } : {}),
     credentials: o.credentials === false ? null : { cert: o.cert, key: o.key, ca: o.ca },
     log: o.log.child({ subsystem: 'tunnels' }),
     trigger: (r, conns) => agent?.trigger(r, conns),

@@ -38,6 +38,8 @@ export interface RunOptions {
   ipForward?: boolean
   /** Keep the CNI conflist written (see cni.ts); null or an empty confDir: not managed. */
   cni?: CniOptions | null
+  /** Mediated edge-to-edge recovery (`--mediation-*`, `--charon-pidfile`); default policy, no charon restarts. */
+  mediation?: NodeOptions['mediation']
   /** How long SIGTERM waits for a pass in flight before closing the connections under it (default 3 s). */
   stopGraceMs?: number
   /** Connector leader election (`--leader-election`); default none (always the leader). */

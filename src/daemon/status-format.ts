@@ -12,7 +12,7 @@ export interface StatusDoc {
   datapath?: string
   config?: { path: string; generation: number; rejected: { message: string } | null }
   lastPass?: { startedAt: string; durationMs: number; writes: Record<string, number>; errors: Record<string, string>; converged: boolean } | null
-  peers?: Array<{ name: string; type: string; state: string; since: string; childrenUp: number; childrenDesired: number; initiator: boolean; lastError: string | null; waiting: string | null }>
+  peers?: Array<{ name: string; type: string; state: string; since: string; childrenUp: number; childrenDesired: number; initiator: boolean; lastError: string | null; waiting: string | null; path?: string; mediation?: { detail: string | null } }>
   iptables?: { backend?: string }
   leadership?: LeadershipStatus
   probes?: { enabled: boolean; peers?: Array<{ name: string; datapath: string; rtt: { last: number } | null; lossRatio: number | null; repairs: number }> }
@@ -64,10 +64,10 @@ export function formatStatus(doc: StatusDoc, now = Date.now()): string {
     const rtt = pr?.rtt && pr.datapath === 'up' ? formatRtt(pr.rtt.last) : '-'
     return [
       p.name, p.type, p.initiator ? 'initiator' : 'responder', p.state, ago(p.since, now),
-      p.childrenDesired ? `${p.childrenUp}/${p.childrenDesired}` : '-', ...(probed ? [datapath, rtt] : []), p.lastError ?? p.waiting ?? '',
+      p.childrenDesired ? `${p.childrenUp}/${p.childrenDesired}` : '-', p.path ?? '-', ...(probed ? [datapath, rtt] : []), p.lastError ?? p.mediation?.detail ?? p.waiting ?? '',
     ]
   })
-  const header = ['PEER', 'TYPE', 'ROLE', 'STATE', 'SINCE', 'CHILDREN', ...(probed ? ['DATAPATH', 'RTT'] : []), 'LAST ERROR']
+  const header = ['PEER', 'TYPE', 'ROLE', 'STATE', 'SINCE', 'CHILDREN', 'PATH', ...(probed ? ['DATAPATH', 'RTT'] : []), 'LAST ERROR']
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
   lines.push('')
   lines.push(header.map((h, i) => h.padEnd(widths[i]!)).join('  ').trimEnd())

@@ -108,7 +108,11 @@ function mediatorConn(config: TunnelConfig, mediator: Endpoint, opts: DesiredOpt
     section.remote_addrs = [...mediator.publicAddresses]
     ports(mediator, section)
     dpd(section, opts)
-    section.local = localAuth(config.local, opts)
+    // Registered under the endpoint name (a DNS SAN of the node certificate), as FabEdge's agent does
+    // (pkg/agent/manager.go ensureMediatorConnection): the server looks peers up by the `mediation_peer` the other
+    // edge sends, which is this name; and on the connector the distinct identity is what selects its `mediator`
+    // conn (no remote id) instead of the conn for this edge (remote id = the DN).
+    section.local = { ...localAuth(config.local, opts), id: config.local.name }
     section.remote = { auth: 'pubkey', id: mediator.id }
   } else {
     // The connector is the mediation server: edges register with it; it never dials, and accepts any

@@ -2,6 +2,7 @@
 // last observation (desired connections, what charon listed, why initiates wait) and the last operation errors.
 // It never feeds back into planning. Per-peer entries exist only for desired peers: every record drops the rest.
 import type { Desired } from '../desired/types.js'
+import type { MediatedPeerState } from '../mediation/recovery.js'
 import { connUp, type ListedConn, type ObservedIkeSa } from './tunnels.js'
 
 /** What charon was last seen holding: every listed connection, and the IKE_SAs of a connection by name. */
@@ -23,6 +24,14 @@ export interface PeerStatus {
   since: string
   lastError: string | null
   waiting: string | null
+  /**
+   * How traffic to the peer flows now: `mediated` (a tunnel set up through the mediator, straight between the two
+   * NATs), `direct` (a tunnel to its configured address), `none` (no tunnel up: FabEdge routes edge-to-edge
+   * traffic through no other path, see docs/mediation.md).
+   */
+  path: 'mediated' | 'direct' | 'none'
+  /** Mediated peers: the recovery state (src/mediation/recovery.ts). */
+  mediation?: MediatedPeerState
 }
 
 const UP_STATES = new Set(['INSTALLED', 'REKEYING', 'REKEYED'])
@@ -127,6 +136,7 @@ export class TunnelsStatus {
         since: new Date(since?.at ?? this.now()).toISOString(),
         lastError: this.lastError.get(name) ?? null,
         waiting: this.waiting.get(name) ?? null,
+        path: state === 'up' || state === 'partial' ? (section.mediated_by !== undefined ? 'mediated' : 'direct') : 'none',
       }
     })
   }

@@ -7,6 +7,7 @@
 import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
 import type { Logger } from '../log.js'
+import type { MediationHook } from '../mediation/controller.js'
 import { NO_CREDENTIALS_CHANGE, OwnCredentials, type CredentialPaths, type CredentialsChange } from './credentials.js'
 import { SaStateTracker } from './sa-state.js'
 import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
@@ -34,6 +35,8 @@ export interface TunnelsPlan extends SubsystemPlan {
   /** Broken credential files seen by this pass: reported after the ops are applied. */
   credentialError: Error | null
   wakes: Array<{ at: number; reason: string }>
+  /** Restart charon to clear a stale mediation request (src/mediation), with why. */
+  mediationRestart?: string
 }
 
 export interface TunnelsOptions {
@@ -45,6 +48,8 @@ export interface TunnelsOptions {
   onReconnect?: () => void
   backoff?: BackoffPolicy
   now?: () => number
+  /** Mediated edge-to-edge recovery (src/mediation): which mediated conns to initiate now, and charon restarts. */
+  mediation?: MediationHook
 }
 
 export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
@@ -94,6 +99,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
         this.saState.reconnected()
         // A restarted charon reuses uniqueids: never terminate a new child for an old one's sake.
         this.replacing.clear()
+        opts.mediation?.reset()
         this.counters.reconnects++
         opts.onReconnect?.()
         opts.log.warn({ op: 'vici-reconnected' }, 'reconnected to charon; reloading connections and credentials')
@@ -141,9 +147,12 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     for (const conn of names ?? this.loaded.keys()) if (!wanted.has(conn) && !this.listedConns?.has(conn)) this.loaded.delete(conn)
   }
 
-  /** Whether this pass may plan its scope alone: it has one and this subsystem's memory of charon is whole. */
+  /**
+   * Whether this pass may plan its scope alone: it has one and this subsystem's memory of charon is whole. Not with
+   * mediated edge-to-edge recovery (an edge, a few peers): its gate decides over every mediated peer's SAs at once.
+   */
   private scoped(ctx: PassContext): boolean {
-    return ctx.scope !== undefined && !ctx.deep && this.listedConns !== null && this.sasByConn !== null
+    return ctx.scope !== undefined && !ctx.deep && this.listedConns !== null && this.sasByConn !== null && !this.opts.mediation
   }
 
   async plan(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
@@ -172,8 +181,10 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     const conns = this.sectionsWithOwnCert(desired.conns)
     this.ownIdsSeen = ownIds(conns)
     const observed = { conns: this.listedConns, sas }
+    const gate = this.opts.mediation?.gate(desired, sas, this.now())
+    const initiate = gate?.hold.size ? desired.initiate.filter((c) => !gate.hold.has(c)) : desired.initiate
     const { ops, waiting, wakes } = planTunnels({
-      desired: { conns, initiate: desired.initiate, initiateChildren: desired.initiateChildren },
+      desired: { conns, initiate, initiateChildren: desired.initiateChildren },
       observed,
       loaded: this.loaded,
       attempts: this.saState.view(),
@@ -183,10 +194,14 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       terminating: this.saState.terminatingChildren(),
       ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
     })
+    if (gate) {
+      for (const [conn, reason] of gate.hold) waiting.push({ conn, until: Number.POSITIVE_INFINITY, reason })
+      wakes.push(...gate.wakes)
+    }
     if (credentials.unloadKeys.length) this.reloadForRotation(conns, ops)
     this.observedView.conns = this.listedConns
     this.status.record(desired, this.observedView, waiting)
-    return this.finish(ops, waiting, wakes, credentials)
+    return this.finish(ops, waiting, wakes, credentials, gate?.restart ?? undefined)
   }
 
   /**
@@ -239,9 +254,9 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     return this.finish(ops, [...this.status.waitingReasons()].map(([conn, reason]) => ({ conn, reason })), wakes, credentials)
   }
 
-  private finish(ops: TunnelOp[], waiting: ReadonlyArray<{ conn: string; reason: string }>, wakes: Array<{ at: number; reason: string }>, credentials: CredentialsChange): TunnelsPlan {
+  private finish(ops: TunnelOp[], waiting: ReadonlyArray<{ conn: string; reason: string }>, wakes: Array<{ at: number; reason: string }>, credentials: CredentialsChange, restart?: string): TunnelsPlan {
     const credentialWrites = (credentials.load ? 1 : 0) + credentials.unloadKeys.length + credentials.unloadAuthorities.length
-    const writes = ops.length + credentialWrites
+    const writes = ops.length + credentialWrites + (restart ? 1 : 0)
     if (this.credentialError && writes === 0) throw this.credentialError
     // Peers backing off after failed initiates: the subsystem retries them on its own wakes, but the node is not
     // converged while any is (an up-to-date but unreachable peer is not a tunnel that works).
@@ -255,8 +270,10 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       credentialError: this.credentialError,
       wakes,
       writes,
+      ...(restart ? { mediationRestart: restart } : {}),
       ...(unsettled ? { unsettled } : {}),
       describe: () => [
+        ...(restart ? [`restart charon: ${restart}`] : []),
         ...(credentials.load ? ['load credentials (CA authorities, certificate, private key)'] : []),
         ...ops.map(describeOp),
         ...credentials.unloadAuthorities.map((n) => `unload-authority ${n}`),
@@ -296,6 +313,11 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
 
   async apply(plan: TunnelsPlan): Promise<number> {
     const { log } = this.opts
+    // charon is about to exit and forget everything: the reconnect reloads it all, so nothing else is sent now.
+    if (plan.mediationRestart && this.opts.mediation) {
+      await this.opts.mediation.restart(plan.mediationRestart)
+      return 1
+    }
     let done = 0
     const failures: string[] = []
     const c = plan.credentials
@@ -457,7 +479,12 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
 
   /** Per-peer tunnel state from the last observation, for /status and metrics. */
   peers(): PeerStatus[] {
-    return this.status.peers()
+    const m = this.opts.mediation
+    if (!m) return this.status.peers()
+    return this.status.peers().map((p) => {
+      const state = m.peerState(p.name)
+      return state ? { ...p, mediation: state } : p
+    })
   }
 
   summary(): Record<string, unknown> {

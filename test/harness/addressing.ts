@@ -35,11 +35,36 @@ export interface ClusterSpec {
  */
 export type EdgeMesh = 'mediated' | 'direct' | 'none'
 
+/**
+ * Where edges sit: `none` (on the underlay with their own public address), `each` (every edge behind a NAT of its
+ * own: a namespace doing MASQUERADE onto the underlay), `shared` (all edges of a cluster behind one NAT).
+ */
+export type EdgeNat = 'none' | 'each' | 'shared'
+
 export interface TopologySpec {
   clusters: ClusterSpec[]
   /** Groups of cluster names whose connectors peer with each other (FabEdge Community of connectors). */
   communities?: string[][]
   edgeMesh?: EdgeMesh
+  edgeNat?: EdgeNat
+}
+
+/**
+ * A NAT router in front of one or more edges (TopologySpec.edgeNat):
+ *   public (underlay) address   10.77.(100+c).k/16 (`each`, edge k) or 10.77.(200+c).1/16 (`shared`)
+ *   inside LAN                  172.(16+c).k.0/24 (`each`) or 172.(16+c).0.0/24 (`shared`), the NAT on .1,
+ *                               the edge on .2 (`each`) or .(k+1) (`shared`)
+ * The NAT masquerades the inside LAN behind its public address (Linux keeps the source port when it is free), so
+ * an edge's address and port as seen by the connector differ from its own.
+ */
+export interface NatPlan {
+  /** `nat-<cluster>.<edge>` or `nat-<cluster>.shared`. */
+  name: string
+  publicIp: string
+  /** The NAT's own inside address: the edges' default gateway. */
+  insideIp: string
+  /** The inside LAN, e.g. 172.17.2.0/24. */
+  insideCidr: string
 }
 
 export interface PodPlan {
@@ -58,8 +83,15 @@ export interface NodePlan {
   id: string
   clusterIndex: number
   index: number
-  /** Underlay / IKE address (gateways only). */
+  /**
+   * The address peers see (gateways only): the node's underlay address, or its NAT's public address when it sits
+   * behind one; FabEdge's `publicAddresses`.
+   */
   publicIp: string | null
+  /** The address the node itself holds and charon speaks IKE from: publicIp, or its inside address behind a NAT. */
+  ikeIp: string | null
+  /** The NAT in front of this edge, if any. */
+  nat: NatPlan | null
   /** Node IP: on `podbr` for gateways, the LAN address for cloud nodes. */
   nodeIp: string
   /** Cluster LAN address with prefix (connector when the cluster has cloud nodes, and cloud nodes). */
@@ -91,6 +123,8 @@ export interface TopologyPlan {
   /** Cluster names (sorted) joined by a community, per cluster. */
   communityOf: Map<string, Set<string>>
   edgeMesh: EdgeMesh
+  /** Every NAT router, each once (shared NATs are listed by several edges). */
+  nats: NatPlan[]
 }
 
 export class TopologySpecError extends Error {
@@ -122,9 +156,8 @@ export function defaultTopology(): TopologySpec {
       { name: 'shanghai', nodes: [{ name: 'connector', role: 'connector', pods: 1 }] },
     ],
     communities: [['beijing', 'shanghai']],
-    // Not `mediated`: strongSwan 5.9.8 queues a mediation request to a peer that was not yet registered with the
-    // mediator forever ("mediation with the same peer is already in progress, queued"), even after the IKE_SA
-    // is deleted, so two edges starting together can stay apart (see docs/harness.md).
+    // Its edges are not behind NAT, so they dial each other; the mediated shape behind NAT (edgeNat) has its own
+    // e2e and demo (docs/mediation.md).
     edgeMesh: 'direct',
   }
 }
@@ -149,7 +182,7 @@ export function planTopology(spec: TopologySpec): TopologyPlan {
     if (!NAME.test(c.name)) throw new TopologySpecError(`bad cluster name "${c.name}"`)
     if (seen.has(c.name)) throw new TopologySpecError(`duplicate cluster "${c.name}"`)
     seen.add(c.name)
-    return planCluster(c, ci + 1)
+    return planCluster(c, ci + 1, spec.edgeNat ?? 'none')
   })
   const communityOf = new Map<string, Set<string>>()
   for (const group of spec.communities ?? []) {
@@ -161,10 +194,12 @@ export function planTopology(spec: TopologySpec): TopologyPlan {
     }
   }
   const gateways = clusters.flatMap((c) => c.nodes.filter((n) => n.role !== 'cloud'))
-  return { spec, clusters, gateways, communityOf, edgeMesh: spec.edgeMesh ?? 'none' }
+  const nats = new Map<string, NatPlan>()
+  for (const g of gateways) if (g.nat) nats.set(g.nat.name, g.nat)
+  return { spec, clusters, gateways, communityOf, edgeMesh: spec.edgeMesh ?? 'none', nats: [...nats.values()] }
 }
 
-function planCluster(spec: ClusterSpec, c: number): ClusterPlan {
+function planCluster(spec: ClusterSpec, c: number, edgeNat: EdgeNat): ClusterPlan {
   const connectors = spec.nodes.filter((n) => n.role === 'connector')
   if (connectors.length !== 1) throw new TopologySpecError(`cluster "${spec.name}" needs exactly one connector`)
   if (connectors[0]!.name !== 'connector') throw new TopologySpecError(`the connector of "${spec.name}" must be named "connector"`)
@@ -179,6 +214,18 @@ function planCluster(spec: ClusterSpec, c: number): ClusterPlan {
     names.add(n.name)
     return planNode(spec.name, c, i + 1, n, hasCloud)
   })
+  const shared: NatPlan = { name: `nat-${spec.name}.shared`, publicIp: `10.77.${200 + c}.1`, insideIp: `172.${16 + c}.0.1`, insideCidr: `172.${16 + c}.0.0/24` }
+  for (const n of nodes) {
+    if (n.role !== 'edge' || edgeNat === 'none') continue
+    if (edgeNat === 'each') {
+      n.nat = { name: `nat-${n.fullName}`, publicIp: `10.77.${100 + c}.${n.index}`, insideIp: `172.${16 + c}.${n.index}.1`, insideCidr: `172.${16 + c}.${n.index}.0/24` }
+      n.ikeIp = `172.${16 + c}.${n.index}.2`
+    } else {
+      n.nat = shared
+      n.ikeIp = `172.${16 + c}.0.${n.index + 1}`
+    }
+    n.publicIp = n.nat.publicIp
+  }
   const connector = nodes[0]!
   const serviceCidr = `10.${90 + c}.0.0/16`
   const serviceIp = `10.${90 + c}.0.10`
@@ -213,6 +260,8 @@ function planNode(cluster: string, c: number, k: number, spec: NodeSpec, hasClou
     clusterIndex: c,
     index: k,
     publicIp: gateway ? `10.77.${c}.${k}` : null,
+    ikeIp: gateway ? `10.77.${c}.${k}` : null,
+    nat: null,
     nodeIp,
     lanCidr,
     podCidr: `${podNet}.0/24`,

@@ -25,6 +25,11 @@ export interface CharonOptions {
   logLevel?: number
   /** Extra lines inside the `charon { }` section of strongswan.conf (fixed test strings only). */
   extraConf?: string
+  /**
+   * Start charon again whenever it exits without stop() (as systemd's Restart=always or the kubelet does for the
+   * sidecar), e.g. after the agent's mediation recovery sent it SIGTERM. Default false. See `respawns`.
+   */
+  respawn?: boolean
 }
 
 // Paths reach `sh -c` as a positional argument, never spliced into the script; still refuse anything odd.
@@ -37,6 +42,9 @@ export class Charon {
   private child: ChildProcess | null = null
   private exited: Promise<void> = Promise.resolve()
   private stderrTail = ''
+  private stopping = false
+  /** Times charon was started again after exiting on its own (CharonOptions.respawn). */
+  respawns = 0
 
   private constructor(
     readonly ns: Netns,
@@ -57,6 +65,11 @@ export class Charon {
 
   get logPath(): string {
     return join(this.dir, 'charon.log')
+  }
+
+  /** charon's own pid file (compiled-in /var/run/charon.pid, inside the private /run). */
+  get pidPath(): string {
+    return join(this.dir, 'run', 'charon.pid')
   }
 
   get confPath(): string {
@@ -81,6 +94,7 @@ export class Charon {
       startTimeoutMs: opts.startTimeoutMs ?? 5_000,
       stopGraceMs: opts.stopGraceMs ?? 2_000,
       logLevel: opts.logLevel ?? 1,
+      respawn: opts.respawn ?? false,
     })
     owners.set(ns.name, c)
     ns.onDestroy(async () => {
@@ -109,6 +123,7 @@ export class Charon {
   async stop(): Promise<void> {
     const child = this.child
     if (!child) return
+    this.stopping = true
     if (this.running) {
       child.kill('SIGTERM')
       const graceful = await Promise.race([
@@ -119,6 +134,7 @@ export class Charon {
       await Promise.race([this.exited, new Promise((r) => setTimeout(r, 5_000).unref())])
     }
     this.child = null
+    this.stopping = false
   }
 
   /** stop() then start again with the same config and dir (charon forgets everything loaded over VICI). */
@@ -144,6 +160,15 @@ export class Charon {
       this.stderrTail = (this.stderrTail + b.toString('utf8')).slice(-4096)
     })
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()))
+    child.once('exit', () => {
+      if (!this.opts.respawn || this.stopping || this.child !== child) return
+      // A supervisor's restart: shortly after, with the same config; a failed start leaves it down (tests see it).
+      setTimeout(() => {
+        if (this.stopping || this.child !== child) return
+        this.respawns++
+        void this.spawn().catch(() => undefined)
+      }, 200).unref()
+    })
     const deadline = Date.now() + this.opts.startTimeoutMs
     for (;;) {
       if (!this.running) throw new Error(`charon in ${this.ns.name} exited during start: ${this.stderrTail.trim()}`)

@@ -6,12 +6,13 @@
 import { parseArgs } from 'node:util'
 import { defaultDriver, startAgents, type AgentDriver, type DaemonDriver } from './agents.js'
 import { runHaDemo } from './demo-ha.js'
+import { runMediatedDemo } from './demo-mediated.js'
 import type { HaTopology } from './ha.js'
 import { captureUnderlay, captureVerdict, cellLabel, defaultChecks, describeCapture, pathsWithoutTunnels, renderMatrix, runMatrix, waitMatrix, type MatrixResult } from './matrix.js'
 import { destroyAll, isRoot } from './netns.js'
 import { Topology } from './topology.js'
 
-const USAGE = `usage: scripts/demo [--once] [--interval SECONDS] [--ha]
+const USAGE = `usage: scripts/demo [--once] [--interval SECONDS] [--ha] [--mediated [--offline SECONDS]]
 
 Builds two FabEdge-style clusters out of network namespaces on this machine (beijing: connector, cloud node,
 two edge nodes; shanghai: connector; the connectors joined by a community), runs one strongSwan charon and one
@@ -20,7 +21,11 @@ fabtunnel agent per gateway, and shows the tunnels and the pod-to-pod connectivi
   --interval SECONDS refresh period (default 5)
   --ha               the connector-HA shape instead: two connector replicas with real keepalived moving a public
                      and an internal VIP, a cloud node, two edges; fails the active replica over (node crash, then
-                     planned switchover) and prints each phase (docs/ha.md)`
+                     planned switchover) and prints each phase (docs/ha.md)
+  --mediated         edges behind NAT with the connector as IKEv2 mediation server: runs every order of issue 17
+                     (edges before the connector, an edge offline, connector restart, NAT flush, a stale request)
+                     and prints the recovery times and where the ESP flows (docs/mediation.md)
+  --offline SECONDS  how long the edge stays offline in --mediated (default 60)`
 
 function header(topo: Topology): string {
   const lines = [
@@ -60,7 +65,7 @@ async function round(topo: Topology, driver: AgentDriver): Promise<{ text: strin
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { once: { type: 'boolean' }, interval: { type: 'string' }, ha: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } })
+  const { values } = parseArgs({ options: { once: { type: 'boolean' }, interval: { type: 'string' }, ha: { type: 'boolean' }, mediated: { type: 'boolean' }, offline: { type: 'string' }, help: { type: 'boolean', short: 'h' } } })
   if (values.help) {
     console.log(USAGE)
     return 0
@@ -75,6 +80,14 @@ async function main(): Promise<number> {
     return 1
   }
   if (values.ha) return haDemo(Boolean(values.once), interval)
+  if (values.mediated) {
+    const offlineS = Number(values.offline ?? '60')
+    if (!(offlineS >= 0)) {
+      console.error(USAGE)
+      return 2
+    }
+    return mediatedDemo(Boolean(values.once), offlineS)
+  }
   const driver = await defaultDriver()
   const t0 = performance.now()
   let topo: Topology | null = null
@@ -140,6 +153,19 @@ async function haDemo(once: boolean, interval: number): Promise<number> {
   })
   try {
     return await runHaDemo({ once, interval, isStopping: stopping, onTopology: (topo, driver) => (parts = { topo, driver }) })
+  } finally {
+    await teardown()
+  }
+}
+
+async function mediatedDemo(once: boolean, offlineS: number): Promise<number> {
+  let parts: { topo: Topology; driver: DaemonDriver } | null = null
+  const { teardown, stopping } = teardownOnSignals(() => {
+    const p = parts
+    return p ? p.driver.stopAll().finally(() => p.topo.destroy()) : destroyAll()
+  })
+  try {
+    return await runMediatedDemo({ once, offlineS, isStopping: stopping, onTopology: (topo, driver) => (parts = { topo, driver }) })
   } finally {
     await teardown()
   }

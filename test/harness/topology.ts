@@ -34,6 +34,7 @@ import {
   planTopology,
   renderTunnelsYaml,
   tunnelsView,
+  type NatPlan,
   type NodePlan,
   type TopologyPlan,
   type TopologySpec,
@@ -48,6 +49,8 @@ export interface TopologyOptions {
   inactiveEdges?: string[]
   /** charon filelog level. Default 1. */
   charonLogLevel?: number
+  /** Every gateway's charon is started again when it exits on its own (CharonOptions.respawn). Default false. */
+  charonRespawn?: boolean
   /**
    * Cloud nodes get no static route to the connector: their routes come from `fabtunnel run --role cloud` (a
    * CloudNode, run like a gateway's agent by the DaemonDriver). Default false: a static default route via the
@@ -144,6 +147,8 @@ export class Topology {
   readonly pods = new Map<string, Pod>()
   /** Cloud nodes run by an agent (TopologyOptions.cloudAgents), by full name; empty otherwise. */
   readonly cloudNodes = new Map<string, CloudNode>()
+  /** NAT router namespaces (TopologySpec.edgeNat) by NatPlan name, with the name of their underlay interface. */
+  readonly nats = new Map<string, { ns: Netns; plan: NatPlan; outIf: string }>()
   private readonly activeEdges: Set<string>
   private destroyed = false
 
@@ -181,7 +186,7 @@ export class Topology {
       await rm(dir, { recursive: true, force: true })
     })
     try {
-      await topo.build(opts.charonLogLevel ?? 1)
+      await topo.build(opts.charonLogLevel ?? 1, opts.charonRespawn === true)
     } catch (e) {
       await topo.destroy()
       throw e
@@ -189,7 +194,7 @@ export class Topology {
     return topo
   }
 
-  private async build(charonLogLevel: number): Promise<void> {
+  private async build(charonLogLevel: number, respawn: boolean): Promise<void> {
     await this.hub.run(['ip', 'link', 'add', 'ul', 'type', 'bridge'])
     await this.hub.run(['ip', 'link', 'set', 'ul', 'up'])
     const all = this.plan.clusters.flatMap((c) => c.nodes)
@@ -199,11 +204,12 @@ export class Topology {
         this.nodes.set(n.fullName, ns)
       }),
     )
+    await settleAll(this.plan.nats.map((n) => this.addNat(n)))
     // Connectors first: they own the LAN bridge their cloud nodes plug into.
     await settleAll(all.filter((n) => n.role === 'connector').map((n) => this.wireNode(n)))
     await settleAll(all.filter((n) => n.role !== 'connector').map((n) => this.wireNode(n)))
     await settleAll(all.flatMap((n) => n.pods.map((p) => this.addPod(n, p.name, p.ip))))
-    await settleAll(this.plan.gateways.map((g) => this.startGateway(g, charonLogLevel)))
+    await settleAll(this.plan.gateways.map((g) => this.startGateway(g, charonLogLevel, respawn)))
     if (this.cloudAgents) {
       for (const n of all.filter((x) => x.role === 'cloud')) {
         const connector = this.gateway(this.plan.clusters.find((c) => c.name === n.cluster)!.connector.fullName)
@@ -215,7 +221,12 @@ export class Topology {
   private async wireNode(n: NodePlan): Promise<void> {
     const ns = this.nodes.get(n.fullName)!
     const batch: string[] = []
-    if (n.publicIp) {
+    if (n.nat) {
+      const nat = this.nats.get(n.nat.name)!
+      const [inNat, inNode] = await vethPair(nat.ns, ns, 'vn')
+      await nat.ns.run(['ip', 'link', 'set', inNat, 'master', 'natlan'])
+      batch.push(`addr add ${n.ikeIp}/24 dev ${inNode}`, `route add default via ${n.nat.insideIp}`)
+    } else if (n.publicIp) {
       const [inHub, inNode] = await vethPair(this.hub, ns, 'vu')
       await this.hub.run(['ip', 'link', 'set', inHub, 'master', 'ul'])
       batch.push(`addr add ${n.publicIp}/16 dev ${inNode}`)
@@ -237,6 +248,45 @@ export class Topology {
     await ns.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0'])
   }
 
+  /**
+   * A NAT router: underlay address on a veth into the hub, the inside LAN on a bridge, MASQUERADE of the inside LAN
+   * out of the underlay interface. Nothing else: no port forwards, so inbound packets pass only as replies to a
+   * mapping an inside host opened (what hole punching has to work with).
+   */
+  private async addNat(plan: NatPlan): Promise<void> {
+    const ns = await Netns.create('ftn')
+    this.nats.set(plan.name, { ns, plan, outIf: '' })
+    const [inHub, outIf] = await vethPair(this.hub, ns, 'vu')
+    this.nats.get(plan.name)!.outIf = outIf
+    await this.hub.run(['ip', 'link', 'set', inHub, 'master', 'ul'])
+    await exec(['ip', '-n', ns.name, '-batch', '-'], { input: `addr add ${plan.publicIp}/16 dev ${outIf}\n` })
+    await addBridge(ns, 'natlan', [`${plan.insideIp}/24`])
+    await ns.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'])
+    // Like any home or cloud NAT gateway, it drops what arrives unsolicited on its public side. That matters for
+    // hole punching, not only for realism: a conntrack entry is confirmed only once its first packet survives the
+    // hooks, so a punch packet that reaches this NAT before the inside edge sent its own leaves no trace here. A NAT
+    // that accepted it (into INPUT, no listener) would keep that entry, and the edge's own punch packets towards the
+    // same peer would then clash with it and leave on another port, never matching the peer NAT's mapping.
+    const rules = [
+      ['-t', 'nat', '-A', 'POSTROUTING', '-s', plan.insideCidr, '-o', outIf, '-j', 'MASQUERADE'],
+      ['-A', 'INPUT', '-i', outIf, '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'],
+      ['-A', 'INPUT', '-i', outIf, '-j', 'DROP'],
+    ]
+    for (const r of rules) await ns.run(['iptables', '-w', ...r])
+  }
+
+  /** The NAT in front of an edge. */
+  natOf(edge: string): { ns: Netns; plan: NatPlan; outIf: string } {
+    const plan = this.gateway(edge).plan.nat
+    if (!plan) throw new Error(`${edge} is not behind a NAT`)
+    return this.nats.get(plan.name)!
+  }
+
+  /** Forgets every mapping of an edge's NAT (`conntrack -F`): the next packet out gets a fresh one. */
+  async flushNat(edge: string): Promise<void> {
+    await this.natOf(edge).ns.run(['conntrack', '-F'])
+  }
+
   private async addPod(node: NodePlan, name: string, ip: string): Promise<void> {
     const host = this.nodes.get(node.fullName)!
     const ns = await Netns.create('ftp')
@@ -248,13 +298,13 @@ export class Topology {
     })
   }
 
-  private async startGateway(n: NodePlan, charonLogLevel: number): Promise<void> {
+  private async startGateway(n: NodePlan, charonLogLevel: number, respawn: boolean): Promise<void> {
     const ns = this.nodes.get(n.fullName)!
     if (n.role === 'connector' && n.routes.length) {
       await exec(['ip', '-n', ns.name, '-batch', '-'], { input: n.routes.map((r) => `route replace ${r.dst} via ${r.via}\n`).join('') })
     }
     const dir = join(this.dir, n.fullName)
-    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel, extraConf: CHARON_RETRANSMIT }), this.pki.issue(n.cluster, n.name)])
+    const [charon, cert] = await Promise.all([Charon.start(ns, { logLevel: charonLogLevel, extraConf: CHARON_RETRANSMIT, respawn }), this.pki.issue(n.cluster, n.name)])
     const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': this.tunnelsYaml(n) })
     this.gateways.set(n.fullName, new Gateway(n, ns, charon, cert, config, dir, this.pki.caCertPath))
   }
@@ -338,7 +388,7 @@ export class Topology {
   async destroy(): Promise<void> {
     if (this.destroyed) return
     this.destroyed = true
-    const spaces = [...[...this.pods.values()].map((p) => p.ns), ...this.nodes.values()]
+    const spaces = [...[...this.pods.values()].map((p) => p.ns), ...this.nodes.values(), ...[...this.nats.values()].map((n) => n.ns)]
     await Promise.all(spaces.map((ns) => ns.destroy()))
     await this.hub.destroy()
   }

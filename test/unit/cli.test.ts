@@ -123,13 +123,13 @@ async function statusServer(t: Test, status: () => unknown) {
 t.test('status: prints the per-peer table from the agent\'s /status, or the raw JSON', async (t) => {
   const doc = {
     version: '0.4.0', node: { name: 'beijing.edge1', type: 'EdgeNode' }, ready: true, datapath: 'xfrm',
-    peers: [{ name: 'beijing.connector', type: 'Peer', state: 'up', since: new Date().toISOString(), childrenUp: 1, childrenDesired: 1, initiator: true, lastError: null, waiting: null }],
+    peers: [{ name: 'beijing.connector', type: 'Peer', state: 'up', since: new Date().toISOString(), childrenUp: 1, childrenDesired: 1, initiator: true, lastError: null, waiting: null, path: 'direct' }],
   }
   const port = await statusServer(t, () => doc)
   const table = await cli(['status', '--listen', `127.0.0.1:${port}`])
   t.equal(table.code, 0, table.err)
   t.match(table.out, /^node beijing\.edge1 \(EdgeNode\)  ready=yes  datapath=xfrm/)
-  t.match(table.out, /^beijing\.connector  Peer  initiator  up     \d+s +1\/1$/m)
+  t.match(table.out, /^beijing\.connector  Peer  initiator  up     \d+s +1\/1 +direct$/m)
   const json = await cli(['status', '--json', '--listen', `:${port}`])
   t.equal(json.code, 0, 'an all-interfaces --listen (the agent\'s own flag value) is read over loopback')
   t.same(JSON.parse(json.out), doc)

@@ -53,9 +53,12 @@ t.test('edge: initiates to every peer, mediator first, connector before edges; m
   t.same(d.initiateChildren.mediator, [], 'the mediation connection has no children: initiate the IKE SA')
   t.same(d.conns.mediator, {
     version: '2', mediation: 'yes', remote_addrs: ['10.40.10.180'], remote_port: '45000', local_port: '4500', dpd_delay: EDGE_DPD_DELAY,
-    local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge1' },
+    // registered under its name (FabEdge: ensureMediatorConnection LocalID = current.Name), what the other edge's
+    // mediation_peer asks for
+    local: { auth: 'pubkey', id: 'beijing.edge1' },
     remote: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector' },
   })
+  t.equal(d.conns['beijing.edge2']!.mediation_peer, 'beijing.edge2', 'asks the server for the name edge2 registers under')
   t.same(d.conns['beijing.connector'], {
     version: '2', remote_addrs: ['10.40.10.180'], remote_port: '45000', local_port: '4500', dpd_delay: EDGE_DPD_DELAY,
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.edge1' },

@@ -155,3 +155,25 @@ t.test('ConfigMap directory: kubelet layout and atomic ..data swap', async (t) =
   t.not(second, first)
   t.same((await readdir(join(dir, 'cm'))).sort(), [second, '..data', 'tunnels.yaml'].sort(), 'old data dir removed, no temp link left')
 })
+
+t.test('edges behind NAT: a NAT per edge, or one shared; peers see the NAT, charon speaks from inside', async (t) => {
+  const spec = starTopology(2)
+  spec.edgeMesh = 'mediated'
+  spec.edgeNat = 'each'
+  const p = planTopology(spec)
+  const [c, e1, e2] = p.clusters[0]!.nodes
+  t.equal(c!.nat, null, 'the connector is on the underlay')
+  t.equal(c!.ikeIp, c!.publicIp)
+  t.same(e1!.nat, { name: 'nat-beijing.edge1', publicIp: '10.77.101.2', insideIp: '172.17.2.1', insideCidr: '172.17.2.0/24' })
+  t.equal(e1!.publicIp, '10.77.101.2', "FabEdge's publicAddresses: the NAT's address")
+  t.equal(e1!.ikeIp, '172.17.2.2')
+  t.equal(e2!.nat!.publicIp, '10.77.101.3')
+  t.equal(p.nats.length, 2)
+  t.same(tunnelsView(p, e1!).local.publicAddresses, ['10.77.101.2'])
+  spec.edgeNat = 'shared'
+  const s = planTopology(spec)
+  const [, s1, s2] = s.clusters[0]!.nodes
+  t.equal(s1!.nat, s2!.nat, 'one NAT object for both')
+  t.equal(s.nats.length, 1)
+  t.same([s1!.ikeIp, s2!.ikeIp, s1!.publicIp], ['172.17.0.3', '172.17.0.4', '10.77.201.1'])
+})
