@@ -3,7 +3,8 @@
 // smaller (libipsec's ipsec0, MTU 1400), and the gateways drop the ICMP "fragmentation needed" they would send
 // back (filter OUTPUT), as a path that filters ICMP does. Without the clamp a 1 MB transfer from the edge pod to the
 // cloud pod stalls after the handshake; with it the transfer completes, and the SYN arriving at the cloud pod (and
-// the SYN-ACK arriving at the edge pod) carries the clamped MSS: the tunnel MTU minus 40.
+// the SYN-ACK arriving at the edge pod) carries the clamped MSS: the tunnel MTU minus 40. (A fixed --tcp-mss on real
+// SYNs: test/integration/iptables/mss-traffic.test.ts, which needs no charon.)
 import t from 'tap'
 import { defaultDriver, tunnelsUp, waitFor, type DaemonDriver } from '../harness/agents.js'
 import { starTopology } from '../harness/addressing.js'
@@ -15,7 +16,7 @@ const MB = 1 << 20
 /** Long enough for 1 MB through userspace ESP on a loaded 2-core machine many times over (it takes well under 1 s). */
 const STALL_MS = 10_000
 const COMPLETE_MS = 60_000
-const READY_MS = 60_000
+const READY_MS = 120_000
 
 let mssArgs = ['--tcp-mss', 'off']
 const driver: DaemonDriver | null = needsRoot ? null : await defaultDriver({ extraArgs: () => mssArgs })
@@ -51,7 +52,7 @@ t.test('MSS clamp: a 1 MB transfer through a tunnel smaller than the pods\' MTU,
     for (const g of gateways) await driver!.waitReady(g, READY_MS)
     await waitFor('tunnels up', READY_MS, () => tunnelsUp(topo), 200)
     // The tunnel carries small segments (and the transfer below has a working path) before anything is measured.
-    await waitFor('a 1 KB transfer edge pod -> cloud pod', READY_MS, async () => (await tcpTransfer(edgePod.ns, cloudPod.ns, cloudPod.ip, port++, 1024, 3_000)).ok, 200)
+    await waitFor('a 1 KB transfer edge pod -> cloud pod', READY_MS, async () => (await tcpTransfer(edgePod.ns, cloudPod.ns, cloudPod.ip, port++, 1024, 5_000)).ok, 200)
   }
   /** The 1 MB transfer, with the MSS of the SYN at the cloud pod and of the SYN-ACK at the edge pod. */
   const measured = async (boundMs: number): Promise<{ r: TransferResult; syn: number | null; synAck: number | null }> => {
@@ -79,7 +80,7 @@ t.test('MSS clamp: a 1 MB transfer through a tunnel smaller than the pods\' MTU,
     const { r, syn, synAck } = await measured(STALL_MS)
     t.equal(syn, podMtu - 40, `the SYN reaches the cloud pod unclamped (MSS ${syn})`)
     t.equal(synAck, podMtu - 40, `the SYN-ACK reaches the edge pod unclamped (MSS ${synAck})`)
-    t.notOk(r.ok, `1 MB did not complete within ${STALL_MS / 1000} s (${r.error}; the cloud pod received ${r.received} of ${MB} bytes)`)
+    t.ok(r.connected && r.error === 'timeout', `connected, then 1 MB did not complete within ${STALL_MS / 1000} s (${r.error}; the cloud pod received ${r.received} of ${MB} bytes)`)
     t.ok(r.received < MB, 'the cloud pod did not get it all')
 
     // Control: the stall is the filtered ICMP. Let it through and path MTU discovery alone completes the transfer.
@@ -108,15 +109,5 @@ t.test('MSS clamp: a 1 MB transfer through a tunnel smaller than the pods\' MTU,
     t.ok(r.ok, `1 MB completed${r.ms !== null ? ` in ${r.ms.toFixed(0)} ms` : `: ${r.error}, ${r.received} bytes received`}`)
     t.equal(syn, clamped, `the SYN at the cloud pod carries MSS ${clamped} (tunnel MTU ${tunnelMtu} - 40)`)
     t.equal(synAck, clamped, `the SYN-ACK at the edge pod carries MSS ${clamped}`)
-  })
-
-  await t.test('--tcp-mss 1200: the fixed value arrives', async (t) => {
-    mssArgs = ['--tcp-mss', '1200']
-    for (const g of gateways) await driver!.stop(g)
-    await startAll()
-    const { r, syn, synAck } = await measured(COMPLETE_MS)
-    t.ok(r.ok, `1 MB completed${r.ms !== null ? ` in ${r.ms.toFixed(0)} ms` : `: ${r.error}`}`)
-    t.equal(syn, 1200, 'the SYN at the cloud pod carries MSS 1200')
-    t.equal(synAck, 1200, 'the SYN-ACK at the edge pod carries MSS 1200')
   })
 })
