@@ -14,6 +14,7 @@ import { CNI_DEFAULTS, CniError, validateCniOptions, type CniOptions } from './d
 import { SysctlError } from './daemon/sysctl.js'
 import { fabedgeHelp, FabedgeRefusal, translateFabedgeArgv, type FabedgeInvocation } from './compat/fabedge-argv.js'
 import { canonicalVip } from './daemon/leader.js'
+import { parseTcpMss, TCP_MSS_DEFAULT, TCP_MSS_MAX, TCP_MSS_MIN, type TcpMss } from './iptables/mss.js'
 import { checkLeaseTimings } from './daemon/lease.js'
 import type { ElectionOptions } from './daemon/run.js'
 import { PROBE_FLAGS, probeOptionsOf } from './probe/flags.js'
@@ -74,6 +75,18 @@ export function dpdDelayOf(p: Parsed): string {
   const ms = parseDuration(String(p.values['dpd-delay']), '--dpd-delay')
   if (ms % 1000 !== 0 || ms > 3_600_000) throw new UsageError(`--dpd-delay must be whole seconds between 0s and 1h, got "${String(p.values['dpd-delay'])}"`)
   return `${ms / 1000}s`
+}
+
+const TCP_MSS: FlagSpec = {
+  type: 'string', arg: 'pmtu|off|N', default: TCP_MSS_DEFAULT,
+  help: `clamp the MSS of TCP SYNs to and from remote prefixes (mangle chain FABEDGE-MSS, docs/mtu.md): pmtu (to the path MTU of the route taken), a fixed N (${TCP_MSS_MIN}-${TCP_MSS_MAX} bytes; IPv6 at least 1220) or off`,
+}
+
+/** --tcp-mss, validated. */
+export function tcpMssOf(p: Parsed): TcpMss {
+  const r = parseTcpMss(String(p.values['tcp-mss']))
+  if (!r.ok) throw new UsageError(r.message)
+  return r.value
 }
 
 const ROLE_FLAGS: Record<string, FlagSpec> = {
@@ -197,7 +210,7 @@ const COMMANDS: Record<string, Command> = {
   },
   plan: {
     summary: 'print the operations a pass would apply to this node now (--offline: the desired state from the config alone)',
-    usage: 'fabtunnel plan [--offline] [--config FILE] [--json] [--datapath xfrm|libipsec] [--cert FILE] [--vici URI] [--role cloud --connector-address ADDR]',
+    usage: 'fabtunnel plan [--offline] [--config FILE] [--json] [--datapath xfrm|libipsec] [--tcp-mss pmtu|off|N] [--cert FILE] [--vici URI] [--role cloud --connector-address ADDR]',
     flags: {
       config: CONFIG,
       ...ROLE_FLAGS,
@@ -205,6 +218,7 @@ const COMMANDS: Record<string, Command> = {
       json: { type: 'boolean', help: 'print the desired state as JSON' },
       datapath: DATAPATH,
       'dpd-delay': DPD_DELAY,
+      'tcp-mss': TCP_MSS,
       cert: { type: 'string', arg: 'FILE', default: DEFAULTS.cert, help: 'local certificate PEM sent in local.certs' },
       vici: LIVE.vici!,
     },
@@ -212,7 +226,7 @@ const COMMANDS: Record<string, Command> = {
   },
   run: {
     summary: 'run the agent: reconcile tunnels, routes, ipsets and iptables with the config, event-driven',
-    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]] [--ip-forward] [--cni-conf-path DIR ...] [--probe-interval 1s --probe-down-after 5 --probe-rate 500 --probe-repair on|off]',
+    usage: 'fabtunnel run [--config FILE] [--vici URI] [--cert F --key F --ca F] [--listen HOST:PORT] [--datapath xfrm|libipsec] [--tcp-mss pmtu|off|N] [--role cloud --connector-address ADDR] [--leader-election none|vip|lease [--vip ADDR]] [--ip-forward] [--cni-conf-path DIR ...] [--probe-interval 1s --probe-down-after 5 --probe-rate 500 --probe-repair on|off]',
     flags: {
       ...LIVE,
       ...ROLE_FLAGS,
@@ -220,6 +234,7 @@ const COMMANDS: Record<string, Command> = {
       'resync-interval': { type: 'string', arg: 'DURATION', default: '60s', help: 'periodic full resync (safety net; 0 disables)' },
       'dpd-delay': DPD_DELAY,
       ...MEDIATION_FLAGS,
+      'tcp-mss': TCP_MSS,
       ...ELECTION_FLAGS,
       'ip-forward': { type: 'boolean', help: 'set net.ipv4.ip_forward=1 at start, in this network namespace (FabEdge edge duty; always on in FabEdge mode)' },
       'cni-conf-path': { type: 'string', arg: 'DIR', help: 'write <DIR>/<network name>.conflist (FabEdge\'s bridge + host-local config for the local subnets) after each pass whose tunnels applied; empty: off (FabEdge mode: /etc/cni/net.d)' },
@@ -354,7 +369,7 @@ async function plan(p: Parsed, io: Io, log: Logger): Promise<number> {
   }
   let desired: Desired
   try {
-    desired = nodeDesired(loaded.config, role.role, { datapath, dpdDelay: dpdDelayOf(p), ...(certPem ? { certPem } : {}), ...(role.connectorAddresses ? { connectorAddresses: role.connectorAddresses } : {}) })
+    desired = nodeDesired(loaded.config, role.role, { datapath, dpdDelay: dpdDelayOf(p), tcpMss: tcpMssOf(p), ...(certPem ? { certPem } : {}), ...(role.connectorAddresses ? { connectorAddresses: role.connectorAddresses } : {}) })
   } catch (err) {
     if (!(err instanceof DesiredError)) throw err
     io.err(`fabtunnel plan: ${err.message}`)
@@ -368,7 +383,7 @@ async function planLive(p: Parsed, io: Io, log: Logger, datapath: Datapath, role
   const { buildNode } = await import('./daemon/node.js')
   const node = await buildNode({
     config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: DEFAULTS.key, ca: DEFAULTS.ca,
-    datapath, dpdDelay: dpdDelayOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000, ...role,
+    datapath, dpdDelay: dpdDelayOf(p), tcpMss: tcpMssOf(p), resyncMs: 0, log, credentials: false, viciTimeoutMs: 10_000, ...role,
   })
   try {
     const outcome = await node.agent.reloadConfig()
@@ -484,7 +499,7 @@ async function runCommand(p: Parsed, io: Io, log: Logger): Promise<number> {
     try {
       running = await startDaemon({
         config: String(p.values.config), vici: String(p.values.vici), cert: String(p.values.cert), key: String(p.values.key),
-        ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), resyncMs, log,
+        ca: String(p.values.ca), listen, datapath: datapathOf(p), dpdDelay: dpdDelayOf(p), tcpMss: tcpMssOf(p), resyncMs, log,
         ipForward: p.values['ip-forward'] === true, cni, ...roles, election, probes, mediation,
       })
     } catch (err) {

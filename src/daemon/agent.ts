@@ -13,6 +13,7 @@ import { ConfigParser, MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
 import { DesiredBuilder, type DesiredDelta } from '../desired/incremental.js'
 import type { Datapath, Desired, Role } from '../desired/types.js'
+import type { TcpMss } from '../iptables/mss.js'
 import type { Logger } from '../log.js'
 import { PassEngine, type PassRecord } from '../reconcile/engine.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
@@ -24,6 +25,8 @@ export interface AgentOptions {
   datapath: Datapath
   /** `dpd_delay` of the connections this node initiates (charon duration, e.g. `3s`); default EDGE_DPD_DELAY. */
   dpdDelay?: string
+  /** TCP MSS clamping of SYNs to and from remote prefixes (`--tcp-mss`); absent: none. */
+  tcpMss?: TcpMss
   /** The role the node runs as; undefined: from the config's local endpoint type (connector or edge). */
   role?: Role
   /** Cloud role: the connector's internal address per family, the next hop of every route. */
@@ -251,7 +254,7 @@ export class Agent {
     const { role, connectorAddresses } = this.opts
     const { desired, delta } = this.builder.build(this.config, role, {
       datapath: this.opts.datapath, ...(this.opts.dpdDelay !== undefined ? { dpdDelay: this.opts.dpdDelay } : {}), ...(certPem ? { certPem } : {}), ...(gateways ? { gateways } : {}), ...(connectorAddresses ? { connectorAddresses } : {}),
-      ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}),
+      ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}), ...(this.opts.tcpMss ? { tcpMss: this.opts.tcpMss } : {}),
     }, this.configChange)
     this.configChange = null
     if (delta === null) this.pendingDelta = null

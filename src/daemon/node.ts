@@ -5,6 +5,7 @@ import { readCertPem } from '../cert.js'
 import type { TunnelConfig } from '../config/schema.js'
 import type { Datapath, Role } from '../desired/types.js'
 import { IptablesRunner } from '../iptables/runner.js'
+import { mssRules, tcpMssText, type TcpMss } from '../iptables/mss.js'
 import type { Logger } from '../log.js'
 import { openNetfilter, openRoute, type NetlinkSocket } from '../netlink/index.js'
 import { IptablesSubsystem } from '../reconcile/iptables.js'
@@ -33,6 +34,8 @@ export interface NodeOptions {
   /** undefined: connector or edge, from the config. cloud: no tunnels, no VICI; routes via `connectorAddresses`. */
   role?: Role
   connectorAddresses?: { 4?: string; 6?: string }
+  /** TCP MSS clamping (`--tcp-mss`); absent: none. */
+  tcpMss?: TcpMss
   resyncMs: number
   coalesceMs?: number
   log: Logger
@@ -56,6 +59,8 @@ export interface NodeParts {
   /** The role given (undefined: from the config) and the cloud role's next hops, for /status. */
   role: Role | undefined
   connectorAddresses: { 4?: string; 6?: string } | undefined
+  /** The `--tcp-mss` setting, for /status; absent: none. */
+  tcpMss?: TcpMss
   /** null on a cloud node, which runs no tunnels and never opens the VICI socket. */
   tunnels: TunnelsSubsystem | null
   routes: RoutesSubsystem
@@ -105,6 +110,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     configPath: o.config,
     datapath: o.datapath,
     ...(o.dpdDelay !== undefined ? { dpdDelay: o.dpdDelay } : {}),
+    ...(o.tcpMss ? { tcpMss: o.tcpMss } : {}),
     ...(o.role ? { role: o.role } : {}),
     ...(o.connectorAddresses ? { connectorAddresses: o.connectorAddresses } : {}),
     subsystems: tunnels ? [ipsets, iptables, routes, tunnels] : [ipsets, iptables, routes],
@@ -130,7 +136,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     ? { backend: iptablesRunner.backend, role: 'cloud', connectorAddresses: o.connectorAddresses }
     : { backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici, ...(o.role ? { role: o.role } : {}) }, `fabtunnel ${VERSION} starting`)
   return {
-    agent, metrics, role: o.role, connectorAddresses: o.connectorAddresses, tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock, cni,
+    agent, metrics, role: o.role, connectorAddresses: o.connectorAddresses, ...(o.tcpMss ? { tcpMss: o.tcpMss } : {}), tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock, cni,
     paths: { cert: o.cert, key: o.key, ca: o.ca },
     close: nodeCloser(agent, o.log, async () => {
       await vici?.close().catch(() => undefined)
@@ -169,6 +175,16 @@ export function roleOfNode(p: Pick<NodeParts, 'role' | 'agent'>): Role | null {
   return p.role ?? (cfg ? (cfg.local.type === 'Connector' ? 'connector' : 'edge') : null)
 }
 
+/**
+ * The `--tcp-mss` setting and whether this node's role clamps with it (a cloud node clamps only to a fixed value,
+ * iptables/mss.ts); `clamping` is false without a config in force.
+ */
+export function tcpMssStatus(p: Pick<NodeParts, 'role' | 'agent' | 'tcpMss'>): { setting: string; clamping: boolean } {
+  const mss = p.tcpMss ?? { mode: 'off' }
+  const role = roleOfNode(p)
+  return { setting: tcpMssText(mss), clamping: role !== null && mssRules(role, 4, mss).length > 0 }
+}
+
 /** The /status document. A cloud node reports no peers or tunnels: it runs none. */
 export function statusDocument(p: NodeParts, datapath: Datapath): Record<string, unknown> {
   const cfg = p.agent.configInForce
@@ -192,6 +208,7 @@ export function statusDocument(p: NodeParts, datapath: Datapath): Record<string,
     routes: { table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...p.routes.summary() },
     ipsets: p.ipsets.summary(),
     iptables: p.iptables.summary(),
+    tcpMss: tcpMssStatus(p),
     ...(p.tunnels ? { tunnels: p.tunnels.summary() } : {}),
     counters: p.agent.counters,
     /** The CNI conflist (path, when written, last error), or null when --cni-conf-path is empty. */

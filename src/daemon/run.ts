@@ -4,6 +4,7 @@
 // effect of stopping.
 import type { Datapath, Role } from '../desired/types.js'
 import type { Logger } from '../log.js'
+import type { TcpMss } from '../iptables/mss.js'
 import { addrList, Monitor } from '../netlink/index.js'
 import type { Addr } from '../netlink/addr.js'
 import { passContext } from '../reconcile/subsystem.js'
@@ -32,6 +33,8 @@ export interface RunOptions {
   /** undefined: from the config (connector or edge); cloud: no tunnels, routes via `connectorAddresses`. */
   role?: Role
   connectorAddresses?: { 4?: string; 6?: string }
+  /** TCP MSS clamping (`--tcp-mss`, iptables/mss.ts); absent: none. */
+  tcpMss?: TcpMss
   resyncMs: number
   log: Logger
   /** Set net.ipv4.ip_forward=1 at start (FabEdge's agent does; a failure stops the start with a SysctlError). */

@@ -17,6 +17,7 @@ import { cidrFamily, parseIp, sortCidrs } from '../config/cidr.js'
 import type { TunnelConfig } from '../config/schema.js'
 import { ROUTE_TABLE, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
 import { renderRuleset } from '../iptables/render.js'
+import type { TcpMss } from '../iptables/mss.js'
 import { desiredRules } from './routes.js'
 import { desiredSets } from './sets.js'
 import { DesiredError, type Desired, type DesiredRoute } from './types.js'
@@ -27,6 +28,8 @@ export interface CloudOptions {
    * A family with remote prefixes but no address gets routes without `via`, which the routes subsystem reports.
    */
   connectorAddresses: { 4?: string; 6?: string }
+  /** TCP MSS clamping (iptables/mss.ts: a cloud node clamps only to a fixed value); absent: none. */
+  tcpMss?: TcpMss
 }
 
 /** Every remote prefix behind the connector, canonical and sorted (pods, services, node IPs). */
@@ -51,6 +54,7 @@ export function cloudDesired(config: TunnelConfig, opts: CloudOptions): Desired 
     throw new DesiredError('ROLE_MISMATCH', `--role cloud needs the connector's tunnels.yaml (local type Connector), got local type ${config.local.type} (${config.local.name})`)
   }
   const routes = cloudRoutes(config, opts.connectorAddresses)
+  const mss = opts.tcpMss ? { mss: opts.tcpMss } : {}
   return {
     role: 'cloud',
     conns: {},
@@ -60,8 +64,8 @@ export function cloudDesired(config: TunnelConfig, opts: CloudOptions): Desired 
     rules: desiredRules(config),
     ipsets: desiredSets(config, 'cloud'),
     iptables: {
-      ipv4: renderRuleset({ role: 'cloud', family: 4, localPodCidrs: [] }),
-      ipv6: renderRuleset({ role: 'cloud', family: 6, localPodCidrs: [] }),
+      ipv4: renderRuleset({ role: 'cloud', family: 4, localPodCidrs: [], ...mss }),
+      ipv6: renderRuleset({ role: 'cloud', family: 6, localPodCidrs: [], ...mss }),
     },
   }
 }

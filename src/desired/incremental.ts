@@ -202,7 +202,7 @@ export class DesiredBuilder {
   private contextKey(config: TunnelConfig, role: Role | undefined, opts: NodeDesiredOptions): string | null {
     const r = role ?? roleOf(config)
     if (r === 'cloud' || (role !== undefined && role !== roleOf(config)) || opts.standby || opts.standbyVia) return null
-    return JSON.stringify([r, opts.datapath, opts.certPem ?? '', opts.gateways ?? {}, opts.dpdDelay ?? '', opts.drainVip ?? '', opts.connectorAddresses ?? {}])
+    return JSON.stringify([r, opts.datapath, opts.certPem ?? '', opts.gateways ?? {}, opts.dpdDelay ?? '', opts.drainVip ?? '', opts.connectorAddresses ?? {}, opts.tcpMss ?? null])
   }
 
   /** The per-peer parts and counts of a desired state computed in full. */

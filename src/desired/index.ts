@@ -21,6 +21,7 @@ export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desire
   const role = roleOf(config)
   const conns = desiredConns(config, opts)
   const podCidrs = (family: 4 | 6): string[] => config.local.subnets.filter((c) => cidrFamily(c) === family)
+  const mss = opts.tcpMss ? { mss: opts.tcpMss } : {}
   const drain = (family: 4 | 6): { drainVip?: string } => (role === 'connector' && opts.drainVip && cidrFamily(opts.drainVip) === family ? { drainVip: opts.drainVip } : {})
   const desired: Desired = {
     role,
@@ -31,8 +32,8 @@ export function desiredState(config: TunnelConfig, opts: DesiredOptions): Desire
     rules: desiredRules(config),
     ipsets: desiredSets(config, role),
     iptables: {
-      ipv4: renderRuleset({ role, family: 4, localPodCidrs: podCidrs(4), ...drain(4) }),
-      ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6), ...drain(6) }),
+      ipv4: renderRuleset({ role, family: 4, localPodCidrs: podCidrs(4), ...drain(4), ...mss }),
+      ipv6: renderRuleset({ role, family: 6, localPodCidrs: podCidrs(6), ...drain(6), ...mss }),
     },
   }
   return opts.standby ? standbyState(desired, opts.standbyVia ? cloudRoutes(config, opts.standbyVia) : undefined) : desired
@@ -49,7 +50,7 @@ export interface NodeDesiredOptions extends DesiredOptions {
  * (a cloud node reads the connector's own tunnels.yaml, so only the flag tells them apart).
  */
 export function nodeDesired(config: TunnelConfig, role: Role | undefined, opts: NodeDesiredOptions): Desired {
-  if (role === 'cloud') return cloudDesired(config, { connectorAddresses: opts.connectorAddresses ?? {} })
+  if (role === 'cloud') return cloudDesired(config, { connectorAddresses: opts.connectorAddresses ?? {}, ...(opts.tcpMss ? { tcpMss: opts.tcpMss } : {}) })
   if (role !== undefined && role !== roleOf(config)) {
     throw new DesiredError('ROLE_MISMATCH', `--role ${role} but the config's local endpoint ${config.local.name} is of type ${config.local.type}`)
   }

@@ -1,5 +1,6 @@
 // Shapes of the desired state: what a node should look like, derived purely from one config snapshot.
 import type { Family } from '../fabedge.js'
+import type { TcpMss } from '../iptables/mss.js'
 
 /** A VICI message section as sent with `load-conn`: string values, string lists and nested sections. */
 export interface ViciSection {
@@ -63,6 +64,8 @@ export interface DesiredOptions {
   standbyVia?: { 4?: string; 6?: string }
   /** Connector only: draining while holding this VIP (canonical address); see iptables drainRules. */
   drainVip?: string
+  /** TCP MSS clamping of SYNs to and from remote prefixes (iptables/mss.ts); absent: none. */
+  tcpMss?: TcpMss
 }
 
 export interface Desired {

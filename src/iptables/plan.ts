@@ -9,12 +9,14 @@
 import { CHAIN, type Family } from '../fabedge.js'
 import { IptablesError } from './errors.js'
 import { KUBE_POSTROUTING } from './render.js'
+import { MSS_CHAIN } from './mss.js'
 import { lineTokenize, rulesetParse, type ParsedChain, type ParsedRuleset, type ParsedTable } from './parse.js'
 
-export type Table = 'filter' | 'nat'
-export const TABLES: readonly Table[] = ['filter', 'nat']
+export type Table = 'filter' | 'nat' | 'mangle'
+/** The tables we may own chains in: FabEdge's filter and nat, and mangle for our MSS clamp chain (mss.ts). */
+export const TABLES: readonly Table[] = ['filter', 'nat', 'mangle']
 
-/** Chains with this prefix in tables filter and nat are ours (the FabEdge contract); nothing else ever is. */
+/** Chains with this prefix in tables filter, nat and mangle are ours (the FabEdge contract); nothing else ever is. */
 export const OWN_PREFIX = 'FABEDGE-'
 
 export interface JumpSpec {
@@ -23,7 +25,10 @@ export interface JumpSpec {
   from: string
   /** Our chain it jumps to. */
   to: string
-  /** Must be rule 1 of `from` (nat POSTROUTING: our ACCEPT/RETURN must run before anyone's MASQUERADE). */
+  /**
+   * Must be rule 1 of `from` (nat POSTROUTING: our ACCEPT/RETURN must run before anyone's MASQUERADE; mangle
+   * POSTROUTING: a foreign ACCEPT ahead of the clamp would let SYNs leave unclamped).
+   */
   first: boolean
 }
 
@@ -32,6 +37,9 @@ export const JUMPS: readonly JumpSpec[] = [
   { table: 'filter', from: 'INPUT', to: CHAIN.input, first: false },
   { table: 'filter', from: 'FORWARD', to: CHAIN.forward, first: false },
   { table: 'nat', from: 'POSTROUTING', to: CHAIN.postrouting, first: true },
+  // POSTROUTING, not FORWARD: the node's own connections (host-network pods, node IPs) need the clamp too, and the
+  // route, hence the path MTU the clamp reads, is final there.
+  { table: 'mangle', from: 'POSTROUTING', to: MSS_CHAIN, first: true },
 ]
 
 /** `iptables -t <table> -D|-I <chain> [1] -j <target>`; an insert always goes to position 1. */
@@ -79,7 +87,7 @@ const refersTo = (key: string, chain: string): boolean => {
   return false
 }
 
-/** Parses and checks a desired payload: only tables filter/nat, only own chains, only `-A` rules. */
+/** Parses and checks a desired payload: only tables filter/nat/mangle, only own chains, only `-A` rules. */
 export function desiredParse(payload: string, family: Family): ParsedRuleset {
   const parsed = rulesetParse(payload, family, true)
   for (const [name, table] of parsed) {

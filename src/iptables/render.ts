@@ -1,13 +1,15 @@
 // Pure rendering of the FabEdge ruleset (../shared/fabedge-compat.md §5) as an iptables-restore payload for
-// tables filter and nat. It declares and fills only our own chains: with `--noflush`, a `:CHAIN - [0:0]` line
-// flushes that chain and nothing else, so the whole chain is replaced atomically per table. Jumps from built-in
-// chains are not here (`-A INPUT ...` under --noflush would add a duplicate each pass); plan.ts manages them.
+// tables filter and nat, plus our MSS clamp chain in mangle when one is wanted (mss.ts). It declares and fills
+// only our own chains: with `--noflush`, a `:CHAIN - [0:0]` line flushes that chain and nothing else, so the
+// whole chain is replaced atomically per table. Jumps from built-in chains are not here (`-A INPUT ...` under
+// --noflush would add a duplicate each pass); plan.ts manages them.
 //
 // Rules are written in the exact spelling iptables-save prints (`-p udp -m udp --dport 500`, prefix lengths,
 // RELATED,ESTABLISHED), so a freshly applied ruleset reads back byte-identical; parse.ts still compares semantically.
 import { CHAIN, IPSET, ipsetName, type Family } from '../fabedge.js'
 import { parseCidr } from '../config/cidr.js'
 import { IptablesError } from './errors.js'
+import { MSS_CHAIN, mssRules, type TcpMss } from './mss.js'
 
 export type Role = 'connector' | 'edge' | 'cloud'
 
@@ -22,6 +24,8 @@ export interface RulesetInput {
    * the IKE accepts. See drainRules.
    */
   drainVip?: string
+  /** TCP MSS clamping (mss.ts); absent or `off`: no mangle table in the payload. */
+  mss?: TcpMss
 }
 
 /**
@@ -173,7 +177,7 @@ function podCidrsCanonical(family: Family, cidrs: string[]): string[] {
   return out
 }
 
-/** The iptables-restore payload (tables filter and nat) declaring and filling only our own chains. */
+/** The iptables-restore payload (tables filter and nat; mangle with an MSS clamp) declaring and filling only our own chains. */
 export function renderRuleset(input: RulesetInput): string {
   const { role, family } = input
   if (family !== 4 && family !== 6) throw new IptablesError('bad-input', `bad family ${String(family)}`)
@@ -189,5 +193,7 @@ export function renderRuleset(input: RulesetInput): string {
     for (const [chain, rules] of chains[table]) for (const r of rules) lines.push(`-A ${chain} ${r}`)
     lines.push('COMMIT')
   }
+  const mss = input.mss ? mssRules(role, family, input.mss) : []
+  if (mss.length) lines.push('*mangle', `:${MSS_CHAIN} - [0:0]`, ...mss.map((r) => `-A ${MSS_CHAIN} ${r}`), 'COMMIT')
   return lines.join('\n') + '\n'
 }

@@ -1,6 +1,6 @@
-// The iptables verbs around the pure planner: observe (one iptables-save, tables filter and nat parsed), apply a
-// plan from plan.ts (a dry run, then one iptables-restore --noflush) and cleanup. The daemon's reconciler built on
-// them is src/reconcile/iptables.ts. A plan without a payload performs no exec at all.
+// The iptables verbs around the pure planner: observe (one iptables-save, tables filter, nat and mangle parsed),
+// apply a plan from plan.ts (a dry run, then one iptables-restore --noflush) and cleanup. The daemon's reconciler
+// built on them is src/reconcile/iptables.ts. A plan without a payload performs no exec at all.
 import type { Family } from '../fabedge.js'
 import { rulesetParse } from './parse.js'
 import { iptablesCleanupPlan, TABLES, type IptablesObserved, type IptablesPlan } from './plan.js'
@@ -10,8 +10,8 @@ import type { IptablesRunner } from './runner.js'
 export type IptablesTools = Pick<IptablesRunner, 'save' | 'restore' | 'counters' | 'exclusive'>
 
 /**
- * Reads tables filter and nat of one family with a single `iptables-save`: one process per pass instead of one
- * per table (the other tables it prints are small and are not parsed past their lines).
+ * Reads tables filter, nat and mangle of one family with a single `iptables-save`: one process per pass instead
+ * of one per table (the other tables it prints are small and are not parsed past their lines).
  */
 export async function iptablesObserve(runner: Pick<IptablesTools, 'save'>, family: Family): Promise<IptablesObserved> {
   const parsed = rulesetParse(await runner.save(family), family)
@@ -37,7 +37,7 @@ export async function iptablesApply(runner: Pick<IptablesTools, 'restore' | 'cou
 }
 
 /**
- * Removes our jumps and flushes and deletes every own chain in filter and nat of one family. Run it for both
+ * Removes our jumps and flushes and deletes every own chain in filter, nat and mangle of one family. Run it for both
  * families before destroying the FABEDGE ipsets: the kernel refuses to destroy a set a rule still references.
  */
 export async function iptablesCleanup(runner: IptablesTools, family: Family): Promise<IptablesPlan> {

@@ -174,6 +174,34 @@ t.test('--dpd-delay (and FABTUNNEL_DPD_DELAY) sets dpd_delay of the connections 
   t.match((await cli(['run', '--help'])).out, /--dpd-delay DURATION\s+dead-peer detection interval .* \(default: 3s\) \[FABTUNNEL_DPD_DELAY\]/)
 })
 
+t.test('--tcp-mss (and FABTUNNEL_TCP_MSS): the MSS clamp chain in the plan, pmtu by default', async (t) => {
+  const edge = join(FIX, 'edge.yaml')
+  const mangle = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<[string | undefined, string | undefined]> => {
+    const r = await cli(['plan', '--offline', '--json', '--config', edge, ...args], env)
+    t.equal(r.code, 0, r.err)
+    const ipt = JSON.parse(r.out).iptables
+    const of = (payload: string): string | undefined => /\*mangle\n[^]*?COMMIT\n/.exec(payload)?.[0]
+    return [of(ipt.ipv4), of(ipt.ipv6)]
+  }
+  const [v4, v6] = await mangle([])
+  t.match(v4, /-A FABEDGE-MSS -p tcp -m set --match-set FABEDGE-REMOTE-CIDR dst -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu/, 'default: pmtu')
+  t.match(v6, /--match-set FABEDGE-REMOTE-CIDR6 src -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu/)
+  const [f4, f6] = await mangle(['--tcp-mss', '1300'])
+  t.match(f4, /-j TCPMSS --set-mss 1300\n/)
+  t.match(f6, /-j TCPMSS --set-mss 1300\n/)
+  t.match((await mangle([], { FABTUNNEL_TCP_MSS: '1380' }))[0], /--set-mss 1380/, 'the environment twin')
+  t.same(await mangle(['--tcp-mss', 'off']), [undefined, undefined], 'off: no mangle table at all')
+  for (const bad of ['100', 'auto', '1400.5']) {
+    const r = await cli(['plan', '--offline', '--config', edge, '--tcp-mss', bad])
+    t.equal(r.code, 2, `${bad}: usage error`)
+    t.match(r.err, `--tcp-mss must be pmtu, off or a number of bytes from 536 to 9000, got "${bad}"`)
+  }
+  const run = await cli(['run', '--listen', '127.0.0.1:0', '--tcp-mss', '20000'])
+  t.equal(run.code, 2, 'run rejects it before anything starts')
+  t.match((await cli(['run', '--help'])).out, /--tcp-mss pmtu\|off\|N\s+clamp the MSS of TCP SYNs .* \(default: pmtu\) \[FABTUNNEL_TCP_MSS\]/)
+  t.match((await cli(['plan', '--help'])).out, /--tcp-mss pmtu\|off\|N/)
+})
+
 t.test('run: a bad --listen or --resync-interval is a usage error before anything starts', async (t) => {
   const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'].map((s) => process.listenerCount(s))
   const listen = await cli(['run', '--listen', '127.0.0.1:70000'])

@@ -169,6 +169,7 @@ t.test('connector + 2 edges driven by fabtunnel run', { skip: needsRoot, timeout
     const foreignChain = await conn.ns.run(['iptables', '-t', 'filter', '-N', 'OTHER-TOOL'])
     t.equal(foreignChain, '')
     t.ok((await saIds(conn)).length > 0, 'the connector has SAs for cleanup to remove')
+    t.match(await conn.ns.run(['iptables-save', '-t', 'mangle']), /-A POSTROUTING -j FABEDGE-MSS\n/, 'the MSS clamp (--tcp-mss pmtu by default) for cleanup to remove')
     await ca.stop()
     t.ok(await ping(e1Pod.ns, connPod.ip), 'tunnel still carries traffic with the agent stopped')
     const r = await fabtunnel(conn, ['cleanup', '--json', '--vici', conn.charon.uri, '--log-level', 'silent'])

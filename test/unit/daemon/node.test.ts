@@ -141,3 +141,38 @@ t.test('buildNode --role cloud: no VICI client, no tunnels subsystem; status sho
   t.notOk('datapath' in s)
   t.notOk(lines.some((l) => /charon|vici/i.test(String(l.msg)) || /vici/i.test(String(l.err ?? ''))), 'charon is never mentioned, nor dialled')
 })
+
+t.test('--tcp-mss reaches the desired ruleset and /status (setting, and whether the role clamps with it)', async (t) => {
+  // Never started, as above: only reads.
+  const dir = mkdtempSync(join(tmpdir(), 'ftnode-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'tunnels.yaml'), readFileSync(join(FIX, 'connector.yaml')))
+  const { log } = await memoryLogger()
+  const common = {
+    config: join(dir, 'tunnels.yaml'), vici: `unix://${join(dir, 'charon.vici')}`,
+    cert: join(dir, 'absent.crt'), key: join(dir, 'absent.key'), ca: join(dir, 'absent.crt'), datapath: 'xfrm' as const, resyncMs: 0, log,
+  }
+  const connector = await buildNode({ ...common, tcpMss: { mode: 'pmtu' } })
+  t.teardown(() => connector.close(0))
+  t.same((statusDocument(connector, 'xfrm') as Record<string, any>).tcpMss, { setting: 'pmtu', clamping: false }, 'no config yet: nothing clamps')
+  t.equal(await connector.agent.reloadConfig(), 'changed')
+  t.match((await connector.agent.desired())!.iptables.ipv4, /:FABEDGE-MSS - \[0:0\]\n-A FABEDGE-MSS -p tcp -m set --match-set FABEDGE-REMOTE-POD-CIDR dst .* --clamp-mss-to-pmtu\n/)
+  t.same((statusDocument(connector, 'xfrm') as Record<string, any>).tcpMss, { setting: 'pmtu', clamping: true })
+
+  const cloud = await buildNode({ ...common, role: 'cloud', connectorAddresses: { 4: '192.168.1.5' }, tcpMss: { mode: 'pmtu' } })
+  t.teardown(() => cloud.close(0))
+  await cloud.agent.reloadConfig()
+  t.notMatch((await cloud.agent.desired())!.iptables.ipv4, /FABEDGE-MSS/, 'a cloud node: no PMTU clamp')
+  t.same((statusDocument(cloud, 'xfrm') as Record<string, any>).tcpMss, { setting: 'pmtu', clamping: false })
+  const cloudFixed = await buildNode({ ...common, role: 'cloud', connectorAddresses: { 4: '192.168.1.5' }, tcpMss: { mode: 'fixed', mss: 1300 } })
+  t.teardown(() => cloudFixed.close(0))
+  await cloudFixed.agent.reloadConfig()
+  t.match((await cloudFixed.agent.desired())!.iptables.ipv6, /--match-set FABEDGE-REMOTE-POD-CIDR6 src -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1300\n/)
+  t.same((statusDocument(cloudFixed, 'xfrm') as Record<string, any>).tcpMss, { setting: '1300', clamping: true })
+
+  const none = await buildNode(common)
+  t.teardown(() => none.close(0))
+  await none.agent.reloadConfig()
+  t.notMatch((await none.agent.desired())!.iptables.ipv4, /mangle/, 'without the option (tests, library use): no chain')
+  t.same((statusDocument(none, 'xfrm') as Record<string, any>).tcpMss, { setting: 'off', clamping: false })
+})

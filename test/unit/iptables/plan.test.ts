@@ -203,10 +203,11 @@ COMMIT
   t.equal(iptablesCleanupPlan(observedOf(saveOf([], []))).restore, null, 'nothing of ours: nothing to do')
 })
 
-t.test('a desired payload must declare only own chains with -A rules in filter/nat', async (t) => {
+t.test('a desired payload must declare only own chains with -A rules in filter/nat/mangle', async (t) => {
   const obs = observedOf(saveOf([], []))
   t.throws(() => iptablesPlan('*filter\n:KUBE-X - [0:0]\nCOMMIT\n', obs), { code: 'bad-payload' })
-  t.throws(() => iptablesPlan('*mangle\n:FABEDGE-X - [0:0]\nCOMMIT\n', obs), { code: 'bad-payload' })
+  t.throws(() => iptablesPlan('*raw\n:FABEDGE-X - [0:0]\nCOMMIT\n', obs), { code: 'bad-payload' })
+  t.throws(() => iptablesPlan('*mangle\n:KUBE-X - [0:0]\nCOMMIT\n', obs), { code: 'bad-payload' })
   t.throws(() => iptablesPlan('*filter\n:FABEDGE-X - [0:0]\n-I INPUT 1 -j FABEDGE-X\nCOMMIT\n', obs), { code: 'bad-payload' })
   t.throws(() => iptablesPlan('*filter\n-A INPUT -j FABEDGE-X\nCOMMIT\n', obs), { code: 'bad-payload' })
 })
