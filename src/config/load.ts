@@ -23,6 +23,7 @@ import jsyaml from 'js-yaml'
 import type { Node } from 'yaml'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import { isHostname, parseCidr, parseIp, type Cidr } from './cidr.js'
+import { detachStrings } from './detach.js'
 import { ConfigError, type ConfigIssue, type Severity } from './errors.js'
 import type { Endpoint, EndpointType, LocalEndpoint, PeerEndpoint, TunnelConfig } from './schema.js'
 
@@ -365,7 +366,7 @@ function locate(text: string, pending: PendingIssue[]): ConfigIssue[] {
 export function parseConfig(text: string, file = '<config>'): LoadResult {
   let root: unknown
   try {
-    root = jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA, filename: file })
+    root = detachStrings(jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA, filename: file }))
   } catch (err) {
     const e = err as { reason?: string; message: string; mark?: { line: number; column: number } }
     const issue: ConfigIssue = {
