@@ -4,10 +4,9 @@
 // itself when it does not end up running) takes over the signals that arrived meanwhile; any
 // other command gets the default behaviour back, and a SIGTERM/SIGINT that arrived while loading ends it as usual.
 import { installEarlySignals, takeEarlySignals } from './early-signals.js'
-import { tuneHeap } from './heap-tuning.js'
 
 installEarlySignals()
-tuneHeap()
+;(await import('./heap-tuning.js')).tuneHeap()
 const { main, mayRunDaemon } = await import('./commands.js')
 const argv = process.argv.slice(2)
 if (!mayRunDaemon(argv)) {
