@@ -6,6 +6,7 @@
 import { installEarlySignals, takeEarlySignals } from './early-signals.js'
 
 installEarlySignals()
+;(await import('./heap-tuning.js')).tuneHeap()
 const { main, mayRunDaemon } = await import('./commands.js')
 const argv = process.argv.slice(2)
 if (!mayRunDaemon(argv)) {

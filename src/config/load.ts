@@ -18,10 +18,12 @@
 //   every peer of an edge node except edge peers reached through a mediator, a remote connector of a connector,
 //   and the mediator of an edge node.
 import { readFile, stat } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import jsyaml from 'js-yaml'
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml'
+import type { Node } from 'yaml'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import { isHostname, parseCidr, parseIp, type Cidr } from './cidr.js'
+import { detachStrings } from './detach.js'
 import { ConfigError, type ConfigIssue, type Severity } from './errors.js'
 import type { Endpoint, EndpointType, LocalEndpoint, PeerEndpoint, TunnelConfig } from './schema.js'
 
@@ -337,8 +339,15 @@ function validate(c: Collector, root: unknown, peerReader: PeerReader = readPeer
   }
 }
 
+// `yaml` is loaded on first use: a valid config never needs it, and loading it is a sizeable part of the agent's
+// start-up CPU (issue 13). A plain require, so the executable's bundle (scripts/bundle.mjs) leaves it to
+// node_modules too.
+let yamlLib: typeof import('yaml') | undefined
+const yaml = (): typeof import('yaml') => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof import('yaml'))
+
 /** Resolves issue paths to line and column with `yaml`'s syntax tree (only called when there are issues). */
 function locate(text: string, pending: PendingIssue[]): ConfigIssue[] {
+  const { isMap, isScalar, isSeq, LineCounter, parseDocument } = yaml()
   const lines = new LineCounter()
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false })
   const pos = (node: Node | null | undefined): { line: number | null; column: number | null } => {
@@ -377,7 +386,7 @@ function locate(text: string, pending: PendingIssue[]): ConfigIssue[] {
 export function parseConfig(text: string, file = '<config>'): LoadResult {
   let root: unknown
   try {
-    root = jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA, filename: file })
+    root = detachStrings(jsyaml.load(text, { schema: jsyaml.CORE_SCHEMA, filename: file }))
   } catch (err) {
     const e = err as { reason?: string; message: string; mark?: { line: number; column: number } }
     const issue: ConfigIssue = {
@@ -557,7 +566,7 @@ export class ConfigParser {
       if (UNPORTABLE.test(chunk)) return null
       let value: unknown
       try {
-        value = jsyaml.load(chunk, { schema: jsyaml.CORE_SCHEMA, filename: file })
+        value = detachStrings(jsyaml.load(chunk, { schema: jsyaml.CORE_SCHEMA, filename: file }))
       } catch {
         return null
       }

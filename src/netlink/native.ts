@@ -4,6 +4,7 @@ import { createRequire } from 'node:module'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { NetlinkError } from './errors.js'
+import { PACKAGE_ROOT } from '../package-root.js'
 
 /** Opaque socket handle owned by the addon. */
 export type NativeHandle = { readonly __brand: 'fabtunnel_netlink' }
@@ -19,8 +20,8 @@ export interface NativeAddon {
   close(h: NativeHandle): void
 }
 
-// Same relative location from src/netlink (tsx) and dist/netlink (built).
-const addonPath = fileURLToPath(new URL('../../native/build/Release/fabtunnel_netlink.node', import.meta.url))
+// From the package root, so tsx (src/), tsc's dist/ and the bundle (dist/cli.js) all find it.
+const addonPath = fileURLToPath(new URL('native/build/Release/fabtunnel_netlink.node', PACKAGE_ROOT))
 
 let cached: NativeAddon | undefined
 

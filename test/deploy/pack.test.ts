@@ -22,7 +22,7 @@ t.test('npm pack, global install into a temp prefix, run the binary', async (t) 
   // The package's inputs: what `files` ships, plus what prepack's build needs.
   const stage = join(tmp, 'src')
   mkdirSync(stage)
-  const inputs = new Set(['package.json', 'package-lock.json', 'tsconfig.json', 'src', ...PKG.files.filter((f) => !f.startsWith('!'))])
+  const inputs = new Set(['package.json', 'package-lock.json', 'tsconfig.json', 'scripts/bundle.mjs', 'src', ...PKG.files.filter((f) => !f.startsWith('!'))])
   for (const entry of inputs) {
     const from = join(ROOT, entry)
     if (!existsSync(from) || entry.startsWith('dist')) continue

@@ -64,9 +64,9 @@ async function newestMtime(dir: string): Promise<{ path: string; ms: number }> {
 /** Rejects unless dist/cli.js exists and is at least as new as every file under src/. */
 export async function assertBuilt(): Promise<void> {
   const built = await stat(CLI).catch(() => null)
-  if (!built) throw new Error(`${CLI} does not exist: build first (npx tsc -p tsconfig.json)`)
+  if (!built) throw new Error(`${CLI} does not exist: build first (npm run build)`)
   const src = await newestMtime(join(ROOT, 'src'))
-  if (src.ms > built.mtimeMs) throw new Error(`${src.path} is newer than ${CLI}: rebuild (npx tsc -p tsconfig.json)`)
+  if (src.ms > built.mtimeMs) throw new Error(`${src.path} is newer than ${CLI}: rebuild (npm run build)`)
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
