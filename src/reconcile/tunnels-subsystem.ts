@@ -25,6 +25,8 @@ import {
   type ListedConn,
   type ObservedIkeSa,
   type TunnelOp,
+  type TunnelPlan,
+  type TunnelPlanInput,
 } from './tunnels.js'
 
 export type { PeerStatus } from './tunnels-status.js'
@@ -183,17 +185,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     const observed = { conns: this.listedConns, sas }
     const gate = this.opts.mediation?.gate(desired, sas, this.now())
     const initiate = gate?.hold.size ? desired.initiate.filter((c) => !gate.hold.has(c)) : desired.initiate
-    const { ops, waiting, wakes } = planTunnels({
-      desired: { conns, initiate, initiateChildren: desired.initiateChildren },
-      observed,
-      loaded: this.loaded,
-      attempts: this.saState.view(),
-      now: this.now(),
-      ownership: { ids: this.ownIdsSeen, loaded: this.loaded },
-      replacing: this.replacing,
-      terminating: this.saState.terminatingChildren(),
-      ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
-    })
+    const { ops, waiting, wakes } = this.planWith({ conns, initiate, initiateChildren: desired.initiateChildren }, observed)
     if (gate) {
       for (const [conn, reason] of gate.hold) waiting.push({ conn, until: Number.POSITIVE_INFINITY, reason })
       wakes.push(...gate.wakes)
@@ -236,9 +228,19 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     for (const id of ownIds(conns)) this.ownIdsSeen.add(id)
     // The initiators are the mediator and connector peers (a connector) or every peer (an edge): a short list.
     const initiate = desired.initiate.filter((n) => names.has(n))
-    const { ops, waiting, wakes } = planTunnels({
-      desired: { conns, initiate, initiateChildren: desired.initiateChildren },
-      observed: { conns: observedConns, sas },
+    const { ops, waiting, wakes } = this.planWith({ conns, initiate, initiateChildren: desired.initiateChildren }, { conns: observedConns, sas })
+    // Rotating keys needs every connection reloaded: a full plan's job.
+    if (credentials.unloadKeys.length) this.reloadForRotation(this.sectionsWithOwnCert(desired.conns), ops)
+    this.observedView.conns = listed
+    this.status.record(desired, this.observedView, waiting, names)
+    return this.finish(ops, [...this.status.waitingReasons()].map(([conn, reason]) => ({ conn, reason })), wakes, credentials)
+  }
+
+  /** The pure planner over (a slice of) the desired and observed state, with this subsystem's memory. */
+  private planWith(desired: TunnelPlanInput['desired'], observed: TunnelPlanInput['observed']): TunnelPlan {
+    return planTunnels({
+      desired,
+      observed,
       loaded: this.loaded,
       attempts: this.saState.view(),
       now: this.now(),
@@ -247,11 +249,6 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       terminating: this.saState.terminatingChildren(),
       ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
     })
-    // Rotating keys needs every connection reloaded: a full plan's job.
-    if (credentials.unloadKeys.length) this.reloadForRotation(this.sectionsWithOwnCert(desired.conns), ops)
-    this.observedView.conns = listed
-    this.status.record(desired, this.observedView, waiting, names)
-    return this.finish(ops, [...this.status.waitingReasons()].map(([conn, reason]) => ({ conn, reason })), wakes, credentials)
   }
 
   private finish(ops: TunnelOp[], waiting: ReadonlyArray<{ conn: string; reason: string }>, wakes: Array<{ at: number; reason: string }>, credentials: CredentialsChange, restart?: string): TunnelsPlan {
