@@ -252,7 +252,9 @@ function startAgent(args: string[], logPath: string): ChildProcess {
   delete env.NODE_OPTIONS
   const fd = openSync(logPath, 'a')
   try {
-    return spawn(process.execPath, [CLI, 'run', ...args], { env, stdio: ['ignore', fd, fd] })
+    // FT_BENCH_AGENT_NODE_FLAGS: node flags for diagnosis only (e.g. --cpu-prof); never set for the figures.
+    const diag = (process.env.FT_BENCH_AGENT_NODE_FLAGS ?? '').split(' ').filter(Boolean)
+    return spawn(process.execPath, [...diag, CLI, 'run', ...args], { env, stdio: ['ignore', fd, fd] })
   } finally {
     closeSync(fd)
   }

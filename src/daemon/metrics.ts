@@ -7,8 +7,25 @@ export class Metrics {
   readonly passDuration = new Histogram({ name: 'fabtunnel_pass_duration_seconds', help: 'Duration of reconcile passes', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry] })
   readonly opsApplied = new Counter({ name: 'fabtunnel_ops_applied_total', help: 'Write operations applied, per subsystem', labelNames: ['subsystem'], registers: [this.registry] })
   readonly subsystemErrors = new Counter({ name: 'fabtunnel_subsystem_errors_total', help: 'Failed plan or apply steps, per subsystem (and failed node duties: cni)', labelNames: ['subsystem'], registers: [this.registry] })
-  readonly peers = new Gauge({ name: 'fabtunnel_peers', help: 'Peers by state: desired (in config), loaded (connection in charon), up (every child SA installed)', labelNames: ['state'], registers: [this.registry] })
-  readonly childSasUp = new Gauge({ name: 'fabtunnel_child_sas_up', help: 'CHILD_SAs installed for desired connections', registers: [this.registry] })
+  /**
+   * Peer counts for `fabtunnel_peers` and `fabtunnel_child_sas_up`, read when scraped (a walk over every peer's
+   * status is O(peers): per scrape, not per pass). null: the gauges keep what was set.
+   */
+  peerCounts: (() => { desired: number; loaded: number; up: number; childSasUp: number }) | null = null
+  readonly peers: Gauge<'state'> = new Gauge({
+    name: 'fabtunnel_peers', help: 'Peers by state: desired (in config), loaded (connection in charon), up (every child SA installed)', labelNames: ['state'], registers: [this.registry],
+    collect: (): void => {
+      const c = this.peerCounts?.()
+      if (c) for (const state of ['desired', 'loaded', 'up'] as const) this.peers.set({ state }, c[state])
+    },
+  })
+  readonly childSasUp: Gauge = new Gauge({
+    name: 'fabtunnel_child_sas_up', help: 'CHILD_SAs installed for desired connections', registers: [this.registry],
+    collect: (): void => {
+      const c = this.peerCounts?.()
+      if (c) this.childSasUp.set(c.childSasUp)
+    },
+  })
   readonly configReloadErrors = new Counter({ name: 'fabtunnel_config_reload_errors_total', help: 'Config reads rejected (the last good config stays in force)', registers: [this.registry] })
   readonly configGeneration = new Gauge({ name: 'fabtunnel_config_generation', help: 'Generation of the config in force (increments on each accepted change)', registers: [this.registry] })
   readonly configValid = new Gauge({ name: 'fabtunnel_config_valid', help: '1 when the config file on disk is valid, 0 when it is rejected', registers: [this.registry] })

@@ -123,15 +123,16 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
     onPass: () => {
       if (!tunnels) return
-      const peers = tunnels.peers().filter((p) => p.name !== 'mediator')
-      metrics.peers.set({ state: 'desired' }, peers.length)
-      metrics.peers.set({ state: 'loaded' }, peers.filter((p) => p.loaded).length)
-      metrics.peers.set({ state: 'up' }, peers.filter((p) => p.state === 'up').length)
-      metrics.childSasUp.set(peers.reduce((n, p) => n + p.childrenUp, 0))
       o.afterPass?.()
     },
     ...(cni ? { duties: [cniDuty(cni, o.log.child({ duty: 'cni' }))] } : {}),
   })
+  if (tunnels) {
+    metrics.peerCounts = () => {
+      const peers = tunnels.peers().filter((p) => p.name !== 'mediator')
+      return { desired: peers.length, loaded: peers.filter((p) => p.loaded).length, up: peers.filter((p) => p.state === 'up').length, childSasUp: peers.reduce((n, p) => n + p.childrenUp, 0) }
+    }
+  }
   o.log.info(cloud
     ? { backend: iptablesRunner.backend, role: 'cloud', connectorAddresses: o.connectorAddresses }
     : { backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici, ...(o.role ? { role: o.role } : {}) }, `fabtunnel ${VERSION} starting`)

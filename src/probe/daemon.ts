@@ -57,12 +57,35 @@ export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: P
       prober!.update(new Map(), new Map())
       return
     }
-    if (addrs === null || config !== lastConfig) addrs = await host.addresses()
+    if (addrs === null || config !== lastConfig) {
+      addrs = await host.addresses()
+      targets = null
+    }
     lastConfig = config
+    // The targets follow the config and the addresses only (O(peers) to compute): kept until either changes.
+    targets ??= probeTargets(config, addrs)
     const tunnels = new Map(host.peers().map((p) => [p.name, peerTunnel(p)]))
-    prober!.update(probeTargets(config, addrs), tunnels)
+    prober!.update(targets, tunnels)
+    lastRefresh = monotonicMs()
   }
+  let targets: ReturnType<typeof probeTargets> | null = null
+  let lastRefresh = Number.NEGATIVE_INFINITY
+  let delayed: NodeJS.Timeout | null = null
+  // A pass asks for a refresh; it runs at most once per probe interval (every peer's status is walked: O(peers)),
+  // at once when the config changed (new or removed peers are probed, or no longer, without waiting).
   const refresh = (): void => {
+    const config = host.config()
+    const wait = lastRefresh + Math.max(o.intervalMs, 1000) - monotonicMs()
+    if (config === lastConfig && addrs !== null && wait > 0) {
+      if (!delayed) {
+        delayed = setTimeout(() => {
+          delayed = null
+          refresh()
+        }, wait)
+        delayed.unref()
+      }
+      return
+    }
     if (refreshing) {
       again = true
       return
@@ -85,6 +108,7 @@ export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: P
     addressesChanged: () => { addrs = null },
     status: () => prober!.status(),
     close: () => {
+      if (delayed) clearTimeout(delayed)
       prober!.close()
       host.metrics.probeSnapshot = null
     },

@@ -119,6 +119,8 @@ const realTimer = (fn: () => void, ms: number): { cancel(): void } => {
 
 export class Prober {
   private readonly peers = new Map<string, Entry>()
+  /** The targets of the last update (the same object: the config did not change). */
+  private lastTargets: ReadonlyMap<string, TargetChoice> | null = null
   private readonly bySeq = new Map<number, string>()
   private nextSeq = 1
   private readonly schedule: ProbeSchedule
@@ -143,6 +145,17 @@ export class Prober {
    */
   update(targets: ReadonlyMap<string, TargetChoice>, tunnels: ReadonlyMap<string, PeerTunnel>): void {
     const now = this.d.now()
+    if (targets === this.lastTargets) {
+      // The same targets (the config did not change): only the tunnels' state moves.
+      for (const [name, e] of this.peers) {
+        const tunnel = tunnels.get(name) ?? { initiator: false, ike: 'down' as const }
+        if (tunnel.ike !== 'up') e.ikeUpAt = null
+        else if (e.ikeUpAt === null) e.ikeUpAt = now
+        e.tunnel = tunnel
+      }
+      return
+    }
+    this.lastTargets = targets
     for (const name of [...this.peers.keys()]) {
       if (!targets.has(name)) this.forget(name)
     }

@@ -76,6 +76,12 @@ export class FakeKernelSubsystem implements Subsystem {
     return (await this.clean('cleanupRules')).length
   }
 
+  /** Route notifications (RoutesSubsystem.observe): the fake keeps no mirror; it records them. */
+  readonly observed: string[] = []
+  observe(action: 'new' | 'del' | 'lost', route?: { dst: string }): void {
+    this.observed.push(route ? `${action} ${route.dst}` : action)
+  }
+
   async gateways(): Promise<{ 4?: string; 6?: string }> {
     return { 4: '192.0.2.1' }
   }
