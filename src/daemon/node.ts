@@ -128,10 +128,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     ...(cni ? { duties: [cniDuty(cni, o.log.child({ duty: 'cni' }))] } : {}),
   })
   if (tunnels) {
-    metrics.peerCounts = () => {
-      const peers = tunnels.peers().filter((p) => p.name !== 'mediator')
-      return { desired: peers.length, loaded: peers.filter((p) => p.loaded).length, up: peers.filter((p) => p.state === 'up').length, childSasUp: peers.reduce((n, p) => n + p.childrenUp, 0) }
-    }
+    metrics.peerCounts = () => tunnels.peerCounts()
   }
   o.log.info(cloud
     ? { backend: iptablesRunner.backend, role: 'cloud', connectorAddresses: o.connectorAddresses }

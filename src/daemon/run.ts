@@ -146,6 +146,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
       config: () => agent.configInForce,
       active: () => leadership.isLeader(),
       peers: () => tunnels.peers(),
+      tunnelStates: () => tunnels.tunnelStates(),
       addresses: deps.probeIo?.addresses ?? (async () => (await addrList(node.routeSock)).map((a) => a.address)),
       repairs: { reestablish: (peer, scope, stillNeeded) => tunnels.reestablish(peer, scope, stillNeeded) },
       metrics,

@@ -17,6 +17,11 @@ export interface ProbesHost {
   active?(): boolean
   /** The tunnels subsystem's peers (its last observation). */
   peers(): PeerStatus[]
+  /**
+   * The same reduced to what the prober reads, per peer; cheaper than peers() (no per-peer entries with their SA
+   * lists and timestamps), which it replaces when given.
+   */
+  tunnelStates?(): Map<string, PeerTunnel>
   /** This node's addresses (bare). */
   addresses(): Promise<string[]>
   repairs: RepairPort
@@ -64,7 +69,7 @@ export function startProbes(o: Omit<ProberOptions, 'policy' | 'tickMs'>, host: P
     lastConfig = config
     // The targets follow the config and the addresses only (O(peers) to compute): kept until either changes.
     targets ??= probeTargets(config, addrs)
-    const tunnels = new Map(host.peers().map((p) => [p.name, peerTunnel(p)]))
+    const tunnels = host.tunnelStates?.() ?? new Map(host.peers().map((p) => [p.name, peerTunnel(p)]))
     prober!.update(targets, tunnels)
     lastRefresh = monotonicMs()
   }

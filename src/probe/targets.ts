@@ -72,7 +72,7 @@ export const MAX_CANDIDATES = 4
  * The probe pairs of one peer, best first (the prober moves to the next while a target never answered), or why
  * there is none. `addrs`: this node's addresses (bare).
  */
-export function probeTarget(local: Endpoint, peer: Endpoint, addrs: readonly string[]): TargetChoice {
+export function probeTarget(local: Endpoint, peer: Endpoint, addrs: readonly string[], srcsOf: (family: 4 | 6) => ReturnType<typeof sources> = (f) => sources(local, addrs, f)): TargetChoice {
   const pairs: ProbePair[] = []
   for (const family of [4, 6] as const) {
     // Most specific pod subnet first: a per-node pod CIDR has its gateway on the peer itself, a cluster-wide or
@@ -82,7 +82,7 @@ export function probeTarget(local: Endpoint, peer: Endpoint, addrs: readonly str
       ...pods.map(({ c }) => ({ address: firstHost(c), kind: 'pods' as const })),
       ...cidrs(peer.nodeSubnets).filter((c) => c.family === family).map((c) => ({ address: firstHost(c), kind: 'node' as const })),
     ]
-    const srcs = sources(local, addrs, family)
+    const srcs = srcsOf(family)
     for (const d of dsts) {
       const s = srcs.find((x) => x.kind === 'pods' || d.kind === 'pods')
       if (s) pairs.push({ family, src: s.address, dst: d.address })
@@ -94,6 +94,19 @@ export function probeTarget(local: Endpoint, peer: Endpoint, addrs: readonly str
 }
 
 /** Every peer's probe pair from the config in force. */
+// Per peer object (the config parser returns unchanged peers as the same objects): a one-peer change computes one
+// peer's pairs, not 10,000. Valid while the local endpoint and this node's addresses stay the same.
+const targetMemo = new WeakMap<Endpoint, { local: Endpoint; addrs: readonly string[]; choice: TargetChoice }>()
+
 export function probeTargets(config: TunnelConfig, addrs: readonly string[]): Map<string, TargetChoice> {
-  return new Map(config.peers.map((p) => [p.name, probeTarget(config.local, p, addrs)]))
+  // This node's source candidates are the same for every peer: computed once per family.
+  const srcs = { 4: null as ReturnType<typeof sources> | null, 6: null as ReturnType<typeof sources> | null }
+  const srcsOf = (f: 4 | 6): ReturnType<typeof sources> => (srcs[f] ??= sources(config.local, addrs, f))
+  return new Map(config.peers.map((p) => {
+    const memo = targetMemo.get(p)
+    if (memo && memo.local === config.local && memo.addrs === addrs) return [p.name, memo.choice]
+    const choice = probeTarget(config.local, p, addrs, srcsOf)
+    targetMemo.set(p, { local: config.local, addrs, choice })
+    return [p.name, choice]
+  }))
 }

@@ -104,6 +104,46 @@ export class TunnelsStatus {
     this.observed = null
   }
 
+  /**
+   * Per peer, whether this node initiates and how far IKE is (every child up: `up`; an IKE_SA ESTABLISHED:
+   * `established`; else `down`): what the datapath prober reads (src/probe/daemon.ts peerTunnel), without building
+   * peers()'s entries.
+   */
+  tunnelStates(): Map<string, { initiator: boolean; ike: 'up' | 'established' | 'down' }> {
+    const out = new Map<string, { initiator: boolean; ike: 'up' | 'established' | 'down' }>()
+    const d = this.desired
+    const o = this.observed
+    if (!d || !o) return out
+    const initiators = new Set(d.initiate)
+    for (const [name, section] of Object.entries(d.conns)) {
+      const kids = Object.keys((section.children ?? {}) as object)
+      const sas = o.sasOf(name)
+      const established = sas.some((s) => s.state === 'ESTABLISHED')
+      const up = kids.length === 0 ? established : kids.every((k) => sas.some((s) => s.children.some((c) => c.name === k && UP_STATES.has(c.state))))
+      out.set(name, { initiator: initiators.has(name), ike: up ? 'up' : established ? 'established' : 'down' })
+    }
+    return out
+  }
+
+  /** Counts for the peer gauges (what peers() would say, without building every peer's entry). */
+  counts(): { desired: number; loaded: number; up: number; childSasUp: number } {
+    const d = this.desired
+    const o = this.observed
+    const out = { desired: 0, loaded: 0, up: 0, childSasUp: 0 }
+    if (!d || !o) return out
+    for (const [name, section] of Object.entries(d.conns)) {
+      if (name === 'mediator') continue
+      out.desired++
+      if (o.conns.has(name)) out.loaded++
+      const kids = Object.keys((section.children ?? {}) as object)
+      let up = 0
+      for (const k of kids) if (o.sasOf(name).some((s) => s.children.some((c) => c.name === k && UP_STATES.has(c.state)))) up++
+      out.childSasUp += up
+      if (kids.length === 0 ? o.sasOf(name).some((s) => s.state === 'ESTABLISHED') : up === kids.length) out.up++
+    }
+    return out
+  }
+
   /** Per-peer tunnel state from the last observation. */
   peers(): PeerStatus[] {
     const d = this.desired

@@ -474,6 +474,16 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     }
   }
 
+  /** Per peer: initiator, and IKE up / established / down (the datapath prober's view; cheap). */
+  tunnelStates(): Map<string, { initiator: boolean; ike: 'up' | 'established' | 'down' }> {
+    return this.status.tunnelStates()
+  }
+
+  /** Peer counts for the metrics (cheap: no per-peer entries built). */
+  peerCounts(): { desired: number; loaded: number; up: number; childSasUp: number } {
+    return this.status.counts()
+  }
+
   /** Per-peer tunnel state from the last observation, for /status and metrics. */
   peers(): PeerStatus[] {
     const m = this.opts.mediation

@@ -234,3 +234,16 @@ t.test('an SA event names its connection: the scoped pass lists only that connec
   const unnamed = await pass(s, 'vici:child-updown')
   t.ok(unnamed.charon.includes('listSas'), 'an event without names: every SA listed')
 })
+
+t.test('the cheap views (peer counts for the gauges, tunnel states for the prober) say what peers() says', async (t) => {
+  const peers = Array.from({ length: 12 }, (_, i) => ({ i, sub: 0 }))
+  const s = setup(t, peers)
+  s.agent.start()
+  await s.agent.idle()
+  const all = s.tunnels.peers()
+  t.ok(all.length === 12, 'twelve peers')
+  const p = all.filter((x) => x.name !== 'mediator')
+  t.same(s.tunnels.peerCounts(), { desired: p.length, loaded: p.filter((x) => x.loaded).length, up: p.filter((x) => x.state === 'up').length, childSasUp: p.reduce((n, x) => n + x.childrenUp, 0) })
+  const { peerTunnel } = await import('../../../src/probe/daemon.js')
+  t.same(s.tunnels.tunnelStates(), new Map(all.map((x) => [x.name, peerTunnel(x)])))
+})
