@@ -57,6 +57,8 @@ export interface TunnelsOptions {
 export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   readonly name = 'tunnels' as const
   readonly counters = { loads: 0, unloads: 0, initiates: 0, terminates: 0, credentialLoads: 0, reconnects: 0 }
+  /** Plans made over every connection and over a pass's scope alone (PassScope), for /status and tests. */
+  readonly plans = { full: 0, scoped: 0 }
   readonly credentials: OwnCredentials
   /** conn -> hash of the section loaded into this charon instance; cleared when charon restarts. */
   private readonly loaded = new Map<string, string>()
@@ -140,7 +142,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
       if (err) this.opts.log.error({ op: 'credentials', code: err.code, file: err.file, err: err.message }, this.credentials.current ? 'credentials rejected; keeping the last good ones' : 'credentials rejected')
     }
     // A scoped pass forgets only the peers of its scope that left the config; the others are as the last pass left them.
-    const names = this.scoped(ctx) ? new Set(ctx.scope!.conns) : undefined
+    const names = this.scoped(ctx, desired) ? new Set(ctx.scope!.conns) : undefined
     const wanted = { has: (n: string): boolean => n in desired.conns }
     this.saState.prune(wanted)
     this.saState.expire(this.now(), (this.opts.backoff ?? DEFAULT_BACKOFF).inflightMs)
@@ -150,15 +152,19 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   }
 
   /**
-   * Whether this pass may plan its scope alone: it has one and this subsystem's memory of charon is whole. Not with
-   * mediated edge-to-edge recovery (an edge, a few peers): its gate decides over every mediated peer's SAs at once.
+   * Whether this pass may plan its scope alone: it has one and this subsystem's memory of charon is whole. Not on an
+   * edge with a mediator (a few peers): mediation recovery's gate decides over every mediated peer's SAs at once.
    */
-  private scoped(ctx: PassContext): boolean {
-    return ctx.scope !== undefined && !ctx.deep && this.listedConns !== null && this.sasByConn !== null && !this.opts.mediation
+  private scoped(ctx: PassContext, desired: Desired): boolean {
+    return ctx.scope !== undefined && !ctx.deep && this.listedConns !== null && this.sasByConn !== null && !(this.opts.mediation && MEDIATOR_CONN in desired.conns)
   }
 
   async plan(desired: Desired, ctx: PassContext): Promise<TunnelsPlan> {
-    if (this.scoped(ctx)) return this.planScoped(desired, ctx)
+    if (this.scoped(ctx, desired)) {
+      this.plans.scoped++
+      return this.planScoped(desired, ctx)
+    }
+    this.plans.full++
     // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
     // last listing as amended by our own applied ops (see PassContext).
     if (ctx.deep || !this.listedConns) {
@@ -495,7 +501,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   }
 
   summary(): Record<string, unknown> {
-    return { loadedThisInstance: this.loaded.size, credentialsLoaded: this.credentials.loaded, counters: { ...this.counters } }
+    return { loadedThisInstance: this.loaded.size, credentialsLoaded: this.credentials.loaded, counters: { ...this.counters }, plans: { ...this.plans } }
   }
 
   /** Sizes of every per-peer memory (tests assert that removed peers leave nothing behind). */

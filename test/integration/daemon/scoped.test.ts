@@ -38,6 +38,8 @@ t.test('one-peer changes are scoped passes that write exactly that peer; a deep 
   await agent.waitFor('150 routes', async () => (await conn.ns.run(['ip', 'route', 'show', 'table', '220', 'proto', '220'])).trim().split('\n').length === 150, 60_000)
   await driver.waitReady(conn, 30_000)
 
+  const plans = async () => ((await agent.status()) as { tunnels: { plans: { full: number; scoped: number } } }).tunnels.plans
+  const before = await plans()
   // Added: one peer in the middle of the file.
   peers.splice(75, 0, edge(200))
   await write()
@@ -45,6 +47,8 @@ t.test('one-peer changes are scoped passes that write exactly that peer; a deep 
   await driver.waitReady(conn, 10_000)
   let p = await lastPass()
   t.same(p.scope, { conns: 1, dsts: 1, members: 2 }, 'the last pass (the verification) was scoped to the one peer')
+  const after = await plans()
+  t.ok(after.scoped >= before.scoped + 2 && after.full === before.full, `the tunnels subsystem planned the scope alone (plans before ${JSON.stringify(before)}, after ${JSON.stringify(after)})`)
 
   // Changed subnet, and one removed.
   peers[10] = edge(10, 16)
@@ -57,13 +61,13 @@ t.test('one-peer changes are scoped passes that write exactly that peer; a deep 
   t.ok(await loaded('beijing.far10') && await loaded('beijing.far150') === false, 'the changed peer stays loaded')
 
   // The positive case of the negative: the deep pass really lists and compares everything.
-  const before = (await agent.status()) as { counters: { passes: number; writes: number } }
+  const countersBefore = (await agent.status()) as { counters: { passes: number; writes: number } }
   agent.signal('SIGHUP')
   await agent.waitFor('the SIGHUP pass', async () => ((await lastPass()).reasons ?? []).includes('sighup'), 15_000)
   p = await lastPass()
   t.equal(p.scope, undefined, 'the deep pass is not scoped')
   t.same(p.writes, {}, 'and writes nothing: the scoped passes left the node exactly as desired')
-  const after = (await agent.status()) as { counters: { passes: number; writes: number } }
-  t.equal(after.counters.writes, before.counters.writes)
+  const countersAfter = (await agent.status()) as { counters: { passes: number; writes: number } }
+  t.equal(countersAfter.counters.writes, countersBefore.counters.writes)
   t.equal((await conn.ns.run(['ip', 'route', 'show', 'table', '220', 'proto', '220'])).trim().split('\n').length, 150, '150 routes: 151 peers less the removed one, none stale')
 })
