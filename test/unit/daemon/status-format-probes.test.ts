@@ -15,10 +15,10 @@ t.test('probes on: DATAPATH with repairs, RTT only while up', async (t) => {
     ],
   }), now)
   const lines = out.split('\n')
-  t.match(lines.find((l) => l.startsWith('PEER')), /CHILDREN\s+DATAPATH\s+RTT\s+LAST ERROR/)
-  t.match(lines.find((l) => l.startsWith('e1')), /3\/3\s+up\s+1\.42ms/)
-  t.match(lines.find((l) => l.startsWith('e2')), /3\/3\s+down \(2 repairs\)\s+-/)
-  t.match(lines.find((l) => l.startsWith('e3')), /3\/3\s+-\s+-/, 'a peer not probed')
+  t.match(lines.find((l) => l.startsWith('PEER')), /CHILDREN\s+PATH\s+DATAPATH\s+RTT\s+LAST ERROR/)
+  t.match(lines.find((l) => l.startsWith('e1')), /3\/3\s+-\s+up\s+1\.42ms/)
+  t.match(lines.find((l) => l.startsWith('e2')), /3\/3\s+-\s+down \(2 repairs\)\s+-/)
+  t.match(lines.find((l) => l.startsWith('e3')), /3\/3\s+-\s+-\s+-/, 'a peer not probed (no PATH either: the doc has none)')
 })
 
 t.test('probes off or an older agent: no DATAPATH/RTT columns', async (t) => {
