@@ -24,7 +24,10 @@ const timings: Array<[string, number]> = []
 /** Per edge: which side takes over (changed by the stale-request step, read at each agent start). */
 const takeover = new Map<string, string>()
 const driver: DaemonDriver | null = needsRoot ? null : await defaultDriver({
-  extraArgs: (g) => g.plan.role !== 'edge' ? [] : [
+  // No datapath probes: their ESP between each edge and the connector would be counted by the capture that proves
+  // no ESP of the edge pair crosses the connector.
+  extraArgs: (g) => g.plan.role !== 'edge' ? ['--probe-interval', '0'] : [
+    '--probe-interval', '0',
     '--charon-pidfile', g.charon.pidPath,
     '--mediation-takeover', takeover.get(g.name) ?? '8s',
     '--mediation-restart-after', '10s',

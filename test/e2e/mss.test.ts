@@ -61,9 +61,8 @@ t.test('MSS clamp: a 1 MB transfer through a tunnel smaller than the pods\' MTU,
     const synAck = await captureMss(edgePod.ns, `tcp src port ${p} and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)`, boundMs + 20_000)
     try {
       const r = await tcpTransfer(edgePod.ns, cloudPod.ns, cloudPod.ip, p, MB, boundMs)
-      syn.stop()
-      synAck.stop()
-      return { r, syn: await syn.mss, synAck: await synAck.mss }
+      const [s1, s2] = await Promise.all([syn.settle(), synAck.settle()])
+      return { r, syn: s1, synAck: s2 }
     } finally {
       syn.stop()
       synAck.stop()

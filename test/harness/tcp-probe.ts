@@ -84,6 +84,8 @@ export interface MssCapture {
   /** Resolves with the MSS option of the first matching packet, or null when none came before stop(). */
   mss: Promise<number | null>
   stop(): void
+  /** After the traffic: the MSS once tcpdump printed it (up to `graceMs`), then tcpdump stopped. */
+  settle(graceMs?: number): Promise<number | null>
 }
 
 /**
@@ -103,5 +105,17 @@ export async function captureMss(ns: Netns, filter: string, timeoutMs: number): 
     clearTimeout(guard)
     dump.kill('SIGKILL')
   })
-  return { mss, stop: () => dump.kill('SIGKILL') }
+  return {
+    mss,
+    stop: () => dump.kill('SIGKILL'),
+    // The transfer is over, but tcpdump may not have printed (or we not read) the SYN yet: give it `graceMs`, then
+    // stop it. Killing it at once lost the line under load (the reading came back empty though the SYN had passed).
+    settle: async (graceMs = 3_000) => {
+      let timer: NodeJS.Timeout | undefined
+      const got = await Promise.race([mss, new Promise<null>((r) => { timer = setTimeout(() => r(null), graceMs) })])
+      clearTimeout(timer)
+      dump.kill('SIGKILL')
+      return got
+    },
+  }
 }

@@ -67,8 +67,7 @@ for (const family of [4, 6] as Family[]) {
       const cap = await captureMss(remote, syn(p), boundMs + 20_000)
       try {
         const r = await tcpTransfer(pod, remote, a.peer, p, bytes, boundMs)
-        cap.stop()
-        return { r, mss: await cap.mss }
+        return { r, mss: await cap.settle() }
       } finally {
         cap.stop()
       }
