@@ -13,7 +13,9 @@
 //   route and the ipset member are in the kernel (or gone) and charon lists the connection with the new subnet (or
 //   no longer lists it); floor: parseConfig of the N-peer file alone, in this process (median);
 // - no-op pass (the same file swapped in again) and deep resync (SIGHUP): pass times and writes from /metrics;
-// - RSS (VmRSS, VmHWM) from /proc after settle; CPU (utime+stime of the agent's process tree) at ready.
+// - RSS (VmRSS, VmHWM, RssAnon) from /proc: at ready, after the deep resyncs, 2 s later (the verdict's figure), at
+//   the end (its VmHWM is the peak) and of the restarted agent; CPU (utime+stime of the agent's process tree) at ready.
+// FT_BENCH_CLI=/path/to/dist/cli.js measures another build (before/after in one session).
 // --edge adds one edge with one peer (its connector unreachable): CPU to ready and RSS, next to `node -e 0`.
 // Nothing here asserts timings; the table gives a verdict per issue-13 target.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -29,11 +31,12 @@ import { IPSET, ROUTE_TABLE, RTPROT_FABTUNNEL } from '../../src/fabedge.js'
 import { connectorSets, connectorYaml, edgeYaml, firstPeers, ipsetRestore, MAX_PEER_INDEX, peerName, peerSubnet, routeBatch, swanctlConf, type PeerSpec } from './scale/gen.js'
 import {
   CHANGE_OPS, childCpuTicksFromStat, cpuTicksFromStat, median, memFromStatus, passCounters, passDelta, scaleTable,
-  type ChangeOp, type EdgeResult, type PassCounters, type SizeResult,
+  type ChangeOp, type EdgeResult, type MemSample, type PassCounters, type SizeResult,
 } from './scale/report.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
-const CLI = join(ROOT, 'dist', 'cli.js')
+// FT_BENCH_CLI: another build's dist/cli.js for a before/after in one session (the observers stay this tree's).
+const CLI = process.env.FT_BENCH_CLI ?? join(ROOT, 'dist', 'cli.js')
 const dist = (p: string): string => new URL(`../../dist/${p}`, import.meta.url).href
 // The agent's own code, compiled, for the observers (netlink, VICI) and the parse floor.
 const netlink = (await import(dist('netlink/index.js'))) as typeof import('../../src/netlink/index.js')
@@ -73,6 +76,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const log = (msg: string): void => {
   process.stderr.write(`[scale ${new Date().toISOString().slice(11, 23)}] ${msg}\n`)
 }
+const mbs = (bytes: number): string => (bytes / 1e6).toFixed(1)
 const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
 
 /** Polls `cond` (each call bounded by the overall deadline) every `everyMs`; the time at which it first held. */
@@ -156,7 +160,7 @@ function treeChildCpuSeconds(pid: number): number {
  * Memory of the agent: the deepest node process of the tree (the one that runs the daemon, whatever wraps it;
  * not an iptables-restore it happens to be running).
  */
-function agentMem(pid: number): { rss: number; hwm: number } {
+function agentMem(pid: number): MemSample {
   const nodes = processTree(pid).filter((p) => {
     try {
       return readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'node'
@@ -415,6 +419,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
       ms: Math.max(readyAt, inPlace) - t0, readyMs: readyAt - t0, cpuS, conns, routes: o.routes.size, members: await members(IPSET.remotePodCidr),
       writes: Object.values(afterCold.writes).reduce((a, b) => a + b, 0),
     }
+    const memReady = agentMem(pid)
     log(`${n} peers: cold start ${Math.round(result.cold.ms)} ms (ready at ${Math.round(result.cold.readyMs)} ms), floor ${Math.round(result.coldFloor.ms)} ms`)
 
     result.parseFloorMs = await parseFloor(text, Math.max(5, repeat))
@@ -463,6 +468,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     }
     result.noop = await passesOf(() => cfg.swap(finalText), 'the same config')
     result.deep = await passesOf(() => process.kill(pid, 'SIGHUP'), 'SIGHUP')
+    const memDeep = agentMem(pid)
     log(`${n} peers: no-op ${result.noop.ms.map((x) => x.toFixed(1)).join('/')} ms (${result.noop.writes} writes), deep ${result.deep.ms.map((x) => x.toFixed(0)).join('/')} ms (${result.deep.writes} writes)`)
 
     await sleep(2_000)
@@ -471,6 +477,8 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const w0 = performance.now()
     await sleep(IDLE_MS)
     result.idleCpuPct = ((treeCpuSeconds(pid) - idle0) * 1000 * 100) / (performance.now() - w0)
+    const memEnd = agentMem(pid)
+    log(`${n} peers: RSS ready ${mbs(memReady.rss)}, after deep ${mbs(memDeep.rss)}, +2 s ${mbs(result.mem.rss)}, end ${mbs(memEnd.rss)}, peak ${mbs(memEnd.hwm)} MB`)
 
     // Restart onto the converged node: the agent must adopt what is there (0 writes) and be ready.
     log(`${n} peers: restart onto the converged node`)
@@ -480,6 +488,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const rReady = await until('restarted agent ready', ready, 1_800_000, 50)
     const afterRestart = await settle(null, 1)
     result.restart = { ms: rReady - r0, writes: Object.values(afterRestart.writes).reduce((a, b) => a + b, 0) }
+    result.memAt = { ready: memReady, deep: memDeep, end: memEnd, restarted: agentMem(agent.pid!) }
     failed = false
     return result as SizeResult
   } finally {
@@ -628,7 +637,7 @@ if (values.from) {
   let edge: EdgeResult | null = null
   if (values.edge) edge = await inNamespace<EdgeResult>(['--edge-only'], repeat)
   for (const n of sizes) results.push(await inNamespace<SizeResult>(['--size', String(n)], repeat))
-  if (values.json) console.log(JSON.stringify({ node: process.version, clkTck: CLK_TCK, repeat, sizes: results, edge }, null, 2))
+  if (values.json) console.log(JSON.stringify({ node: process.version, clkTck: CLK_TCK, repeat, cli: CLI, sizes: results, edge }, null, 2))
   else {
     console.log(`fabtunnel scaling benchmark: node ${process.version}, ${repeat} samples per operation, load at end ${loadavg()}\n`)
     console.log(scaleTable(results, edge))

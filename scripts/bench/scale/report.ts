@@ -41,14 +41,26 @@ export function childCpuTicksFromStat(stat: string): number {
   return cutime + cstime
 }
 
-/** VmRSS and VmHWM in bytes from the text of /proc/<pid>/status. */
-export function memFromStatus(status: string): { rss: number; hwm: number } {
-  const kib = (key: string): number => {
+/** A memory reading of the agent: VmRSS and VmHWM (peak so far), and RssAnon (heap, malloc; absent in old runs). */
+export interface MemSample {
+  rss: number
+  hwm: number
+  anon?: number
+}
+
+/** VmRSS, VmHWM and RssAnon (when the kernel reports it) in bytes from the text of /proc/<pid>/status. */
+export function memFromStatus(status: string): MemSample {
+  const kib = (key: string): number | undefined => {
     const m = new RegExp(`^${key}:\\s+(\\d+) kB$`, 'm').exec(status)
-    if (!m) throw new Error(`no ${key} in /proc/<pid>/status`)
-    return Number(m[1]) * 1024
+    return m ? Number(m[1]) * 1024 : undefined
   }
-  return { rss: kib('VmRSS'), hwm: kib('VmHWM') }
+  const need = (key: string): number => {
+    const v = kib(key)
+    if (v === undefined) throw new Error(`no ${key} in /proc/<pid>/status`)
+    return v
+  }
+  const anon = kib('RssAnon')
+  return { rss: need('VmRSS'), hwm: need('VmHWM'), ...(anon === undefined ? {} : { anon }) }
 }
 
 /**
@@ -112,7 +124,14 @@ export interface SizeResult {
   parseFloorMs: number
   noop: { ms: number[]; writes: number; passes: number }
   deep: { ms: number[]; writes: number; passes: number }
-  mem: { rss: number; hwm: number }
+  /** 2 s after the last deep resync settled: the figure the RSS verdict and bytes per peer use. */
+  mem: MemSample
+  /**
+   * The agent's memory at the moments of the run (absent in old runs): once the cold pass settled, right after
+   * the deep resyncs settled, at the end (after the idle sample, before the restart; its VmHWM is the run's
+   * peak), and the restarted agent once it settled.
+   */
+  memAt?: { ready: MemSample; deep: MemSample; end: MemSample; restarted: MemSample }
   /** CPU of the idle agent (no triggers) in % of one core. */
   idleCpuPct: number
   /** The agent stopped and started again onto the converged node: time to ready, writes (must be 0). */
@@ -132,7 +151,7 @@ export interface EdgeResult {
   /** /readyz requests until ready, and their estimated CPU cost to the agent (included in cpuS). */
   polls: number
   pollCpuS: number
-  mem: { rss: number; hwm: number }
+  mem: MemSample
   floor: { cpuS: number; maxRss: number }
 }
 
@@ -207,6 +226,10 @@ export function scaleTable(results: readonly SizeResult[], edge: EdgeResult | nu
     const target = rssTarget(r.peers)
     return `${mb(r.mem.rss)} (${mb(r.mem.hwm)})${target === null ? '' : ` ${verdict(r.mem.rss <= target)}`}`
   })
+  if (sizes.some((r) => r.memAt)) {
+    row('agent RSS (MB): ready / after deep resync / end of run / restarted; peak (VmHWM at end)', '', (r) =>
+      r.memAt ? `${mb(r.memAt.ready.rss)} / ${mb(r.memAt.deep.rss)} / ${mb(r.memAt.end.rss)} / ${mb(r.memAt.restarted.rss)}; ${mb(r.memAt.end.hwm)}` : '-')
+  }
   row('bytes per peer (RSS slope)', '', (r) => {
     const b = bpp.get(r.peers)
     return b ? `${int(b.bytes)} (vs ${b.ref})` : '-'
