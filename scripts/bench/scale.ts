@@ -30,7 +30,7 @@ import { TestPki } from '../../test/harness/pki.js'
 import { IPSET, ROUTE_TABLE, RTPROT_FABTUNNEL } from '../../src/fabedge.js'
 import { connectorSets, connectorYaml, edgeYaml, firstPeers, ipsetRestore, MAX_PEER_INDEX, peerName, peerSubnet, routeBatch, swanctlConf, type PeerSpec } from './scale/gen.js'
 import {
-  CHANGE_OPS, childCpuTicksFromStat, cpuTicksFromStat, median, memFromStatus, passCounters, passDelta, scaleTable,
+  CHANGE_OPS, childCpuTicksFromStat, cpuTicksFromStat, heapFromMetrics, median, memFromStatus, passCounters, passDelta, scaleTable,
   type ChangeOp, type EdgeResult, type MemSample, type PassCounters, type SizeResult,
 } from './scale/report.js'
 
@@ -169,6 +169,12 @@ function agentMem(pid: number): MemSample {
     }
   })
   return memFromStatus(readFileSync(`/proc/${nodes.at(-1) ?? pid}/status`, 'utf8'))
+}
+
+/** agentMem plus V8's heap figures from the agent's /metrics (read first, so the RSS includes serving it). */
+async function agentMemFull(pid: number): Promise<MemSample> {
+  const heap = heapFromMetrics((await http('/metrics')).text)
+  return { ...agentMem(pid), ...heap }
 }
 
 /** Requests made to the agent: each costs it CPU (about 1 ms on a loaded 2-core VM), reported with the CPU figures. */
@@ -419,7 +425,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
       ms: Math.max(readyAt, inPlace) - t0, readyMs: readyAt - t0, cpuS, conns, routes: o.routes.size, members: await members(IPSET.remotePodCidr),
       writes: Object.values(afterCold.writes).reduce((a, b) => a + b, 0),
     }
-    const memReady = agentMem(pid)
+    const memReady = await agentMemFull(pid)
     log(`${n} peers: cold start ${Math.round(result.cold.ms)} ms (ready at ${Math.round(result.cold.readyMs)} ms), floor ${Math.round(result.coldFloor.ms)} ms`)
 
     result.parseFloorMs = await parseFloor(text, Math.max(5, repeat))
@@ -468,7 +474,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     }
     result.noop = await passesOf(() => cfg.swap(finalText), 'the same config')
     result.deep = await passesOf(() => process.kill(pid, 'SIGHUP'), 'SIGHUP')
-    const memDeep = agentMem(pid)
+    const memDeep = await agentMemFull(pid)
     log(`${n} peers: no-op ${result.noop.ms.map((x) => x.toFixed(1)).join('/')} ms (${result.noop.writes} writes), deep ${result.deep.ms.map((x) => x.toFixed(0)).join('/')} ms (${result.deep.writes} writes)`)
 
     await sleep(2_000)
@@ -477,8 +483,9 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const w0 = performance.now()
     await sleep(IDLE_MS)
     result.idleCpuPct = ((treeCpuSeconds(pid) - idle0) * 1000 * 100) / (performance.now() - w0)
-    const memEnd = agentMem(pid)
-    log(`${n} peers: RSS ready ${mbs(memReady.rss)}, after deep ${mbs(memDeep.rss)}, +2 s ${mbs(result.mem.rss)}, end ${mbs(memEnd.rss)}, peak ${mbs(memEnd.hwm)} MB`)
+    const memEnd = await agentMemFull(pid)
+    const heap = (m: MemSample): string => `${mbs(m.rss)} (heap ${mbs(m.heapUsed ?? 0)}/${mbs(m.heapTotal ?? 0)}, anon ${mbs(m.anon ?? 0)})`
+    log(`${n} peers: RSS MB ready ${heap(memReady)}, after deep ${heap(memDeep)}, +2 s ${mbs(result.mem.rss)}, end ${heap(memEnd)}, peak ${mbs(memEnd.hwm)}`)
 
     // Restart onto the converged node: the agent must adopt what is there (0 writes) and be ready.
     log(`${n} peers: restart onto the converged node`)
@@ -488,7 +495,7 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const rReady = await until('restarted agent ready', ready, 1_800_000, 50)
     const afterRestart = await settle(null, 1)
     result.restart = { ms: rReady - r0, writes: Object.values(afterRestart.writes).reduce((a, b) => a + b, 0) }
-    result.memAt = { ready: memReady, deep: memDeep, end: memEnd, restarted: agentMem(agent.pid!) }
+    result.memAt = { ready: memReady, deep: memDeep, end: memEnd, restarted: await agentMemFull(agent.pid!) }
     failed = false
     return result as SizeResult
   } finally {

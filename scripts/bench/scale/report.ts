@@ -41,11 +41,30 @@ export function childCpuTicksFromStat(stat: string): number {
   return cutime + cstime
 }
 
-/** A memory reading of the agent: VmRSS and VmHWM (peak so far), and RssAnon (heap, malloc; absent in old runs). */
+/**
+ * A memory reading of the agent: VmRSS and VmHWM (peak so far), RssAnon (V8 heap, malloc), and V8's heap (committed
+ * and used) and external memory from the agent's /metrics (these four absent in old runs).
+ */
 export interface MemSample {
   rss: number
   hwm: number
   anon?: number
+  heapTotal?: number
+  heapUsed?: number
+  external?: number
+}
+
+/** V8's heap total and used, and external memory, from the agent's /metrics (prom-client's default metrics). */
+export function heapFromMetrics(text: string, prefix = 'fabtunnel_'): Pick<MemSample, 'heapTotal' | 'heapUsed' | 'external'> {
+  const get = (name: string): number | undefined => (new RegExp(`^${prefix}${name}(\\{[^}]*\\})?\\s`, 'm').test(text) ? metricSum(text, `${prefix}${name}`) : undefined)
+  const out: Pick<MemSample, 'heapTotal' | 'heapUsed' | 'external'> = {}
+  const total = get('nodejs_heap_size_total_bytes')
+  const used = get('nodejs_heap_size_used_bytes')
+  const external = get('nodejs_external_memory_bytes')
+  if (total !== undefined) out.heapTotal = total
+  if (used !== undefined) out.heapUsed = used
+  if (external !== undefined) out.external = external
+  return out
 }
 
 /** VmRSS, VmHWM and RssAnon (when the kernel reports it) in bytes from the text of /proc/<pid>/status. */

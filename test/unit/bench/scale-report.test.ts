@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  bytesPerPeer, changeTargetMs, childCpuTicksFromStat, cpuTicksFromStat, median, memFromStatus, metricByLabel, metricSum, passCounters,
+  bytesPerPeer, changeTargetMs, childCpuTicksFromStat, cpuTicksFromStat, heapFromMetrics, median, memFromStatus, metricByLabel, metricSum, passCounters,
   passDelta, percentile, rssTarget, scaleTable, type EdgeResult, type SizeResult,
 } from '../../../scripts/bench/scale/report.js'
 
@@ -21,6 +21,14 @@ t.test('/proc parsing: utime+stime past a command name with spaces and parens; V
   t.throws(() => cpuTicksFromStat('garbage'))
   t.same(memFromStatus('Name:\tnode\nVmHWM:\t   90000 kB\nVmRSS:\t   80000 kB\n'), { rss: 80000 * 1024, hwm: 90000 * 1024 })
   t.throws(() => memFromStatus('Name:\tnode\n'))
+  t.same(memFromStatus('VmHWM:\t   90000 kB\nVmRSS:\t   80000 kB\nRssAnon:\t   30000 kB\nRssFile:\t   50000 kB\n'), { rss: 80000 * 1024, hwm: 90000 * 1024, anon: 30000 * 1024 })
+})
+
+t.test('V8 heap and external memory from /metrics; absent metrics stay absent', async (t) => {
+  const text = '# TYPE fabtunnel_nodejs_heap_size_total_bytes gauge\nfabtunnel_nodejs_heap_size_total_bytes 50000000\nfabtunnel_nodejs_heap_size_used_bytes 40000000\nfabtunnel_nodejs_external_memory_bytes 2000000\n'
+  t.same(heapFromMetrics(text), { heapTotal: 50e6, heapUsed: 40e6, external: 2e6 })
+  t.same(heapFromMetrics('fabtunnel_nodejs_heap_size_used_bytes 7\n'), { heapUsed: 7 })
+  t.same(heapFromMetrics(METRICS), {})
 })
 
 const METRICS = `# HELP fabtunnel_pass_duration_seconds Duration of reconcile passes
@@ -102,4 +110,13 @@ t.test('the table: one column per size, ratios, and a verdict on every target', 
   t.match(text, /\| RSS after settle \(MB\), peak \| 45\.0 \(46\.0\) \| 40\.0 \(peak\) \| <= 50 MB met \|/)
   t.notMatch(scaleTable([size(1000)], null), /edge, 1 peer/, 'no edge table without --edge')
   t.match(scaleTable([], EDGE), /^\| edge, 1 peer \|/, 'the edge alone: no empty size table')
+  t.notMatch(text, /after deep resync/, 'runs without RSS moments (old JSON) get no such row')
+})
+
+t.test('RSS at the moments of the run: a row when any size has them, "-" for a size without', async (t) => {
+  const m = (rss: number, hwm = rss): { rss: number; hwm: number } => ({ rss, hwm })
+  const withMoments = size(10_000, { memAt: { ready: m(100e6), deep: m(140e6), end: m(120e6, 160e6), restarted: m(110e6) } })
+  const lines = scaleTable([withMoments, size(1000)], null).split('\n')
+  const row = lines.find((l) => l.startsWith('| agent RSS (MB): ready'))!
+  t.match(row, /\| - \| 100\.0 \/ 140\.0 \/ 120\.0 \/ 110\.0; 160\.0 \|$/)
 })
