@@ -6,7 +6,7 @@ import type { ViciSection } from '../desired/types.js'
 import type { Vici } from '../vici/index.js'
 import { parseIkeSas, type IkeSa } from '../vici/commands.js'
 import type { ViciMessage } from '../vici/codec.js'
-import type { ListedConn, ObservedIkeSa } from './tunnels.js'
+import { compactListed, type ListedConn, type ObservedIkeSa } from './tunnels.js'
 
 export interface PortCert {
   /** `NONE` for an end-entity certificate, `CA` for an authority. */
@@ -29,7 +29,10 @@ export interface ConnectionHandlers {
 }
 
 export interface TunnelsPort {
-  /** `list-conns`: every loaded connection by name. */
+  /**
+   * `list-conns`: every loaded connection by name, reduced with compactListed (the real adapter reduces each
+   * connection as charon streams it, so the full listing is never held).
+   */
   listConns(): Promise<Map<string, ListedConn>>
   /**
    * `list-sas` (blocking: an IKE_SA in its first exchange is listed, not skipped); `ike`: only the IKE_SAs of that
@@ -74,8 +77,16 @@ export function observedSa(s: IkeSa): ObservedIkeSa {
 /** The real port over a VICI session. */
 export function viciTunnelsPort(vici: Vici): TunnelsPort {
   return {
-    listConns: async () => new Map((await vici.listConns()).map((c) => [c.name, c.raw as ListedConn])),
-    listSas: async (filter) => (await vici.listSas(filter?.ike !== undefined ? { ike: filter.ike } : {})).map(observedSa),
+    listConns: async () => {
+      const out = new Map<string, ListedConn>()
+      await vici.eachConn((name, raw) => out.set(name, compactListed(raw as ListedConn)))
+      return out
+    },
+    listSas: async (filter) => {
+      const out: ObservedIkeSa[] = []
+      await vici.eachSa((sa) => out.push(observedSa(sa)), filter?.ike !== undefined ? { ike: filter.ike } : {})
+      return out
+    },
     loadConn: (name, section) => vici.loadConn(name, section),
     unloadConn: (name) => vici.unloadConn(name),
     initiate: (t) => vici.initiate(t.child === undefined ? { ike: t.ike } : { ike: t.ike, child: t.child }),

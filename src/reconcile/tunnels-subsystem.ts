@@ -14,7 +14,6 @@ import type { PassContext, Subsystem, SubsystemPlan } from './subsystem.js'
 import type { SaEvent, TunnelsPort } from './tunnels-port.js'
 import { TunnelsStatus, type PeerStatus } from './tunnels-status.js'
 import {
-  compactListed,
   DEFAULT_BACKOFF,
   describeOp,
   listedFromSection,
@@ -168,8 +167,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     // What charon has loaded only changes through load-conn/unload-conn: re-listed on deep passes, otherwise the
     // last listing as amended by our own applied ops (see PassContext).
     if (ctx.deep || !this.listedConns) {
-      const listing = await this.port.listConns()
-      this.listedConns = new Map([...listing].map(([name, l]) => [name, compactListed(l)]))
+      // Reduced by the port (compactListed) as charon streams it.
+      this.listedConns = await this.port.listConns()
     }
     // Not `noblock`: an IKE_SA in the middle of its first exchange would be left out and look missing.
     const sas = await this.port.listSas()

@@ -59,6 +59,15 @@ export interface CallOptions {
   buffers?: boolean
 }
 
+export interface StreamOptions extends CallOptions {
+  /**
+   * Called with each streamed event as it is decoded, instead of collecting the events: the caller keeps only what
+   * it needs of each one, so a listing of 10,000 connections is never held whole. An exception thrown here rejects
+   * the stream (once charon has answered, so the connection stays in step) and later events are skipped.
+   */
+  onEvent?: (message: ViciMessage) => void
+}
+
 export type ViciEventHandler = (event: string, message: ViciMessage) => void
 
 export interface ViciClientEvents {
@@ -91,6 +100,8 @@ interface Pending {
   /** Event name streamed by this command; its events are collected while the command is in flight. */
   readonly collect: string | undefined
   readonly events: ViciMessage[]
+  /** Instead of collecting: each streamed event as it arrives (see StreamOptions.onEvent). */
+  readonly onEvent: ((message: ViciMessage) => void) | undefined
   /**
    * Sent even after its caller timed out while it was queued. For a stream's EVENT_UNREGISTER: charon keeps one
    * registration entry per EVENT_REGISTER (vici_dispatcher.c register_event appends without checking) and
@@ -167,6 +178,7 @@ class Connection {
     buffers: boolean,
     collect?: string,
     keep = false,
+    onEvent?: (message: ViciMessage) => void,
   ): Promise<{ packet: ViciPacket; events: ViciMessage[] }> {
     if (this.dead) return Promise.reject(this.dead)
     let frame: Buffer
@@ -177,7 +189,7 @@ class Connection {
     }
     return new Promise((resolve, reject) => {
       const p: Pending = {
-        frame, kind, name, buffers, collect, events: [], keep, resolve, reject,
+        frame, kind, name, buffers, collect, events: [], onEvent, keep, resolve, reject,
         timer: undefined, sent: false, settled: false,
       }
       p.timer = setTimeout(() => this.expire(p, timeoutMs), timeoutMs)
@@ -259,7 +271,10 @@ class Connection {
     switch (packet.type) {
       case 'EVENT':
         if (this.onEvent) this.onEvent(packet.name, packet.message)
-        else if (inFlight?.collect === packet.name && !inFlight.settled) inFlight.events.push(packet.message)
+        else if (inFlight?.collect === packet.name && !inFlight.settled) {
+          if (inFlight.onEvent) inFlight.onEvent(packet.message)
+          else inFlight.events.push(packet.message)
+        }
         return
       case 'CMD_RESPONSE':
       case 'CMD_UNKNOWN':
@@ -381,21 +396,36 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
   /**
    * Runs a streamed command (`list-sas` -> `list-sa`, `list-conns` -> `list-conn`, `list-certs` -> `list-cert`, ...):
    * registers for the event on the command connection, sends the command, collects the events delivered before
-   * the response, unregisters. The timeout covers the whole exchange.
+   * the response, unregisters. The timeout covers the whole exchange. With `opts.onEvent` each event goes to it as it
+   * is decoded and `events` is empty.
    */
   async stream(
     command: string,
     event: string,
     message: ViciInput = {},
-    opts: CallOptions = {},
+    opts: StreamOptions = {},
   ): Promise<{ events: ViciMessage[]; response: ViciMessage }> {
     const conn = await this.commandConnection()
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs
     const buffers = opts.buffers ?? false
+    // The consumer's exception must not reach the connection's reader (that would reset the connection): the first
+    // one is kept, later events are skipped, and the stream rejects with it once charon answered.
+    let failure: { error: unknown } | null = null
+    const consumer = opts.onEvent
+    const onEvent = consumer
+      ? (m: ViciMessage): void => {
+          if (failure) return
+          try {
+            consumer(m)
+          } catch (error) {
+            failure = { error }
+          }
+        }
+      : undefined
     // Queued back to back, so nothing else runs on this connection while the stream's event is registered. The
     // unregister is kept even when the stream times out first, so no registration outlives the stream.
     const reg = conn.request({ type: 'EVENT_REGISTER', name: event }, 'event', event, timeoutMs, false)
-    const cmd = conn.request({ type: 'CMD_REQUEST', name: command, message }, 'cmd', command, timeoutMs, buffers, event)
+    const cmd = conn.request({ type: 'CMD_REQUEST', name: command, message }, 'cmd', command, timeoutMs, buffers, event, false, onEvent)
     const unreg = conn.request({ type: 'EVENT_UNREGISTER', name: event }, 'event', event, timeoutMs, false, undefined, true)
     const [r, c, u] = await Promise.allSettled([reg, cmd, unreg])
     if (r.status === 'rejected') throw r.reason
@@ -403,6 +433,7 @@ export class ViciClient extends EventEmitter<ViciClientEvents> {
     if (c.status === 'rejected') throw c.reason
     const response = checkResponse(command, c.value.packet)
     if (u.status === 'rejected') throw u.reason
+    if (failure) throw (failure as { error: unknown }).error
     return { events: c.value.events, response }
   }
 

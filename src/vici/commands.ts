@@ -149,15 +149,12 @@ export function parseIkeSas(msg: ViciMessage): IkeSa[] {
   return out
 }
 
-function namedSections(events: ViciMessage[]): ConnInfo[] {
-  const out: ConnInfo[] = []
-  for (const ev of events) {
-    for (const [name, v] of Object.entries(ev)) {
-      const s = section(v)
-      if (s) out.push({ name, raw: s })
-    }
+/** The named sections of one event (a `list-conn` carries one connection, keyed by its name). */
+function eachSection(ev: ViciMessage, fn: (name: string, raw: ViciMessage) => void): void {
+  for (const [name, v] of Object.entries(ev)) {
+    const s = section(v)
+    if (s) fn(name, s)
   }
-  return out
 }
 
 /**
@@ -264,19 +261,35 @@ export class Vici {
 
   /** `swanctl --list-conns`: every loaded connection (all backends), raw sections by name. */
   async listConns(filter: { ike?: string } = {}): Promise<ConnInfo[]> {
-    const { events } = await this.client.stream('list-conns', 'list-conn', { ike: filter.ike })
-    return namedSections(events)
+    const out: ConnInfo[] = []
+    await this.eachConn((name, raw) => out.push({ name, raw }), filter)
+    return out
+  }
+
+  /**
+   * `list-conns`, each connection handed to `fn` as its event is decoded; nothing is collected, so the caller keeps
+   * only what it needs of each (a listing of 10,000 connections is never held whole). An exception from `fn`
+   * rejects the call.
+   */
+  async eachConn(fn: (name: string, raw: ViciMessage) => void, filter: { ike?: string } = {}): Promise<void> {
+    await this.client.stream('list-conns', 'list-conn', { ike: filter.ike }, { onEvent: (ev) => eachSection(ev, fn) })
   }
 
   /** `swanctl --list-sas`: IKE_SAs with their CHILD_SAs. `noblock` skips SAs locked by a running exchange. */
   async listSas(filter: { ike?: string; ikeId?: string | number; noblock?: boolean } = {}): Promise<IkeSa[]> {
-    const { events } = await this.client.stream('list-sas', 'list-sa', {
+    const out: IkeSa[] = []
+    await this.eachSa((sa) => out.push(sa), filter)
+    return out
+  }
+
+  /** `list-sas`, each IKE_SA handed to `fn` as its event is decoded (nothing collected, as eachConn). */
+  async eachSa(fn: (sa: IkeSa) => void, filter: { ike?: string; ikeId?: string | number; noblock?: boolean } = {}): Promise<void> {
+    await this.client.stream('list-sas', 'list-sa', {
       ike: filter.ike,
       // as for terminate: charon (vici_query.c) reads ike-id, whatever the README says
       'ike-id': filter.ikeId === undefined ? undefined : String(filter.ikeId),
       noblock: filter.noblock ? 'yes' : undefined,
-    })
-    return events.flatMap(parseIkeSas)
+    }, { onEvent: (ev) => { for (const sa of parseIkeSas(ev)) fn(sa) } })
   }
 
   /** `swanctl --initiate --child X [--ike Y]`, asynchronous unless timeoutMs is given (see InitiateOptions). */
@@ -369,8 +382,9 @@ export class Vici {
 
   /** `swanctl --list-authorities`. */
   async listAuthorities(filter: { name?: string } = {}): Promise<ConnInfo[]> {
-    const { events } = await this.client.stream('list-authorities', 'list-authority', filter)
-    return namedSections(events)
+    const out: ConnInfo[] = []
+    await this.client.stream('list-authorities', 'list-authority', filter, { onEvent: (ev) => eachSection(ev, (name, raw) => out.push({ name, raw })) })
+    return out
   }
 
   /**

@@ -8,7 +8,7 @@
 import { createHash, createPublicKey, X509Certificate } from 'node:crypto'
 import type { ViciSection } from '../../src/desired/types.js'
 import type { ConnectionHandlers, PortCert, SaEvent, SaEventHandler, TunnelsPort } from '../../src/reconcile/tunnels-port.js'
-import type { ListedConn, ObservedIkeSa } from '../../src/reconcile/tunnels.js'
+import { compactListed, type ListedConn, type ObservedIkeSa } from '../../src/reconcile/tunnels.js'
 
 /** What an initiate does: `up` at once (with events), `pending` until complete(), `down` (a down event), `reject` (the call fails). */
 export type InitiateOutcome = 'up' | 'pending' | 'down' | 'reject'
@@ -115,8 +115,9 @@ export class FakeCharon implements TunnelsPort {
   async listConns(): Promise<Map<string, ListedConn>> {
     await this.call('listConns')
     const out = new Map<string, ListedConn>()
-    for (const [name, section] of this.conns) out.set(name, charonListing(section))
-    for (const [name, listed] of this.foreignConns) out.set(name, listed)
+    // Reduced like the real adapter's listing (the port's contract).
+    for (const [name, section] of this.conns) out.set(name, compactListed(charonListing(section)))
+    for (const [name, listed] of this.foreignConns) out.set(name, compactListed(listed))
     return out
   }
 

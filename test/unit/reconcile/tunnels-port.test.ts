@@ -1,8 +1,10 @@
 // The real TunnelsPort adapter over a VICI session, against a scripted VICI server: the exact commands and keys
 // it sends (what charon 5.9.8 reads), the typed answers it returns, SA events and connection-state notifications.
+import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { viciTunnelsPort } from '../../../src/reconcile/tunnels-port.js'
-import { Vici } from '../../../src/vici/index.js'
+import { observedSa, viciTunnelsPort } from '../../../src/reconcile/tunnels-port.js'
+import { compactListed, type ListedConn } from '../../../src/reconcile/tunnels.js'
+import { FrameReader, Vici, decodePacket } from '../../../src/vici/index.js'
 import { FakeVici, charonLike, type FakeConn } from '../../harness/vici-fake.js'
 
 const ok = (c: FakeConn, extra: Record<string, unknown> = {}): void => c.send({ type: 'CMD_RESPONSE', message: { success: 'yes', ...extra } as never })
@@ -91,4 +93,52 @@ t.test('viciTunnelsPort: commands, keys and answers', async (t) => {
   await f.listen()
   for (let i = 0; i < 100 && !states.includes('reconnected'); i++) await new Promise((r) => setTimeout(r, 20))
   t.same(states, ['disconnected', 'reconnected'])
+})
+
+// The port reduces each connection (compactListed) and maps each IKE_SA as charon streams it, instead of collecting
+// the whole listing first: the result must be exactly what collecting and then reducing gave (the path before),
+// for charon 5.9.8's captured listings (connector and edge, every connection one event, as charon sends them), a
+// foreign connection with other fields, and a captured list-sa event plus SAs with several children.
+t.test('streamed reduction gives exactly what collecting, then reducing gave', async (t) => {
+  const captured = (f: string): Record<string, Record<string, unknown>> =>
+    (JSON.parse(readFileSync(new URL(`../../fixtures/vici/list-conns-${f}.json`, import.meta.url), 'utf8')) as { conns: Record<string, Record<string, unknown>> }).conns
+  const conns: Array<[string, Record<string, unknown>]> = [
+    ...Object.entries(captured('connector')),
+    ...Object.entries(captured('edge')).map(([n, c]) => [`edge.${n}`, c] as [string, Record<string, unknown>]),
+    ['office-vpn', { remote_addrs: ['192.0.2.1'], 'local-1': { id: 'me@office', class: 'pre-shared key' }, 'local-2': { id: 'second' }, 'remote-1': {}, children: { net: { 'local-ts': ['10.0.0.0/8'], mode: 'TUNNEL' } } }],
+  ]
+  t.ok(conns.length >= 6, `${conns.length} connections`)
+  const [frame] = new FrameReader().push(readFileSync(new URL('../../fixtures/vici/list-sa.bin', import.meta.url)))
+  const listSa = decodePacket(frame!)
+  if (listSa.type !== 'EVENT') throw new Error('fixture is not an event')
+  const saEvents = [
+    listSa.message,
+    { 'a.b': { uniqueid: '9', state: 'ESTABLISHED', 'local-id': 'C=CN, CN=me', 'child-sas': { 'a.b-p2p-3': { name: 'a.b-p2p', uniqueid: '3', state: 'INSTALLED' }, 'a.b-n2p-4': { name: 'a.b-n2p', uniqueid: '4', state: 'REKEYED' } } } },
+    { 'c.d': { uniqueid: '10', state: 'CONNECTING' }, 'e.f': { uniqueid: '11', state: 'ESTABLISHED', 'child-sas': {} } },
+  ]
+  const f = await FakeVici.start(
+    charonLike({
+      'list-conns': (c) => {
+        for (const [name, conn] of conns) c.send({ type: 'EVENT', name: 'list-conn', message: { [name]: conn } as never })
+        ok(c)
+      },
+      'list-sas': (c) => {
+        for (const m of saEvents) c.send({ type: 'EVENT', name: 'list-sa', message: m as never })
+        ok(c)
+      },
+    }, ['list-conn', 'list-sa']),
+  )
+  t.teardown(() => f.destroy())
+  const vici = new Vici({ uri: f.uri })
+  t.teardown(() => vici.close())
+  const port = viciTunnelsPort(vici)
+
+  // Before: the whole listing collected, then reduced in the subsystem.
+  const before = new Map((await vici.listConns()).map((c) => [c.name, c.raw as ListedConn]))
+  const expected = [...new Map([...before].map(([name, l]) => [name, compactListed(l)]))]
+  const streamed = [...(await port.listConns())]
+  t.strictSame(streamed, expected, 'same names, order and reduced entries')
+  t.equal(streamed.length, conns.length)
+  t.strictSame(await port.listSas(), (await vici.listSas()).map(observedSa))
+  t.equal((await port.listSas()).length, 4)
 })

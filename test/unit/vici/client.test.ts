@@ -155,6 +155,41 @@ t.test('stream: events before the response are collected; registration wraps the
   )
 })
 
+t.test('stream with onEvent: each event handed over as decoded, none collected; a throwing consumer rejects the stream, the connection stays in step', async (t) => {
+  const f = await fake(
+    t,
+    {
+      'list-sas': (c) => {
+        c.send({ type: 'EVENT', name: 'list-sa', message: { a: { uniqueid: '1' } } })
+        c.send({ type: 'EVENT', name: 'other', message: { stray: 'yes' } })
+        c.send({ type: 'EVENT', name: 'list-sa', message: { b: { uniqueid: '2' } } })
+        c.send({ type: 'EVENT', name: 'list-sa', message: { c: { uniqueid: '3' } } })
+        c.send({ type: 'CMD_RESPONSE', message: {} })
+      },
+      fast: (c) => c.send({ type: 'CMD_RESPONSE', message: { which: 'fast' } }),
+    },
+    ['list-sa'],
+  )
+  const c = client(t, f)
+  const seen: ViciMessage[] = []
+  const r = await c.stream('list-sas', 'list-sa', {}, { onEvent: (m) => seen.push(m) })
+  t.same(seen, [{ a: { uniqueid: '1' } }, { b: { uniqueid: '2' } }, { c: { uniqueid: '3' } }], 'in order, only the streamed event')
+  t.same(r.events, [], 'nothing collected')
+
+  const handed: string[] = []
+  const boom = new Error('consumer failed')
+  const failing = c.stream('list-sas', 'list-sa', {}, {
+    onEvent: (m) => {
+      handed.push(Object.keys(m)[0]!)
+      if (handed.length === 2) throw boom
+    },
+  })
+  await t.rejects(failing, boom, 'the consumer\'s own error')
+  t.same(handed, ['a', 'b'], 'events after the failure are skipped')
+  t.same(await c.call('fast'), { which: 'fast' }, 'the next call gets its own answer')
+  t.ok(c.connected)
+})
+
 t.test('events arrive on their own connection while a command is pending', async (t) => {
   let release: (() => void) | undefined
   let evtConn: FakeConn | undefined
