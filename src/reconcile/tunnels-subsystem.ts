@@ -72,7 +72,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   private ownIdsSeen = new Set<string>()
   private readonly observedView = {
     conns: new Map<string, ListedConn>() as ReadonlyMap<string, ListedConn>,
-    sasOf: (conn: string): readonly ObservedIkeSa[] => this.sasByConn?.get(conn) ?? [],
+    sasOf: (conn: string): readonly ObservedIkeSa[] => this.sasByConn?.get(conn) ?? NO_SAS,
   }
   private readonly saState = new SaStateTracker()
   private readonly status: TunnelsStatus
@@ -512,6 +512,8 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
 const certMemo = new WeakMap<ViciSection, { pem: string; section: ViciSection }>()
 
 /** The section with `local.certs` = [pem] (the same object when it already is; memoized, so hashes stay cached). */
+const NO_SAS: readonly ObservedIkeSa[] = Object.freeze([])
+
 export function withLocalCert(section: ViciSection, pem: string): ViciSection {
   const local = section.local
   if (local === undefined || typeof local !== 'object' || Array.isArray(local)) return section

@@ -194,3 +194,47 @@ t.test('compactListed keeps everything the planner reads of a real list-conns en
   }
   t.ok(n >= 2, `entries checked: ${n}`)
 })
+
+// The memo keeps a hash of each projection instead of its canonical JSON: two projections must hash equal exactly
+// when their canonical JSON (sorted keys, lists in order: what the memo held before) is equal. Checked over every
+// captured and desired projection and single changes of each field, children given in another order, and lists
+// reordered.
+t.test('projection hash: equal exactly when the canonical projection is equal', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { projectionHash, projectListed, projectDesired } = await import('../../../src/reconcile/tunnels.js')
+  type P = ReturnType<typeof projectListed>
+  const canonical = (v: unknown): string => {
+    if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`
+    if (v !== null && typeof v === 'object') return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`
+    return JSON.stringify(v)
+  }
+  const base: P[] = []
+  for (const f of ['connector', 'edge']) {
+    const captured = JSON.parse(readFileSync(new URL(`../../fixtures/vici/list-conns-${f}.json`, import.meta.url), 'utf8')) as { conns: Record<string, ListedConn> }
+    for (const l of Object.values(captured.conns)) base.push(projectListed(l))
+    const { config } = await loadConfig(join(FIX, `${f}.yaml`))
+    for (const s of Object.values(desiredConns(config, { datapath: 'libipsec', dpdDelay: '10s' }).conns)) base.push(projectDesired(s))
+  }
+  const variants: P[] = [...base]
+  for (const p of base) {
+    variants.push({ ...p, remoteAddrs: [...p.remoteAddrs, '192.0.2.9'] }, { ...p, remoteAddrs: [...p.remoteAddrs].reverse() }, { ...p, dpdDelay: `${p.dpdDelay}0` },
+      { ...p, localId: `${p.localId} ` }, { ...p, remoteId: 'CN=other' }, { ...p, children: Object.fromEntries(Object.entries(p.children).reverse()) })
+    for (const [name, c] of Object.entries(p.children)) {
+      variants.push({ ...p, children: { ...p.children, [name]: { ...c, remoteTs: [...c.remoteTs].reverse() } } }, { ...p, children: { ...p.children, [name]: { ...c, localTs: [...c.localTs, '10.9.9.0/24'] } } },
+        { ...p, children: { ...p.children, [name]: { ...c, dpdAction: 'restart' } } }, { ...p, children: Object.fromEntries(Object.entries(p.children).filter(([n]) => n !== name)) },
+        { ...p, children: { ...p.children, [`${name}x`]: c } })
+    }
+  }
+  let pairs = 0
+  let equalPairs = 0
+  for (const a of variants) {
+    for (const b of variants) {
+      const same = canonical(a) === canonical(b)
+      if (same !== (projectionHash(a) === projectionHash(b))) t.fail(`hash equality differs from canonical equality: ${canonical(a)} vs ${canonical(b)}`)
+      pairs++
+      if (same) equalPairs++
+    }
+  }
+  t.ok(equalPairs > variants.length, `some distinct objects are equal (children reordered, equal conns): ${equalPairs} of ${pairs} pairs`)
+  t.ok(pairs > 1000, `${pairs} pairs compared`)
+})
