@@ -486,6 +486,8 @@ static napi_value nl_close(napi_env env, napi_callback_info info) {
 
 // native/src/icmp.c: ICMP echo sockets for the datapath probes (src/probe), in the same module.
 void icmp_register(napi_env env, napi_value exports);
+// native/src/memory.c: malloc_trim for the daemon's memory release (src/daemon/memory.ts).
+void memory_register(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -500,6 +502,7 @@ static napi_value init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   icmp_register(env, exports);
+  memory_register(env, exports);
   return exports;
 }
 

@@ -49,6 +49,8 @@ export interface NodeOptions {
   cniFs?: CniFs
   /** Called after every pass, after the metrics (the datapath probes refresh their targets). */
   afterPass?: () => void
+  /** Called after every pass with its record, on every role (the memory release, src/daemon/memory.ts). */
+  onPass?: (record: PassRecord) => void
   /** Mediated edge-to-edge recovery: its timings, and charon's pid file for the last-resort restart (null: none). */
   mediation?: { policy: MediationPolicy; charonPidfile: string | null }
 }
@@ -121,7 +123,8 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
     resyncMs: o.resyncMs,
     ...(o.leader ? { leader: o.leader } : {}),
     ...(o.coalesceMs !== undefined ? { coalesceMs: o.coalesceMs } : {}),
-    onPass: () => {
+    onPass: (record) => {
+      o.onPass?.(record)
       if (!tunnels) return
       o.afterPass?.()
     },

@@ -13,6 +13,8 @@ import { SoleLeadership, VipLeadership, type Leadership } from './leader.js'
 import type { LeaseElectionOptions } from './lease.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
+import { boundHeapGrowth, fullGc, mallocTrim, MemoryRelease, type MemoryReleaseOptions } from './memory.js'
+import type { PassRecord } from '../reconcile/engine.js'
 import type { CniFs, CniOptions } from './cni.js'
 import { IP_FORWARD, realSysctlFs, sysctlEnsure, type SysctlFs } from './sysctl.js'
 import { watchFiles } from './watch.js'
@@ -83,9 +85,17 @@ export interface DaemonDeps {
   cniFs?: CniFs
   /** The probes' I/O (default: raw ICMP sockets through the addon, and this node's addresses over netlink). */
   probeIo?: { port(): ProbePort; addresses(): Promise<string[]> }
+  /** Memory given back once quiet after a full pass (src/daemon/memory.ts); absent: none (unit tests). */
+  releaseMemory?: () => Pick<MemoryReleaseOptions, 'gc' | 'trim'>
 }
 
-const REAL_DEPS: DaemonDeps = { buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs }
+const REAL_DEPS: DaemonDeps = {
+  buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs,
+  releaseMemory: () => {
+    boundHeapGrowth()
+    return { gc: fullGc(), trim: mallocTrim }
+  },
+}
 
 /** The real election of each mode. The Kubernetes client is loaded only in lease mode (start-up CPU). */
 export async function createLeadership(e: ElectionOptions, ctx: { node: NodeParts; monitor: RouteMonitor; log: Logger }): Promise<Leadership> {
@@ -135,7 +145,13 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   // Read at every pass; the election replaces it once started (before the first pass).
   let leadership: Leadership = new SoleLeadership()
   let probes: Probes | null = null
-  const node = await deps.buildNode({ ...o, credentials: true, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}), afterPass: () => probes?.refresh() })
+  const release = deps.releaseMemory
+    ? new MemoryRelease({ ...deps.releaseMemory(), onRelease: (r) => log.debug({ op: 'memory', ms: Math.round(r.ms * 10) / 10, rssBefore: r.rssBefore, rssAfter: r.rssAfter }, 'memory released after a full pass') })
+    : null
+  const node = await deps.buildNode({
+    ...o, credentials: true, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}), afterPass: () => probes?.refresh(),
+    ...(release ? { onPass: (record: PassRecord) => release.afterPass(record) } : {}),
+  })
   const { agent, metrics } = node
   const monitor = deps.openMonitor()
   leadership = await (deps.leadership ?? createLeadership)(election, { node, monitor, log })
@@ -280,6 +296,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
         await watch.close()
         monitor.close()
         probes?.close()
+        release?.stop()
         if (leading) {
           // No pass may re-initiate or re-load behind the terminates below.
           await agent.stop(Math.min(o.stopGraceMs ?? 3000, 1500))

@@ -18,6 +18,8 @@ export interface NativeAddon {
   start(h: NativeHandle, cb: (err: (Error & { code?: string; errno?: number }) | null, datagrams: Buffer[]) => void): void
   ref(h: NativeHandle, on: boolean): void
   close(h: NativeHandle): void
+  /** glibc malloc_trim(0) (native/src/memory.c): whether memory was released; false without glibc. */
+  mallocTrim(): boolean
 }
 
 // From the package root, so tsx (src/), tsc's dist/ and the bundle (dist/cli.js) all find it.
