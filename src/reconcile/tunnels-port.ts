@@ -6,7 +6,7 @@ import type { ViciSection } from '../desired/types.js'
 import type { Vici } from '../vici/index.js'
 import { parseIkeSas, type IkeSa } from '../vici/commands.js'
 import type { ViciMessage } from '../vici/codec.js'
-import { compactListed, type ListedConn, type ObservedIkeSa } from './tunnels.js'
+import { compactListed, type ListedConn, type ListInterner, type ObservedIkeSa } from './tunnels.js'
 
 export interface PortCert {
   /** `NONE` for an end-entity certificate, `CA` for an authority. */
@@ -79,7 +79,8 @@ export function viciTunnelsPort(vici: Vici): TunnelsPort {
   return {
     listConns: async () => {
       const out = new Map<string, ListedConn>()
-      await vici.eachConn((name, raw) => out.set(name, compactListed(raw as ListedConn)))
+      const lists: ListInterner = new Map()
+      await vici.eachConn((name, raw) => out.set(name, compactListed(raw as ListedConn, lists)))
       return out
     },
     listSas: async (filter) => {

@@ -439,7 +439,7 @@ export function attemptWait(a: InitiateAttempt | undefined, now: number, policy:
  * delay, the first local and remote identity, and each child's selectors and DPD action. charon lists some 40
  * fields per connection; kept whole for 10,000 connections that is tens of MB for nothing.
  */
-export function compactListed(l: ListedConn): ListedConn {
+export function compactListed(l: ListedConn, lists?: ListInterner): ListedConn {
   const auth = (prefix: string): Record<string, unknown> => {
     const key = Object.keys(l).find((k) => k.startsWith(`${prefix}-`) && asRecord(l[k]))
     const id = key ? asRecord(l[key])!.id : undefined
@@ -448,12 +448,36 @@ export function compactListed(l: ListedConn): ListedConn {
   const children: Record<string, unknown> = {}
   for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
     const child = asRecord(c) ?? {}
-    children[name] = { 'local-ts': child['local-ts'], 'remote-ts': child['remote-ts'], dpd_action: child.dpd_action }
+    children[name] = { 'local-ts': keptList(child['local-ts'], lists), 'remote-ts': keptList(child['remote-ts'], lists), dpd_action: child.dpd_action }
   }
   const out: ListedConn = { 'local-1': auth('local'), 'remote-1': auth('remote'), children }
-  if (l.remote_addrs !== undefined) out.remote_addrs = l.remote_addrs
+  if (l.remote_addrs !== undefined) out.remote_addrs = keptList(l.remote_addrs, lists)
   if (l.dpd_delay !== undefined) out.dpd_delay = l.dpd_delay
   return out
+}
+
+/**
+ * Equal lists of strings of one listing, kept once (a connector's 10,000 connections list the same local
+ * selectors). Made per listing by the port, so it holds nothing once the listing is replaced.
+ */
+export type ListInterner = Map<string, unknown[]>
+
+/**
+ * A listed list as it is kept: a copy of exactly its length (the decoder's lists are grown element by element and
+ * carry spare capacity: 184 B for a one-element list instead of 56 B), or the listing's equal list of strings.
+ * Anything else is kept as it is.
+ */
+function keptList(v: unknown, lists: ListInterner | undefined): unknown {
+  if (!Array.isArray(v)) return v
+  if (lists && v.every((x) => typeof x === 'string')) {
+    const key = JSON.stringify(v)
+    const kept = lists.get(key)
+    if (kept && kept.length === v.length) return kept
+    const copy = v.slice()
+    lists.set(key, copy)
+    return copy
+  }
+  return v.slice()
 }
 
 /** What `list-conns` will show for a section we just loaded (the projection's fields), for the cached listing. */

@@ -139,6 +139,11 @@ t.test('streamed reduction gives exactly what collecting, then reducing gave', a
   const streamed = [...(await port.listConns())]
   t.strictSame(streamed, expected, 'same names, order and reduced entries')
   t.equal(streamed.length, conns.length)
+  // Equal lists of one listing are kept once: the connector's children list the same local selectors.
+  const localTs = streamed.flatMap(([, l]) => Object.values(l.children as Record<string, Record<string, unknown>>).map((c) => c['local-ts']))
+  const distinct = new Set(localTs.map((x) => JSON.stringify(x)))
+  t.ok(localTs.length > distinct.size, `${localTs.length} local-ts lists, ${distinct.size} distinct`)
+  t.equal(new Set(localTs).size, distinct.size, 'one kept list per distinct content')
   t.strictSame(await port.listSas(), (await vici.listSas()).map(observedSa))
   t.equal((await port.listSas()).length, 4)
 })
