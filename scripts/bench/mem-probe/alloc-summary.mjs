@@ -1,7 +1,6 @@
 // Summarises a sampling heap profile written by sampler.mjs: allocated bytes (also of objects already collected)
 // by function and by the innermost three frames of the agent's own code (dist/).
 // Run: node scripts/bench/mem-probe/alloc-summary.mjs /tmp/prof-PID-0.json
-// Sums a sampling heap profile's self sizes by function and by the innermost frame in the agent's own code.
 import { readFileSync } from 'node:fs'
 const p = JSON.parse(readFileSync(process.argv[2], 'utf8'))
 const byFn = new Map(), byOwn = new Map()
