@@ -425,7 +425,10 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const measure = async (op: ChangeOp, specs: PeerSpec[], i: number, want: { subnet: string | null; gone?: string }): Promise<void> => {
       const before = await counters()
       const t = cfg.swap(connectorYaml(specs))
+      const swappedAt = Date.now()
       const done = await waitPeer(o, i, want)
+      // With --keep, each sample's swap instant (wall clock, as in agent.log) lines up with the agent's own timings.
+      if (keep) log(`${op} peer ${i}: swapped at ${new Date(swappedAt).toISOString().slice(11, 23)}, in place after ${(done - t).toFixed(1)} ms`)
       const after = await settle(before, 2)
       change[op].samples.push(done - t)
       change[op].writes.push(passDelta(before, after).totalWrites)

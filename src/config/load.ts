@@ -17,6 +17,7 @@
 //   initiator); the mediator needs `id` and `name`. `publicAddresses` is required wherever this node must dial:
 //   every peer of an edge node except edge peers reached through a mediator, a remote connector of a connector,
 //   and the mediator of an edge node.
+import { isAscii } from 'node:buffer'
 import { readFile, stat } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import jsyaml from 'js-yaml'
@@ -475,6 +476,14 @@ export function splitPeers(text: string): { head: string; chunks: string[] } | n
   }
   chunks.push(text.slice(itemStart, blockEnd))
   return { head: text.slice(0, blockStart) + text.slice(blockEnd), chunks }
+}
+
+/**
+ * The text of a config file's bytes. A file that is all ASCII (what the operator writes) is copied byte for byte,
+ * several times faster than UTF-8 decoding a 2 MB file; anything else is decoded as UTF-8, as readFile does.
+ */
+export function decodeConfig(bytes: Buffer): string {
+  return isAscii(bytes) ? bytes.toString('latin1') : bytes.toString('utf8')
 }
 
 const NO_PATH: Path = []
