@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { ConfigError, type ConfigIssue } from '../config/errors.js'
-import { ConfigParser, decodeConfig, MAX_CONFIG_BYTES } from '../config/load.js'
+import { ConfigParser, MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
 import { DesiredBuilder, type DesiredDelta } from '../desired/incremental.js'
 import type { Datapath, Desired, Role } from '../desired/types.js'
@@ -176,7 +176,7 @@ export class Agent {
       return 'unchanged'
     }
     try {
-      const { config, warnings } = this.parser.parse(decodeConfig(bytes), path)
+      const { config, warnings } = this.parser.parseBytes(bytes, path)
       const t3 = performance.now()
       this.config = config
       this.configChange = this.parser.change
@@ -188,7 +188,7 @@ export class Agent {
       metrics.configGeneration.set(this.configState.generation)
       metrics.configValid.set(1)
       for (const w of warnings) log.warn({ file: path, line: w.line, path: w.path }, w.message)
-      log.info({ file: path, generation: this.configState.generation, peers: config.peers.length, role: config.local.type, ms: { read: ms(t1 - t0), hash: ms(t2 - t1), parse: ms(t3 - t2) }, parsed: this.parser.last.whole ? 'whole' : this.parser.last.parsed }, 'config accepted')
+      log.info({ file: path, generation: this.configState.generation, peers: config.peers.length, role: config.local.type, ms: { read: ms(t1 - t0), hash: ms(t2 - t1), parse: ms(t3 - t2) }, parsed: this.parser.last.whole ? 'whole' : this.parser.last.parsed, ...(this.parser.last.bytes ? { bytes: true } : {}) }, 'config accepted')
       return 'changed'
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err
