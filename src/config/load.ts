@@ -598,6 +598,15 @@ export class ConfigParser {
     return out
   }
 
+  /**
+   * Builds what the checks of the next change need (checkAdded's index) ahead of it, so the first change after a
+   * whole read does not pay for it (about 50 ms at 10,000 peers); the agent calls it once a pass is done.
+   */
+  prepare(): void {
+    const prev = this.prev
+    if (prev && !prev.index) prev.index = peerIndex(prev, prev.entries.map((e) => e.raw), new Set())
+  }
+
   /** Forgets every cached peer (the next parse reads the whole text). */
   reset(): void {
     this.prev = null
@@ -809,17 +818,7 @@ export class ConfigParser {
       }
     }
     if (added.length === 0) return true
-    if (!ix) {
-      const isNew = new Set(added)
-      const names = new Map<string, number>()
-      const owners: Array<{ owner: object; cidrs: Cidr[] }> = [prev.local, ...(prev.mediator ? [prev.mediator] : [])].map((o) => ({ owner: o, cidrs: cidrsOf(o) }))
-      for (const p of peers) {
-        if (isNew.has(p)) continue
-        names.set(p.endpoint.name, (names.get(p.endpoint.name) ?? 0) + 1)
-        owners.push({ owner: p, cidrs: cidrsOf(p) })
-      }
-      ix = prev.index = { names, spans: SpanIndex.build(owners) }
-    }
+    if (!ix) ix = prev.index = peerIndex(prev, peers, new Set(added))
     const local = prev.local.endpoint
     const role = local.type
     const ok = ((): boolean => {
@@ -872,6 +871,18 @@ function chunksOf(st: ByteState): string[] {
   const out: string[] = []
   for (let k = 0; k + 1 < st.starts.length; k++) out.push(st.buf.toString('latin1', st.starts[k]!, st.starts[k + 1]!))
   return out
+}
+
+/** The index of the names and ranges of the node, the mediator and `peers` but `except`. */
+function peerIndex(prev: ParserState, peers: readonly RawEndpoint[], except: ReadonlySet<RawEndpoint>): PeerIndex {
+  const names = new Map<string, number>()
+  const owners: Array<{ owner: object; cidrs: Cidr[] }> = [prev.local, ...(prev.mediator ? [prev.mediator] : [])].map((o) => ({ owner: o, cidrs: cidrsOf(o) }))
+  for (const p of peers) {
+    if (except.has(p)) continue
+    names.set(p.endpoint.name, (names.get(p.endpoint.name) ?? 0) + 1)
+    owners.push({ owner: p, cidrs: cidrsOf(p) })
+  }
+  return { names, spans: SpanIndex.build(owners) }
 }
 
 function cidrsOf(r: RawEndpoint): Cidr[] {
