@@ -28,7 +28,7 @@ import { Charon } from '../../test/harness/charon.js'
 import { Netns } from '../../test/harness/netns.js'
 import { TestPki } from '../../test/harness/pki.js'
 import { IPSET, ROUTE_TABLE, RTPROT_FABTUNNEL } from '../../src/fabedge.js'
-import { connectorSets, connectorYaml, edgeYaml, firstPeers, ipsetRestore, MAX_PEER_INDEX, peerName, peerSubnet, routeBatch, swanctlConf, type PeerSpec } from './scale/gen.js'
+import { connectorSets, connectorYaml, edgeYaml, firstPeers, ipsetRestore, MAX_PEER_INDEX, peerName, peerNodeIp, peerSubnet, routeBatch, swanctlConf, type PeerSpec } from './scale/gen.js'
 import {
   CHANGE_OPS, childCpuTicksFromStat, cpuTicksFromStat, heapFromMetrics, median, memFromStatus, passCounters, passDelta, scaleTable,
   type ChangeOp, type EdgeResult, type MemSample, type PassCounters, type SizeResult,
@@ -42,6 +42,7 @@ const dist = (p: string): string => new URL(`../../dist/${p}`, import.meta.url).
 const netlink = (await import(dist('netlink/index.js'))) as typeof import('../../src/netlink/index.js')
 const vici = (await import(dist('vici/index.js'))) as typeof import('../../src/vici/index.js')
 const { parseConfig } = (await import(dist('config/load.js'))) as typeof import('../../src/config/load.js')
+const { nodeDesired } = (await import(dist('desired/index.js'))) as typeof import('../../src/desired/index.js')
 
 const USAGE = `usage: node --import tsx scripts/bench/scale.ts [--peers LIST] [--repeat N] [--edge] [--json]
   --peers LIST   comma-separated peer counts, each in its own namespace (default 1000), e.g. 100,1000,5000,10000;
@@ -282,6 +283,7 @@ async function stopAgent(child: ChildProcess): Promise<void> {
 interface Observers {
   routes: Set<string>
   sock: import('../../src/netlink/index.js').NetlinkSocket
+  rsock: import('../../src/netlink/index.js').NetlinkSocket
   vici: import('../../src/vici/index.js').Vici
   close(): Promise<void>
 }
@@ -309,7 +311,7 @@ async function observe(uri: string): Promise<Observers> {
   const sock = netlink.openNetfilter()
   const v = new vici.Vici({ uri })
   return {
-    routes, sock, vici: v,
+    routes, sock, rsock, vici: v,
     close: async () => {
       monitor.close()
       rsock.close()
@@ -338,6 +340,37 @@ async function waitPeer(o: Observers, i: number, want: { subnet: string | null; 
     return o.routes.has(want.subnet) && (await netlink.ipsetTest(o.sock, IPSET.remotePodCidr, want.subnet))
   }
   return until(`peer ${i} -> ${want.subnet ?? 'gone'}`, async () => (await kernel()) && (await connSubnet(o, i)) === want.subnet && (await kernel()), 120_000)
+}
+
+/**
+ * The floor of a one-peer add: its writes made straight, with no agent (which would undo them), each peer a fresh
+ * one: VICI load-conn of the connection section the agent derives for it, its table-220 route, its two set members
+ * (what the agent writes for an add). Undone after each sample. Milliseconds per sample.
+ */
+async function changeFloor(o: Observers, first: number, runs: number): Promise<number[]> {
+  const out: number[] = []
+  for (let k = 0; k < runs; k++) {
+    const i = first + k
+    const name = peerName(i)
+    const { config } = parseConfig(connectorYaml([{ index: i }]), 'floor.yaml')
+    const d = nodeDesired(config, undefined, { datapath: 'xfrm', gateways: { 4: GATEWAY } })
+    const section = d.conns[name]
+    const route = d.routes.find((r) => r.dst === peerSubnet(i))
+    const node = [...(d.ipsets[IPSET.remoteNodeCidr]?.members ?? [])].find((m) => m.startsWith(`${peerNodeIp(i)}/`))
+    if (!section || !route || !node) throw new Error(`floor: no connection, route or node member derived for ${name}`)
+    const spec = { dst: route.dst, via: route.via!, table: route.table, protocol: route.protocol }
+    const t0 = performance.now()
+    await o.vici.loadConn(name, section)
+    await netlink.routeReplace(o.rsock, spec)
+    await netlink.ipsetAdd(o.sock, IPSET.remotePodCidr, route.dst)
+    await netlink.ipsetAdd(o.sock, IPSET.remoteNodeCidr, node)
+    out.push(performance.now() - t0)
+    await o.vici.unloadConn(name)
+    await netlink.routeDel(o.rsock, spec)
+    await netlink.ipsetDel(o.sock, IPSET.remotePodCidr, route.dst)
+    await netlink.ipsetDel(o.sock, IPSET.remoteNodeCidr, node)
+  }
+  return out
 }
 
 async function parseFloor(text: string, runs: number): Promise<number> {
@@ -436,7 +469,10 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const measure = async (op: ChangeOp, specs: PeerSpec[], i: number, want: { subnet: string | null; gone?: string }): Promise<void> => {
       const before = await counters()
       const t = cfg.swap(connectorYaml(specs))
+      const swappedAt = Date.now()
       const done = await waitPeer(o, i, want)
+      // With --keep, each sample's swap instant (wall clock, as in agent.log) lines up with the agent's own timings.
+      if (keep) log(`${op} peer ${i}: swapped at ${new Date(swappedAt).toISOString().slice(11, 23)}, in place after ${(done - t).toFixed(1)} ms`)
       const after = await settle(before, 2)
       change[op].samples.push(done - t)
       change[op].writes.push(passDelta(before, after).totalWrites)
@@ -496,6 +532,11 @@ async function measureSize(nsName: string, n: number, repeat: number): Promise<S
     const afterRestart = await settle(null, 1)
     result.restart = { ms: rReady - r0, writes: Object.values(afterRestart.writes).reduce((a, b) => a + b, 0) }
     result.memAt = { ready: memReady, deep: memDeep, end: memEnd, restarted: await agentMemFull(agent.pid!) }
+    // The one-peer change's write floor, on the same node with the agent stopped.
+    await stopAgent(agent)
+    agent = null
+    result.changeFloorMs = await changeFloor(o, n + repeat, Math.max(5, repeat))
+    log(`${n} peers: one-peer add written straight (load-conn, route, 2 members): median ${median(result.changeFloorMs).toFixed(1)} ms`)
     failed = false
     return result as SizeResult
   } finally {

@@ -127,3 +127,24 @@ export function isHostname(text: string): boolean {
   if (/^\d+$/.test(text.split('.').pop()!)) return false
   return text.split('.').every((label) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(label))
 }
+
+/**
+ * Address range of a CIDR as [first, last], comparable with < and >: numbers for IPv4, fixed-width hex strings for
+ * IPv6. Memoized per Cidr: the incremental parser keeps unchanged peers' CIDR objects, so only new ones are computed.
+ */
+const rangeMemo = new WeakMap<Cidr, [number, number] | [string, string]>()
+export function cidrRange(c: Cidr): [number, number] | [string, string] {
+  let r = rangeMemo.get(c)
+  if (r) return r
+  if (c.bytes.length === 4) {
+    const start = ((c.bytes[0]! << 24) >>> 0) + (c.bytes[1]! << 16) + (c.bytes[2]! << 8) + c.bytes[3]!
+    r = [start, start + 2 ** (32 - c.prefix) - 1]
+  } else {
+    const bits = Array.from(c.bytes, (b) => b.toString(2).padStart(8, '0')).join('')
+    const net = bits.slice(0, c.prefix)
+    const hex = (b: string): string => Array.from({ length: 32 }, (_, i) => parseInt(b.slice(i * 4, i * 4 + 4), 2).toString(16)).join('')
+    r = [hex(net.padEnd(128, '0')), hex(net.padEnd(128, '1'))]
+  }
+  rangeMemo.set(c, r)
+  return r
+}

@@ -17,12 +17,14 @@
 //   initiator); the mediator needs `id` and `name`. `publicAddresses` is required wherever this node must dial:
 //   every peer of an edge node except edge peers reached through a mediator, a remote connector of a connector,
 //   and the mediator of an edge node.
+import { isAscii } from 'node:buffer'
 import { readFile, stat } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import jsyaml from 'js-yaml'
 import type { Node } from 'yaml'
 import { MEDIATOR_CONN } from '../fabedge.js'
-import { isHostname, parseCidr, parseIp, type Cidr } from './cidr.js'
+import { cidrRange, isHostname, parseCidr, parseIp, type Cidr } from './cidr.js'
+import { SpanIndex } from './span-index.js'
 import { detachStrings } from './detach.js'
 import { ConfigError, type ConfigIssue, type Severity } from './errors.js'
 import type { Endpoint, EndpointType, LocalEndpoint, PeerEndpoint, TunnelConfig } from './schema.js'
@@ -205,27 +207,6 @@ function requireFields(c: Collector, raw: RawEndpoint, keys: Array<'id' | 'name'
 }
 
 /**
- * Address range of a CIDR as [first, last], comparable with < and >: numbers for IPv4, fixed-width hex strings for
- * IPv6. Memoized per Cidr: the incremental parser keeps unchanged peers' CIDR objects, so only new ones are computed.
- */
-const rangeMemo = new WeakMap<Cidr, [number, number] | [string, string]>()
-function range(c: Cidr): [number, number] | [string, string] {
-  let r = rangeMemo.get(c)
-  if (r) return r
-  if (c.bytes.length === 4) {
-    const start = ((c.bytes[0]! << 24) >>> 0) + (c.bytes[1]! << 16) + (c.bytes[2]! << 8) + c.bytes[3]!
-    r = [start, start + 2 ** (32 - c.prefix) - 1]
-  } else {
-    const bits = Array.from(c.bytes, (b) => b.toString(2).padStart(8, '0')).join('')
-    const net = bits.slice(0, c.prefix)
-    const hex = (b: string): string => Array.from({ length: 32 }, (_, i) => parseInt(b.slice(i * 4, i * 4 + 4), 2).toString(16)).join('')
-    r = [hex(net.padEnd(128, '0')), hex(net.padEnd(128, '1'))]
-  }
-  rangeMemo.set(c, r)
-  return r
-}
-
-/**
  * Every pair of overlapping CIDRs (by tag) in O(n log n + overlaps): sorted by start, each CIDR is compared with
  * the still-open ones before it, which for prefixes (nested or disjoint, never partial) form a chain of at most
  * 33 or 129 containing prefixes.
@@ -234,7 +215,7 @@ function overlappingPairs<T>(items: Array<{ cidr: Cidr; tag: T }>): Array<[T, T]
   const out: Array<[T, T]> = []
   for (const family of [4, 6] as const) {
     const xs: Array<{ tag: T; r: [number | string, number | string] }> = []
-    for (const i of items) if (i.cidr.family === family) xs.push({ tag: i.tag, r: range(i.cidr) })
+    for (const i of items) if (i.cidr.family === family) xs.push({ tag: i.tag, r: cidrRange(i.cidr) })
     xs.sort((a, b) => (a.r[0] < b.r[0] ? -1 : a.r[0] > b.r[0] ? 1 : a.r[1] > b.r[1] ? -1 : a.r[1] < b.r[1] ? 1 : 0))
     const open: typeof xs = []
     for (const x of xs) {
@@ -426,22 +407,58 @@ export async function loadConfig(file: string): Promise<LoadResult & { text: str
   return { ...parseConfig(text, file), text }
 }
 
+/** Where the items of a config text are: their texts, the head without them, and their extent in the text. */
+export interface Split {
+  head: string
+  chunks: string[]
+  /** Offset of the first item (the block's end when there is none), of the block's end, and the items' indent. */
+  start: number
+  end: number
+  indent: number
+}
+
+const DOCUMENT_MARKER = /^(---|\.\.\.)(\s|$)/m
+
+/** Matches (with lastIndex) the newline before the first line that ends a block of items indented by `n`. */
+function blockEndPattern(n: number): RegExp {
+  return new RegExp(n === 0 ? '\\n(?!-[ \\n])[^ \\n#]' : `\\n(?: {0,${n - 1}}[^ \\n#]| {${n}}(?!-[ \\n]|-$)[^ \\n#])`, 'g')
+}
+
+/** The item texts of `text[from, to)`, which starts with an item indented by `n`. */
+function cutItems(text: string, from: number, to: number, n: number): string[] {
+  const chunks: string[] = []
+  const marker = `\n${' '.repeat(n)}-`
+  let itemStart = from
+  let at = text.indexOf(marker, from)
+  while (at !== -1 && at < to) {
+    const c = text.charCodeAt(at + marker.length)
+    if ((c === 32 || c === 10 || at + marker.length === text.length) && at + 1 > itemStart) {
+      chunks.push(text.slice(itemStart, at + 1))
+      itemStart = at + 1
+    }
+    at = text.indexOf(marker, at + 1)
+  }
+  chunks.push(text.slice(itemStart, to))
+  return chunks
+}
+
 /**
  * The `peers` block of a config text cut into one text chunk per item, or null when the text is not in the plain
  * block layout the operator writes (then it is parsed whole). `head` is the text without the items; its `peers:`
  * line stays, so the head parses to a map whose `peers` is null.
  */
-export function splitPeers(text: string): { head: string; chunks: string[] } | null {
+export function splitPeers(text: string): Split | null {
   // Documents markers change what the text is; tabs and CRs are left to the YAML parser. (Anchors, aliases and tags,
   // which could tie a chunk to text outside it, are checked on the chunks that get parsed: see UNPORTABLE.)
-  if (text.includes('\t') || text.includes('\r') || /^(---|\.\.\.)(\s|$)/m.test(text)) return null
+  if (text.includes('\t') || text.includes('\r') || DOCUMENT_MARKER.test(text)) return null
+  const none = { head: text, chunks: [], start: text.length, end: text.length, indent: 0 }
   const keys = text.match(/^["']?peers["']?[ ]*:/gm)
-  if (keys === null) return { head: text, chunks: [] }
+  if (keys === null) return none
   if (keys.length !== 1) return null
   const key = /^peers:[ ]*(#.*)?$/m.exec(text)
   if (!key) return null
   const blockStart = key.index + key[0].length + 1
-  if (blockStart > text.length) return { head: text, chunks: [] }
+  if (blockStart > text.length) return none
   // The first line with content (not blank, not a comment) starts the first item and gives the items' indent.
   const first = /^( *)-( |$)/my
   let pos = blockStart
@@ -451,30 +468,25 @@ export function splitPeers(text: string): { head: string; chunks: string[] } | n
     if (pos >= text.length || !comment.test(text)) break
     pos = comment.lastIndex
   }
-  if (pos >= text.length) return { head: text, chunks: [] }
+  if (pos >= text.length) return none
   first.lastIndex = pos
   const m = first.exec(text)
   if (!m) return null
   const n = m[1]!.length
   // The block ends at the first content line indented less than the items, or as much but not an item.
-  const end = new RegExp(n === 0 ? '\\n(?!-[ \\n])[^ \\n#]' : `\\n(?: {0,${n - 1}}[^ \\n#]| {${n}}(?!-[ \\n]|-$)[^ \\n#])`, 'g')
+  const end = blockEndPattern(n)
   end.lastIndex = pos
   const e = end.exec(text)
   const blockEnd = e ? e.index + 1 : text.length
-  const chunks: string[] = []
-  const marker = `\n${' '.repeat(n)}-`
-  let itemStart = pos
-  let at = text.indexOf(marker, pos)
-  while (at !== -1 && at < blockEnd) {
-    const c = text.charCodeAt(at + marker.length)
-    if ((c === 32 || c === 10 || at + marker.length === text.length) && at + 1 > itemStart) {
-      chunks.push(text.slice(itemStart, at + 1))
-      itemStart = at + 1
-    }
-    at = text.indexOf(marker, at + 1)
-  }
-  chunks.push(text.slice(itemStart, blockEnd))
-  return { head: text.slice(0, blockStart) + text.slice(blockEnd), chunks }
+  return { head: text.slice(0, blockStart) + text.slice(blockEnd), chunks: cutItems(text, pos, blockEnd, n), start: pos, end: blockEnd, indent: n }
+}
+
+/**
+ * The text of a config file's bytes. A file that is all ASCII (what the operator writes) is copied byte for byte,
+ * several times faster than UTF-8 decoding a 2 MB file; anything else is decoded as UTF-8, as readFile does.
+ */
+export function decodeConfig(bytes: Buffer): string {
+  return isAscii(bytes) ? bytes.toString('latin1') : bytes.toString('utf8')
 }
 
 const NO_PATH: Path = []
@@ -490,8 +502,8 @@ interface CachedPeer {
 /** Whether two CIDRs overlap (prefixes are nested or disjoint). */
 function overlaps(a: Cidr, b: Cidr): boolean {
   if (a.family !== b.family) return false
-  const x = range(a)
-  const y = range(b)
+  const x = cidrRange(a)
+  const y = cidrRange(b)
   return x[0] <= y[1] && y[0] <= x[1]
 }
 
@@ -510,9 +522,14 @@ const INCREMENTAL_MAX = 64
  * only look at the new peers: every pair of unchanged peers passed them in the config accepted before.
  */
 export class ConfigParser {
-  private prev: { head: string; chunks: string[]; entries: CachedPeer[]; local: RawEndpoint; mediator: RawEndpoint | null } | null = null
+  private prev: ParserState | null = null
+  /**
+   * The bytes of the text `prev` was read from, with the offset of each item and of the block's end (parseBytes,
+   * ASCII files only); while set, `prev.chunks` is null and the chunks are cut from these bytes when needed.
+   */
+  private bytes: ByteState | null = null
   /** What the last parse did: peers in the file, peers parsed (not reused), whether it parsed the whole text. */
-  readonly last = { peers: 0, parsed: 0, whole: false }
+  readonly last = { peers: 0, parsed: 0, whole: false, bytes: false }
   /** The config the last parse returned. */
   private config: TunnelConfig | null = null
   /**
@@ -520,12 +537,59 @@ export class ConfigParser {
    * when it could not tell (a whole parse, a reordered file). DesiredBuilder uses it to derive only those peers.
    */
   change: { from: TunnelConfig | null; added: PeerEndpoint[]; removed: PeerEndpoint[] } | null = null
+  /** Where the last split found the items (parseBytes keeps their offsets). */
+  private lastSplit: Split | null = null
 
   parse(text: string, file = '<config>'): LoadResult {
+    if (this.bytes) {
+      if (this.prev && this.prev.chunks === null) this.prev.chunks = chunksOf(this.bytes)
+      this.bytes = null
+    }
+    return this.parseText(text, file)
+  }
+
+  /**
+   * parse() of a file's bytes. For an ASCII file that differs from the last one only inside the `peers` block (what
+   * the operator's rewrite for a one-peer change is), only the items around the differing bytes are cut and
+   * compared: the common prefix and suffix are found with memcmp, so nothing else of a 2 MB file is decoded, split
+   * or walked. Anything else goes through parse() of the decoded text.
+   */
+  parseBytes(bytes: Buffer, file = '<config>'): LoadResult {
+    const ascii = isAscii(bytes)
+    if (ascii && this.bytes !== null && this.prev !== null) {
+      const patched = this.patch(bytes, file)
+      if (patched) return patched
+    }
+    const out = this.parseText(ascii ? bytes.toString('latin1') : bytes.toString('utf8'), file)
+    const split = this.lastSplit
+    this.lastSplit = null
+    this.bytes = null
+    if (ascii && this.prev !== null && this.prev.chunks !== null && split !== null && this.prev.chunks.length > 0) {
+      const chunks = this.prev.chunks
+      const starts = new Int32Array(chunks.length + 1)
+      let at = split.start
+      for (let k = 0; k < chunks.length; k++) {
+        starts[k] = at
+        at += chunks[k]!.length
+      }
+      starts[chunks.length] = at
+      // The chunks are slices of the text: dropping them lets the 2 MB string go (the bytes stay, off the heap).
+      if (at === split.end) {
+        this.bytes = { buf: bytes, starts, indent: split.indent }
+        this.prev.chunks = null
+      }
+    }
+    return out
+  }
+
+  private parseText(text: string, file: string): LoadResult {
     const split = splitPeers(text)
+    this.lastSplit = split
     const fast = split ? this.fast(split, file) : null
+    this.last.bytes = false
     if (fast) return fast
     this.prev = null
+    this.bytes = null
     this.change = null
     this.config = null
     const out = parseConfig(text, file)
@@ -534,36 +598,35 @@ export class ConfigParser {
     return out
   }
 
+  /**
+   * Builds what the checks of the next change need (checkAdded's index) ahead of it, so the first change after a
+   * whole read does not pay for it (about 50 ms at 10,000 peers); the agent calls it once a pass is done.
+   */
+  prepare(): void {
+    const prev = this.prev
+    if (prev && !prev.index) prev.index = peerIndex(prev, prev.entries.map((e) => e.raw), new Set())
+  }
+
   /** Forgets every cached peer (the next parse reads the whole text). */
   reset(): void {
     this.prev = null
+    this.bytes = null
     this.config = null
     this.change = null
   }
 
-  private fast(split: { head: string; chunks: string[] }, file: string): LoadResult | null {
-    const prev = this.prev
-    const sameHead = prev !== null && prev.head === split.head
-    let root: Record<string, Json> | null = null
-    if (!sameHead) {
-      if (UNPORTABLE.test(split.head)) return null
-      let value: unknown
-      try {
-        value = jsyaml.load(split.head, { schema: jsyaml.CORE_SCHEMA, filename: file })
-      } catch {
-        return null
-      }
-      if (!isObject(value) || (split.chunks.length > 0 && value.peers !== null)) return null
-      root = value
-    }
-    const chunks = split.chunks
+  /**
+   * Reads the peers whose chunk is not among `old` (walked side by side, a short look-ahead stepping over inserted
+   * and removed peers; a reordered list falls back to a map of the old chunks). Null on anything that needs the
+   * whole parse: a chunk that does not read as one clean peer, or the same peer text twice.
+   */
+  private walk(old: readonly string[], oldEntries: readonly CachedPeer[], chunks: readonly string[], file: string): { entries: CachedPeer[]; added: RawEndpoint[]; removed: CachedPeer[] } | null {
     const entries: CachedPeer[] = []
     const added: RawEndpoint[] = []
-    const parsed = new Map<string, CachedPeer>()
+    const parsed = new Set<string>()
     const fresh = (chunk: string): CachedPeer | null => {
-      const known = parsed.get(chunk)
-      if (known) return known
-      if (UNPORTABLE.test(chunk)) return null
+      // The same item text twice is the same name twice: the whole parse words it.
+      if (parsed.has(chunk) || UNPORTABLE.test(chunk)) return null
       let value: unknown
       try {
         value = detachStrings(jsyaml.load(chunk, { schema: jsyaml.CORE_SCHEMA, filename: file }))
@@ -577,16 +640,11 @@ export class ConfigParser {
       // Field paths only word messages, and a peer with any issue goes through the whole parse: not kept.
       for (const l of raw.subnets) l.path = NO_PATH
       for (const l of raw.nodeSubnets) l.path = NO_PATH
-      const entry = { raw }
-      parsed.set(chunk, entry)
+      parsed.add(chunk)
       added.push(raw)
-      return entry
+      return { raw }
     }
-    // Unchanged chunks are found by walking the old and new lists side by side (string equality is a memcmp, where
-    // a hash lookup would hash all 2 MB); a short look-ahead steps over inserted and removed peers, and only a
-    // reordered file falls back to a map of the old chunks.
-    const old = prev?.chunks ?? []
-    const oldEntries = prev?.entries ?? []
+    // String equality is a memcmp, where a hash lookup would hash every chunk.
     let byText: Map<string, CachedPeer> | null = null
     const WINDOW = 8
     let j = 0
@@ -616,21 +674,42 @@ export class ConfigParser {
       entries.push(entry)
     }
     for (; j < old.length; j++) skipped.push(oldEntries[j]!)
-    const raws = entries.map((e) => e.raw)
     // Removed: the old entries walked past and not reused. Exact without the map; with it (entries reused out of
-    // order), the difference is taken over all entries.
-    let removedEntries: CachedPeer[]
-    if (byText === null) removedEntries = skipped
-    else {
-      const kept = new Set(entries)
-      removedEntries = oldEntries.filter((e) => !kept.has(e))
+    // order), the difference is taken over all entries, and an old entry used twice is a peer text given twice.
+    if (byText === null) return { entries, added, removed: skipped }
+    const kept = new Set(entries)
+    if (kept.size !== entries.length) return null
+    return { entries, added, removed: oldEntries.filter((e) => !kept.has(e)) }
+  }
+
+  private fast(split: Split, file: string): LoadResult | null {
+    const prev = this.prev
+    const sameHead = prev !== null && prev.head === split.head
+    let root: Record<string, Json> | null = null
+    if (!sameHead) {
+      if (UNPORTABLE.test(split.head)) return null
+      let value: unknown
+      try {
+        value = jsyaml.load(split.head, { schema: jsyaml.CORE_SCHEMA, filename: file })
+      } catch {
+        return null
+      }
+      if (!isObject(value) || (split.chunks.length > 0 && value.peers !== null)) return null
+      root = value
     }
+    const chunks = split.chunks
+    const old = prev === null ? [] : prev.chunks ?? (this.bytes ? chunksOf(this.bytes) : null)
+    if (old === null) return null
+    const walked = this.walk(old, prev?.entries ?? [], chunks, file)
+    if (!walked) return null
+    const { entries, added } = walked
+    const raws = entries.map((e) => e.raw)
     let config: TunnelConfig
     if (sameHead && added.length <= INCREMENTAL_MAX) {
-      if (!this.checkAdded(prev, raws, added)) return null
+      if (!this.checkAdded(prev, raws, added, walked.removed)) return null
       config = { local: prev.local.endpoint as LocalEndpoint, peers: raws.map((r) => r.endpoint as PeerEndpoint), mediator: this.config?.mediator ?? null }
       this.prev = { ...prev, chunks, entries }
-      this.change = { from: this.config, added: added.map((r) => r.endpoint as PeerEndpoint), removed: removedEntries.map((e) => e.raw.endpoint as PeerEndpoint) }
+      this.change = { from: this.config, added: added.map((r) => r.endpoint as PeerEndpoint), removed: walked.removed.map((e) => e.raw.endpoint as PeerEndpoint) }
     } else {
       if (!root) {
         try {
@@ -648,7 +727,7 @@ export class ConfigParser {
       const validated = validate(c, root, (_c, i) => raws[i]!, (l, m) => { local = l; mediator = m })
       if (!validated || c.pending.length || !local) return null
       config = validated
-      this.prev = { head: split.head, chunks, entries, local, mediator }
+      this.prev = { head: split.head, chunks, entries, local, mediator, index: null }
       this.change = null
     }
     Object.assign(this.last, { peers: entries.length, parsed: added.length, whole: false })
@@ -657,37 +736,207 @@ export class ConfigParser {
   }
 
   /**
+   * The byte-level fast path of parseBytes: the old and new bytes share a prefix and a suffix; the items from the
+   * one before the first differing byte to the one holding the last are cut from both and walked (walk), the items
+   * outside are the old entries, and the offsets after the change shift by the length difference. Null when the
+   * difference reaches outside the `peers` block or anything in the re-read bytes could change how the rest reads.
+   */
+  private patch(buf: Buffer, file: string): LoadResult | null {
+    const st = this.bytes!
+    const prev = this.prev!
+    const old = st.buf
+    const starts = st.starts
+    const count = starts.length - 1
+    const p = commonPrefix(old, buf)
+    if (p === old.length && p === buf.length) {
+      this.change = { from: this.config, added: [], removed: [] }
+      Object.assign(this.last, { peers: count, parsed: 0, whole: false, bytes: true })
+      return { config: this.config!, warnings: [] }
+    }
+    const diffEnd = old.length - commonSuffix(old, buf, Math.min(old.length, buf.length) - p)
+    const blockEnd = starts[count]!
+    // The head (before the first item, and after the block with the newline that ends the block) must be the same.
+    if (p < starts[0]! || diffEnd > blockEnd || (blockEnd < old.length && diffEnd > blockEnd - 1)) return null
+    // From the item before the one holding the first difference (its end may have moved) ...
+    const a = Math.max(0, Math.min(lastAtMost(starts, p), count - 1) - 1)
+    // ... to the first item that starts after the newline that follows the last difference (or the block's end).
+    const e = Math.max(a + 1, Math.min(count, lastAtMost(starts, diffEnd) + 1))
+    const delta = buf.length - old.length
+    const from = starts[a]!
+    const to = starts[e]! + delta
+    if (to < from || (e < count && starts[e]! - 1 < diffEnd)) return null
+    const n = st.indent
+    const region = buf.toString('latin1', from, to)
+    if (region.includes('\t') || region.includes('\r') || DOCUMENT_MARKER.test(region)) return null
+    if (!region.startsWith(`${' '.repeat(n)}-`) || !/^ *-( |\n|$)/.test(region)) return null
+    const end = blockEndPattern(n)
+    end.lastIndex = 0
+    if (end.test(region)) return null
+    const chunks = cutItems(region, 0, region.length, n)
+    const oldChunks = cutItems(old.toString('latin1', from, starts[e]!), 0, starts[e]! - from, n)
+    if (oldChunks.length !== e - a) return null
+    const walked = this.walk(oldChunks, prev.entries.slice(a, e), chunks, file)
+    if (!walked || walked.added.length > INCREMENTAL_MAX) return null
+    const entries = prev.entries.slice(0, a).concat(walked.entries, prev.entries.slice(e))
+    const raws = entries.map((x) => x.raw)
+    if (!this.checkAdded(prev, raws, walked.added, walked.removed)) return null
+    const next = new Int32Array(entries.length + 1)
+    next.set(starts.subarray(0, a), 0)
+    let at = from
+    for (let k = 0; k < chunks.length; k++) {
+      next[a + k] = at
+      at += chunks[k]!.length
+    }
+    for (let k = e; k <= count; k++) next[a + chunks.length + k - e] = starts[k]! + delta
+    const config: TunnelConfig = { local: prev.local.endpoint as LocalEndpoint, peers: raws.map((r) => r.endpoint as PeerEndpoint), mediator: this.config?.mediator ?? null }
+    this.prev = { ...prev, chunks: null, entries }
+    this.bytes = { buf, starts: next, indent: n }
+    this.change = { from: this.config, added: walked.added.map((r) => r.endpoint as PeerEndpoint), removed: walked.removed.map((x) => x.raw.endpoint as PeerEndpoint) }
+    Object.assign(this.last, { peers: entries.length, parsed: walked.added.length, whole: false, bytes: true })
+    this.config = config
+    return { config, warnings: [] }
+  }
+
+  /**
    * The cross-peer checks of validate() for the peers added to a config accepted before with the same head: names
    * (not the node's, not the mediator's, not another peer's), publicAddresses where this node dials, and no overlap
    * with any other endpoint's subnets. False on any issue: the caller then parses the whole text to report it.
+   *
+   * The names in use and the endpoints' address ranges are kept in an index (PeerIndex) updated by each change, so
+   * a one-peer change costs O(log n), not a sweep over every peer. It is built on the first change after a whole
+   * read, and dropped whenever a check fails (the whole parse that follows starts over).
    */
-  private checkAdded(prev: NonNullable<ConfigParser['prev']>, peers: RawEndpoint[], added: RawEndpoint[]): boolean {
-    if (added.length === 0) return true
-    const local = prev.local.endpoint
-    const names = new Set<string>()
-    for (const p of peers) {
-      if (names.has(p.endpoint.name)) return false
-      names.add(p.endpoint.name)
-    }
-    const role = local.type
-    const isNew = new Set(added)
-    for (const p of added) {
-      const e = p.endpoint
-      if (e.name === local.name || e.name === MEDIATOR_CONN) return false
-      const needsAddr = (role === 'EdgeNode' && !(e.type === 'EdgeNode' && prev.mediator !== null)) || (role === 'Connector' && e.type === 'Connector')
-      if (needsAddr && e.publicAddresses.length === 0) return false
-      const mine = [...p.subnets, ...p.nodeSubnets]
-      const others = [prev.local, ...(prev.mediator ? [prev.mediator] : []), ...peers]
-      for (const o of others) {
-        if (o === p) continue
-        // A pair of two new peers is seen from both sides; once is enough.
-        if (isNew.has(o) && added.indexOf(o) < added.indexOf(p)) continue
-        for (const x of mine) {
-          for (const y of o.subnets) if (overlaps(x.value, y.value)) return false
-          for (const y of o.nodeSubnets) if (overlaps(x.value, y.value)) return false
-        }
+  private checkAdded(prev: ParserState, peers: readonly RawEndpoint[], added: readonly RawEndpoint[], removed: readonly CachedPeer[]): boolean {
+    if (added.length === 0 && removed.length === 0) return true
+    let ix = prev.index
+    if (ix) {
+      for (const r of removed) {
+        const n = ix.names.get(r.raw.endpoint.name) ?? 0
+        if (n <= 1) ix.names.delete(r.raw.endpoint.name)
+        else ix.names.set(r.raw.endpoint.name, n - 1)
+        if (ix.spans && !ix.spans.remove(r.raw, cidrsOf(r.raw))) ix.spans = null
       }
     }
-    return true
+    if (added.length === 0) return true
+    if (!ix) ix = prev.index = peerIndex(prev, peers, new Set(added))
+    const local = prev.local.endpoint
+    const role = local.type
+    const ok = ((): boolean => {
+      for (const p of added) {
+        const e = p.endpoint
+        if (e.name === local.name || e.name === MEDIATOR_CONN || ix.names.has(e.name)) return false
+        const needsAddr = (role === 'EdgeNode' && !(e.type === 'EdgeNode' && prev.mediator !== null)) || (role === 'Connector' && e.type === 'Connector')
+        if (needsAddr && e.publicAddresses.length === 0) return false
+        if (ix.spans) {
+          if (!ix.spans.add(p, cidrsOf(p))) return false
+        } else if (overlapsAny(p, [prev.local, ...(prev.mediator ? [prev.mediator] : []), ...peers], added)) {
+          return false
+        }
+        ix.names.set(e.name, 1)
+      }
+      return true
+    })()
+    if (!ok) prev.index = null
+    return ok
   }
+}
+
+/** What ConfigParser remembers of the last config it accepted without a whole parse. */
+interface ParserState {
+  head: string
+  /** The peers' item texts; null while ConfigParser.bytes holds them. */
+  chunks: string[] | null
+  entries: CachedPeer[]
+  local: RawEndpoint
+  mediator: RawEndpoint | null
+  /** Names in use and address ranges of the endpoints, for checkAdded; null until the first change needs it. */
+  index: PeerIndex | null
+}
+
+interface PeerIndex {
+  names: Map<string, number>
+  /** Null when the endpoints' ranges are not disjoint (the mediator is not checked against the others). */
+  spans: SpanIndex | null
+}
+
+interface ByteState {
+  buf: Buffer
+  /** Offset of each item in `buf`, then of the block's end. */
+  starts: Int32Array
+  indent: number
+}
+
+/** The item texts of a byte state. */
+function chunksOf(st: ByteState): string[] {
+  const out: string[] = []
+  for (let k = 0; k + 1 < st.starts.length; k++) out.push(st.buf.toString('latin1', st.starts[k]!, st.starts[k + 1]!))
+  return out
+}
+
+/** The index of the names and ranges of the node, the mediator and `peers` but `except`. */
+function peerIndex(prev: ParserState, peers: readonly RawEndpoint[], except: ReadonlySet<RawEndpoint>): PeerIndex {
+  const names = new Map<string, number>()
+  const owners: Array<{ owner: object; cidrs: Cidr[] }> = [prev.local, ...(prev.mediator ? [prev.mediator] : [])].map((o) => ({ owner: o, cidrs: cidrsOf(o) }))
+  for (const p of peers) {
+    if (except.has(p)) continue
+    names.set(p.endpoint.name, (names.get(p.endpoint.name) ?? 0) + 1)
+    owners.push({ owner: p, cidrs: cidrsOf(p) })
+  }
+  return { names, spans: SpanIndex.build(owners) }
+}
+
+function cidrsOf(r: RawEndpoint): Cidr[] {
+  return [...r.subnets.map((l) => l.value), ...r.nodeSubnets.map((l) => l.value)]
+}
+
+/** Whether `p` overlaps any of `others` but itself (a pair of two added peers is compared once). */
+function overlapsAny(p: RawEndpoint, others: readonly RawEndpoint[], added: readonly RawEndpoint[]): boolean {
+  const mine = cidrsOf(p)
+  const at = added.indexOf(p)
+  for (const o of others) {
+    if (o === p) continue
+    const k = added.indexOf(o)
+    if (k !== -1 && k < at) continue
+    for (const x of mine) for (const y of cidrsOf(o)) if (overlaps(x, y)) return true
+  }
+  return false
+}
+
+/** Length of the longest common prefix of two buffers (memcmp halving, no byte loop over what is equal). */
+export function commonPrefix(a: Buffer, b: Buffer): number {
+  let lo = 0
+  let hi = Math.min(a.length, b.length)
+  // Invariant: a[0, lo) equals b[0, lo); the first difference, if any, is before hi.
+  while (hi - lo > 64) {
+    const mid = (lo + hi) >>> 1
+    if (a.compare(b, lo, mid, lo, mid) === 0) lo = mid
+    else hi = mid
+  }
+  while (lo < hi && a[lo] === b[lo]) lo++
+  return lo
+}
+
+/** Length of the longest common suffix of two buffers, at most `max`. */
+export function commonSuffix(a: Buffer, b: Buffer, max: number): number {
+  let lo = 0
+  let hi = Math.max(0, Math.min(max, a.length, b.length))
+  while (hi - lo > 64) {
+    const mid = (lo + hi) >>> 1
+    if (a.compare(b, b.length - mid, b.length - lo, a.length - mid, a.length - lo) === 0) lo = mid
+    else hi = mid
+  }
+  while (lo < hi && a[a.length - 1 - lo] === b[b.length - 1 - lo]) lo++
+  return lo
+}
+
+/** Index of the last offset at most `at` (starts are increasing), or -1. */
+function lastAtMost(starts: Int32Array, at: number): number {
+  let lo = 0
+  let hi = starts.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (starts[mid]! <= at) lo = mid + 1
+    else hi = mid
+  }
+  return lo - 1
 }

@@ -39,9 +39,12 @@ export function watchFiles(files: Array<{ path: string; kind: string }>, onChang
     try {
       w = watch(dir, { persistent: true }, (_event, filename) => {
         const name = filename === null ? null : String(filename)
-        // Kubelet's atomic writer touches only `..data`, `..data_tmp` and `..<timestamp>`; the key symlinks stay put.
+        // Kubelet's atomic writer creates `..<timestamp>/` with the new files, links `..data_tmp` to it, renames that
+        // over `..data` (the instant the new content is in force) and then removes the old `..<timestamp>/`; the key
+        // symlinks stay put. Only the rename is a change: a wake on the earlier steps would read the old content
+        // (a whole read and hash of a 2 MB file for nothing) and hold up the pass that reads the new one.
         // No name (the kernel's queue overflowed): anything in the directory may have changed.
-        const kinds = name === null || name.startsWith('..') ? every : names.get(name)
+        const kinds = name === null || name === '..data' ? every : names.get(name)
         for (const k of kinds ?? []) onChange(k)
       })
     } catch (err) {

@@ -141,6 +141,8 @@ export interface SizeResult {
   coldFloor: { ms: number; swanctlMs: number; ipBatchMs: number; ipsetMs: number }
   change: Record<ChangeOp, { samples: number[]; writes: number[] }>
   parseFloorMs: number
+  /** A one-peer add written straight to charon and the kernel, no agent (absent in older runs). */
+  changeFloorMs?: number[]
   noop: { ms: number[]; writes: number; passes: number }
   deep: { ms: number[]; writes: number; passes: number }
   /** 2 s after the last deep resync settled: the figure the RSS verdict and bytes per peer use. */
@@ -239,6 +241,8 @@ export function scaleTable(results: readonly SizeResult[], edge: EdgeResult | nu
   }
   row('floor: parse of the N-peer file alone, parseConfig (ms, median)', '', (r) => ms1(r.parseFloorMs))
   row('one-peer add / parse floor', '', (r) => (r.change.add.samples.length ? `${(median(r.change.add.samples) / r.parseFloorMs).toFixed(1)}x` : '-'))
+  row('floor: one-peer add written straight: VICI load-conn + route + 2 set members, no agent (ms, median)', '', (r) => (r.changeFloorMs?.length ? ms1(median(r.changeFloorMs)) : '-'))
+  row('one-peer add / written-straight floor', '', (r) => (r.change.add.samples.length && r.changeFloorMs?.length ? `${(median(r.change.add.samples) / median(r.changeFloorMs)).toFixed(1)}x` : '-'))
   row('no-op pass (same file re-swapped): pass time (ms, median), writes', '0 writes', (r) => (r.noop.ms.length ? `${ms1(median(r.noop.ms))}, ${r.noop.writes} writes ${verdict(r.noop.writes === 0)}` : `no pass ran, ${r.noop.writes} writes`))
   row('deep resync (SIGHUP): pass time (ms, median), writes', '0 writes', (r) => (r.deep.ms.length ? `${ms1(median(r.deep.ms))}, ${r.deep.writes} writes ${verdict(r.deep.writes === 0)}` : 'no pass ran'))
   row('agent RSS after settle (MB), peak (VmHWM)', '<= 80 MB to 1,000; <= 150 MB to 10,000', (r) => {

@@ -2,7 +2,7 @@ import t from 'tap'
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
-import { loadConfig, MAX_CONFIG_BYTES, parseConfig } from '../../../src/config/load.js'
+import { decodeConfig, loadConfig, MAX_CONFIG_BYTES, parseConfig } from '../../../src/config/load.js'
 import { ConfigError, type ConfigIssue } from '../../../src/config/errors.js'
 
 const FIX = new URL('../../fixtures/config/', import.meta.url).pathname
@@ -179,4 +179,20 @@ t.test('a name is at most 251 characters: its child names (`-p2p`) must fit char
   const { config } = parseConfig(`name: ${ok}\nid: x\ntype: EdgeNode\nsubnets: [10.1.0.0/24]\npeers:\n- name: peer\n  id: y\n  type: Connector\n  publicAddresses: [192.0.2.1]\n  subnets: [10.2.0.0/24]\n`, 'n.yaml')
   t.equal(config.local.name, ok)
   t.throws(() => parseConfig(`name: ${ok}b\nid: x\ntype: EdgeNode\nsubnets: [10.1.0.0/24]\npeers: []\n`, 'n.yaml'), { errors: [{ path: 'name', message: /at most 251/ }] })
+})
+
+t.test('decodeConfig gives the text UTF-8 decoding gives, for ASCII files (copied) and for any other bytes', async (t) => {
+  const samples = [
+    'id: a\nname: b\n',
+    '# café\nname: né\n',
+    '\uFEFFname: bom\n',
+    'name: \u{1F600}\n',
+  ]
+  for (const s of samples) {
+    const bytes = Buffer.from(s, 'utf8')
+    t.equal(decodeConfig(bytes), bytes.toString('utf8'), JSON.stringify(s))
+  }
+  // Invalid UTF-8 (a lone 0xff) decodes to U+FFFD exactly as readFile(…, 'utf8') would.
+  const bad = Buffer.from([0x61, 0xff, 0x0a])
+  t.equal(decodeConfig(bad), 'a\uFFFD\n')
 })

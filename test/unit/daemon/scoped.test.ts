@@ -149,6 +149,9 @@ t.test('a one-peer change is a scoped pass: no listing of routes, sets or connec
   t.notOk(add.charon.includes('listConns'), 'list-conns not called')
   t.ok(add.charon.filter((c) => c.startsWith('listSas')).every((c) => c === `listSas e${N}`), `SAs listed for the changed connection only: ${add.charon.filter((c) => c.startsWith('listSas'))}`)
   t.ok(add.charon.includes(`loadConn e${N}`), 'its connection loaded')
+  const firstLoad = add.charon.indexOf(`loadConn e${N}`)
+  t.notOk(add.charon.slice(0, firstLoad).includes(`listSas e${N}`), 'a connection charon does not have yet: no SA listing before it is loaded')
+  t.ok(add.charon.slice(firstLoad).includes(`listSas e${N}`), 'once loaded, the verification pass lists its SAs')
   t.ok(s.charon.conns.has(`e${N}`) && s.routesPort.routes.has(`10.${100 + (N >> 8)}.${N & 255}.0/28`))
 
   // Change one peer's subnet, and remove another.
@@ -233,6 +236,9 @@ t.test('an SA event names its connection: the scoped pass lists only that connec
   t.equal(p.writes, 0)
   const unnamed = await pass(s, 'vici:child-updown')
   t.ok(unnamed.charon.includes('listSas'), 'an event without names: every SA listed')
+  // An event for a connection charon does not list (say, an SA up before the listing saw its connection) is asked.
+  const unknown = await pass(s, 'vici:ike-updown', ['e99'])
+  t.same(unknown.charon.filter((c) => c.startsWith('list')), ['listSas e99'], 'an event names an unknown connection: asked anyway')
 })
 
 t.test('the cheap views (peer counts for the gauges, tunnel states for the prober) say what peers() says', async (t) => {

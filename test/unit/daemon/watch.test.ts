@@ -70,6 +70,23 @@ t.test('a kubelet ConfigMap `..data` swap reaches the callback as `config`, and 
   t.same(s.errors, [])
 })
 
+t.test('only the `..data` rename of a kubelet swap wakes: every callback reads the new content, none the old', async (t) => {
+  const dir = tmp(t)
+  const cm = await ConfigMapDir.create(join(dir, 'fabedge'), { 'tunnels.yaml': 'generation: 1\n' })
+  const r = await record(t, [{ path: cm.path('tunnels.yaml'), kind: 'config' }])
+  for (let g = 2; g <= 4; g++) {
+    await cm.update({ 'tunnels.yaml': `generation: ${g}\n` })
+    await until(`callback that sees generation ${g}`, () => r.seen.some((s) => s.content === `generation: ${g}\n`))
+  }
+  // A wake on the timestamp directory's creation or the `..data_tmp` link would have read the content before it.
+  t.same(r.seen.filter((s) => s.content === 'generation: 1\n'), [], 'no callback read generation 1 after the watch started')
+  t.ok(r.seen.length >= 3 && r.seen.length <= 6, `one wake per swap, or two with a queue overflow (saw ${r.seen.length})`)
+  for (let g = 2; g < 4; g++) {
+    const reads = r.seen.filter((s) => s.content === `generation: ${g}\n`).length
+    t.ok(reads >= 1 && reads <= 2, `generation ${g} read once per swap (${reads})`)
+  }
+})
+
 t.test('a credentials file written in place or replaced by rename triggers `credentials` only', async (t) => {
   const dir = tmp(t)
   for (const d of ['fabedge', 'certs', 'private']) mkdirSync(join(dir, d))

@@ -68,6 +68,9 @@ for (const [label, edge, datapath] of [['connector, xfrm', false, 'xfrm'], ['edg
     let peers: Peer[] = Array.from({ length: 40 }, mk)
     const head = { sub: 96, edge }
     const parser = new ConfigParser()
+    // The agent's path: the file's bytes (parseBytes), compared the same way.
+    const byBytes = new ConfigParser()
+    let patched = 0
     const builder = new DesiredBuilder()
     const opts: NodeDesiredOptions = { datapath, gateways: { 4: '10.0.0.1', 6: 'fd00::1' } }
     let prev: Desired | null = null
@@ -87,6 +90,8 @@ for (const [label, edge, datapath] of [['connector, xfrm', false, 'xfrm'], ['edg
       const inc = parser.parse(text)
       t.same(inc, whole, `step ${step}: same config`)
       if (!parser.last.whole) incremental++
+      t.same(byBytes.parseBytes(Buffer.from(text)), whole, `step ${step}: same config from the bytes`)
+      if (byBytes.last.bytes) patched++
       const want = nodeDesired(whole.config, undefined, opts)
       const got = builder.build(inc.config, undefined, opts, parser.change)
       t.same(materialize(got.desired, got.delta === null), materialize(want, got.delta === null), `step ${step}: same desired state`)
@@ -98,6 +103,7 @@ for (const [label, edge, datapath] of [['connector, xfrm', false, 'xfrm'], ['edg
     }
     t.ok(incremental > 40, `the incremental parse path was taken (${incremental} of 80)`)
     t.ok(deltas > 25, `the builder produced deltas (${deltas} of 80)`)
+    t.ok(patched > 30, `the byte-level path was taken (${patched} of 80)`)
   })
 }
 
