@@ -148,7 +148,7 @@ t.test('set at run time, the growing factor bounds the old generation under prom
   const script = `const v8 = require('node:v8'); v8.setFlagsFromString('--semi-space-growth-factor=1'); if (process.env.FT_FLAG) v8.setFlagsFromString(process.env.FT_FLAG)
     const live = []; for (let i = 0; i < 3e5; i++) live.push({ a: 'l' + i, b: [i] })
     let max = 0
-    for (let round = 0; round < 20; round++) { const batch = []; for (let i = 0; i < 2e5; i++) batch.push({ a: 'g' + i, b: [i, round] }); max = Math.max(max, process.memoryUsage().heapTotal) }
+    for (let round = 0; round < 8; round++) { const batch = []; for (let i = 0; i < 2e5; i++) batch.push({ a: 'g' + i, b: [i, round] }); max = Math.max(max, process.memoryUsage().heapTotal) }
     console.log(max, live.length)`
   const maxHeap = (flag: string): number => {
     const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '', FT_FLAG: flag } })
