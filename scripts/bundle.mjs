@@ -3,15 +3,15 @@
 // ~100 separate modules, resolving, reading, linking and compiling the module graph cost more CPU than everything
 // else a one-peer edge does to become ready.
 //
-// - dist/cli-main-<hash>.cjs: src/commands.ts with every module and dependency it uses, one CommonJS file (the
+// - dist/cli-main-<hash>.cjs: src/main-bundle.ts (the commands) with every module and dependency it uses, one CommonJS file (the
 //   hash is of its content). Its lazy imports stay lazy (esbuild initializes an inlined module on first import),
 //   so `validate` never runs the daemon's modules. @kubernetes/client-node stays an ordinary package import, loaded
 //   only by `--leader-election lease`; `yaml` is required from node_modules on first use (src/config/load.ts).
 // - dist/cli.cjs (and dist/cli.js, the same as an ES module): src/cli.ts with the little it imports (early signals,
 //   heap tuning, src/code-cache.ts): the executable. It loads the bundle through vm.Script with...
 // - dist/cli-main-<hash>.v8cache: V8's code cache of the bundle, written by running the built executable once
-//   (`plan --offline` of an edge config, FT_WRITE_CODE_CACHE=1), so start-up neither parses the bundle nor compiles
-//   the functions that run ran. Node 20 has no code cache for ES modules, hence CommonJS.
+//   (`plan --offline` of an edge config and src/warm-up.ts, FT_WRITE_CODE_CACHE=1), so start-up neither parses the
+//   bundle nor compiles the functions they ran. Node 20 has no code cache for ES modules, hence CommonJS.
 //
 // The files are written to the top of dist/, so `../` from any of them is the package root (src/package-root.ts:
 // the netlink addon and package.json are found from there).
@@ -79,7 +79,7 @@ const shims = {
 }
 
 const main = await build({
-  entryPoints: [join(ROOT, 'src', 'commands.ts')],
+  entryPoints: [join(ROOT, 'src', 'main-bundle.ts')],
   bundle: true,
   format: 'cjs',
   platform: 'node',
@@ -126,7 +126,7 @@ for (const format of ['cjs', 'esm']) {
 rmSync(join(DIST, 'cli.js.map'), { force: true })
 
 // The code cache: one run of the built executable, as users start it (no node flags: V8 rejects a cache made
-// under other flags), through the config parse, the desired state and the rendering of an edge.
+// under other flags), through the config parse, the desired state and the rendering of an edge, then the warm-up.
 const tmp = mkdtempSync(join(tmpdir(), 'fabtunnel-build-'))
 try {
   const cfg = join(tmp, 'tunnels.yaml')

@@ -10,7 +10,7 @@
 import { installEarlySignals, takeEarlySignals } from './early-signals.js'
 
 declare const FT_MAIN_BUNDLE: string | undefined
-type Commands = typeof import('./commands.js')
+type Commands = typeof import('./main-bundle.js')
 
 installEarlySignals()
 start().then(
@@ -26,13 +26,18 @@ start().then(
 async function start(): Promise<number> {
   // Before the bundle is compiled: V8's flags are part of what its code cache must match.
   ;(await import('./heap-tuning.js')).tuneHeap()
-  let writeCodeCache: (() => number) | null = null
+  let writeCodeCache: (() => Promise<number>) | null = null
   let commands: Pick<Commands, 'main' | 'mayRunDaemon'>
   if (typeof FT_MAIN_BUNDLE === 'string') {
     const { loadBundle } = await import('./code-cache.js')
     const loaded = loadBundle<Commands>(new URL(FT_MAIN_BUNDLE, import.meta.url))
     commands = loaded.exports
-    writeCodeCache = loaded.writeCodeCache
+    writeCodeCache = async () => {
+      // Two iptables plans and one VICI request: a warm-up that ran nothing would leave those functions uncached.
+      const produced = await loaded.exports.warmUp()
+      if (produced < 3) throw new Error(`code cache warm-up produced ${produced} results, expected 3`)
+      return loaded.writeCodeCache()
+    }
   } else {
     commands = await import('./commands.js')
   }
@@ -46,8 +51,8 @@ async function start(): Promise<number> {
     err: (t) => process.stderr.write(`${t}\n`),
     env: process.env,
   })
-  // scripts/bundle.mjs runs one command at build time with FT_WRITE_CODE_CACHE=1: the functions it compiled are the
-  // code cache every later start reads.
-  if (writeCodeCache && process.env.FT_WRITE_CODE_CACHE === '1') process.stderr.write(`code cache: ${writeCodeCache()} bytes\n`)
+  // scripts/bundle.mjs runs one command at build time with FT_WRITE_CODE_CACHE=1: the functions it and the warm-up
+  // (warm-up.ts: the pure parts of an edge's first pass) compiled are the code cache every later start reads.
+  if (writeCodeCache && process.env.FT_WRITE_CODE_CACHE === '1') process.stderr.write(`code cache: ${await writeCodeCache()} bytes\n`)
   return code
 }
