@@ -33,8 +33,9 @@ import {
 } from './scale/report.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
-// The package's bin (dist/cli.cjs), as the image's entrypoint and the systemd unit run it.
-const CLI = join(ROOT, (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { bin: { fabtunnel: string } }).bin.fabtunnel)
+// The package's bin (dist/cli.cjs), as the image's entrypoint and the systemd unit run it. FT_SCALE_CLI: another
+// build's executable (e.g. an older commit's dist/cli.js, for before/after figures).
+const CLI = process.env.FT_SCALE_CLI ?? join(ROOT, (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { bin: { fabtunnel: string } }).bin.fabtunnel)
 const dist = (p: string): string => new URL(`../../dist/${p}`, import.meta.url).href
 // The agent's own code, compiled, for the observers (netlink, VICI) and the parse floor.
 const netlink = (await import(dist('netlink/index.js'))) as typeof import('../../src/netlink/index.js')
