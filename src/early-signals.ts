@@ -6,8 +6,13 @@
 const SIGNALS = ['SIGHUP', 'SIGTERM', 'SIGINT'] as const
 export type EarlySignal = (typeof SIGNALS)[number]
 
-const pending: EarlySignal[] = []
-const handlers = new Map<EarlySignal, () => void>()
+// The state lives on `process`, not in this module: the executable's loader (dist/cli.js) and the commands' bundle
+// (dist/cli-main-*.cjs, scripts/bundle.mjs) each carry their own copy of this module, and the signals one installs
+// are the ones the other takes.
+interface EarlyState { pending: EarlySignal[]; handlers: Map<EarlySignal, () => void> }
+const KEY = Symbol.for('fabtunnel.earlySignals')
+const state: EarlyState = ((process as unknown as Record<symbol, EarlyState | undefined>)[KEY] ??= { pending: [], handlers: new Map() })
+const { pending, handlers } = state
 
 export function installEarlySignals(): void {
   for (const sig of SIGNALS) {

@@ -3,9 +3,9 @@
 // namespace. Baseline in the same run: `node -e 0` (its CPU and peak RSS).
 // Run as root after `npm run build`:
 //   node --import tsx scripts/bench/footprint.ts [runs=7] [connectorSizes=1000,10000]
-// The agent is started the way users start it: dist/cli.js executed directly (its shebang, as the bin link, the
-// image's entrypoint and the systemd unit do), with no NODE_OPTIONS. FT_FOOTPRINT_VIA_NODE=1 runs
-// `node dist/cli.js` instead (what the shebang's flags are worth). The script re-runs itself inside the namespace so
+// The agent is started the way users start it: the package's bin (dist/cli.cjs) executed directly (its shebang, as
+// the bin link, the image's entrypoint and the systemd unit do), with no NODE_OPTIONS. FT_FOOTPRINT_VIA_NODE=1 runs
+// `node <bin>` instead (with FT_FOOTPRINT_NODE_FLAGS: node flags for experiments and CPU profiles). The script re-runs itself inside the namespace so
 // the agent's netlink sockets, iptables and charon share it.
 //
 // Measured per run: CPU (utime+stime of every thread, /proc/<pid>/stat, 10 ms ticks) when the agent logs its first
@@ -24,8 +24,11 @@ import { Netns, teardownOnSignals } from '../../test/harness/netns.js'
 import { TestPki } from '../../test/harness/pki.js'
 import { summarise } from './heap-summary.js'
 
-// FT_FOOTPRINT_CLI: another build's cli.js (e.g. an older commit's, for before/after figures).
-const CLI = process.env.FT_FOOTPRINT_CLI ?? fileURLToPath(new URL('../../dist/cli.js', import.meta.url))
+// The package's bin (dist/cli.cjs). FT_FOOTPRINT_CLI: another build's executable (e.g. an older commit's
+// dist/cli.js, for before/after figures).
+const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+const BIN = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { bin: { fabtunnel: string } }).bin.fabtunnel
+const CLI = process.env.FT_FOOTPRINT_CLI ?? join(ROOT, BIN)
 const RUNS = Number(process.argv[2] ?? 7)
 const SIZES = (process.argv[3] ?? '1000,10000').split(',').filter(Boolean).map(Number)
 const INSIDE = process.env.FT_BENCH_INSIDE
@@ -180,7 +183,7 @@ async function inside(nsName: string): Promise<void> {
     }
     const bCpu = median(base.map((b) => b.cpuS))
     const bHwm = median(base.map((b) => b.hwmMiB))
-    const how = VIA_NODE ? 'node dist/cli.js run' : 'dist/cli.js run (shebang)'
+    const how = `${VIA_NODE ? 'node ' : ''}${process.env.FT_FOOTPRINT_CLI ?? BIN} run${VIA_NODE ? '' : ' (shebang)'}`
     console.log(`fabtunnel footprint: ${how}, real charon (kernel-libipsec), medians of ${RUNS} cold starts; node ${process.version}`)
     console.log(`baseline node -e 0: CPU ${f2(bCpu)} s, peak RSS ${f1(bHwm)} MiB`)
     const eCpu = median(edge.map((s) => s.cpuS))

@@ -6,7 +6,7 @@
 // writes its table-220 routes) with a fresh real charon (test/harness/charon.ts):
 // - floor: one `swanctl --load-conns` of the same N connections + `ip -batch` of the N routes + `ipset restore` of
 //   the sets; then charon restarted (forgets them), routes flushed, sets destroyed;
-// - cold start: `node dist/cli.js run --datapath xfrm ...` spawned with no NODE_OPTIONS and no node flags, until
+// - cold start: `node dist/cli.cjs run --datapath xfrm ...` (the package's bin) spawned with no NODE_OPTIONS and no node flags, until
 //   /readyz answers 200 and charon holds N connections (get-conns), table 220 holds N proto-220 routes (netlink
 //   monitor) and the pod/node sets hold N members each (netlink ipset);
 // - one-peer add / remove / subnet change, --repeat samples each: from the kubelet-style `..data` rename until the
@@ -35,8 +35,11 @@ import {
 } from './scale/report.js'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
-// FT_BENCH_CLI: another build's dist/cli.js for a before/after in one session (the observers stay this tree's).
-const CLI = process.env.FT_BENCH_CLI ?? join(ROOT, 'dist', 'cli.js')
+// The package's bin (dist/cli.cjs), as the image's entrypoint and the systemd unit run it. FT_BENCH_CLI: another
+// build's executable (e.g. an older commit's dist/cli.js), for a before/after in one session (the observers stay
+// this tree's).
+const OTHER_CLI = process.env.FT_BENCH_CLI
+const CLI = OTHER_CLI ?? join(ROOT, (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { bin: { fabtunnel: string } }).bin.fabtunnel)
 const dist = (p: string): string => new URL(`../../dist/${p}`, import.meta.url).href
 // The agent's own code, compiled, for the observers (netlink, VICI) and the parse floor.
 const netlink = (await import(dist('netlink/index.js'))) as typeof import('../../src/netlink/index.js')
@@ -257,7 +260,7 @@ function underlay(): void {
   run(['ip', 'route', 'add', 'default', 'via', GATEWAY])
 }
 
-/** The agent as users run it: dist/cli.js under plain node, no NODE_OPTIONS, log to a file. */
+/** The agent as users run it: the package's bin under plain node, no NODE_OPTIONS, log to a file. */
 function startAgent(args: string[], logPath: string): ChildProcess {
   const env = { ...process.env }
   delete env.NODE_OPTIONS
@@ -634,9 +637,9 @@ async function inNamespace<T>(what: string[], repeat: number): Promise<T> {
 
 function distIsFresh(): void {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`)
-  if (process.env.FT_BENCH_CLI) return
+  if (OTHER_CLI) return
   const newest = (d: string): number => Math.max(0, ...readdirSync(d, { withFileTypes: true }).map((e) => (e.isDirectory() ? newest(join(d, e.name)) : statSync(join(d, e.name)).mtimeMs)))
-  if (newest(join(ROOT, 'src')) > statSync(CLI).mtimeMs) log('WARNING: src/ is newer than dist/cli.js; the agent measured is the compiled one (npm run build)')
+  if (newest(join(ROOT, 'src')) > statSync(CLI).mtimeMs) log(`WARNING: src/ is newer than ${CLI}; the agent measured is the compiled one (npm run build)`)
 }
 
 const { values } = parseArgs({

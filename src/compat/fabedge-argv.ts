@@ -108,7 +108,9 @@ export function parseGoDuration(text: string): number | null {
   const body = m[2]!
   if (body === '0') return 0
   if (body === '') return null
-  const re = /(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y
+  // µs and μs as escapes: the executable's bundle must be ASCII (scripts/bundle.mjs), and esbuild keeps a regular
+  // expression's characters as written.
+  const re = /(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)/y
   let total = 0
   let at = 0
   while (at < body.length) {

@@ -1,8 +1,35 @@
 // Prometheus metrics of the agent (prom-client, own registry so library users never see globals).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
+/**
+ * A registry that registers Node's process metrics (prom-client's collectDefaultMetrics: CPU, memory, file
+ * descriptors, event-loop lag, GC, heap spaces) on its first scrape instead of at start: they load perf_hooks and
+ * v8's heap statistics and start observers, a start-up cost (issue 13) for an agent nobody may scrape. Every one of
+ * them is read when collected, except the GC histogram, which counts collections from the first scrape on.
+ */
+class AgentRegistry extends Registry {
+  /** Runs once, before the first scrape's collection. */
+  firstScrape: (() => void) | null = null
+
+  private ensure(): void {
+    const f = this.firstScrape
+    this.firstScrape = null
+    f?.()
+  }
+
+  override metrics(): Promise<string> {
+    this.ensure()
+    return super.metrics()
+  }
+
+  override getMetricsAsJSON(): ReturnType<Registry['getMetricsAsJSON']> {
+    this.ensure()
+    return super.getMetricsAsJSON()
+  }
+}
+
 export class Metrics {
-  readonly registry = new Registry()
+  readonly registry: Registry = new AgentRegistry()
   readonly passes = new Counter({ name: 'fabtunnel_passes_total', help: 'Reconcile passes by result (converged: wrote nothing; applied: wrote; error: a subsystem failed)', labelNames: ['result'], registers: [this.registry] })
   readonly passDuration = new Histogram({ name: 'fabtunnel_pass_duration_seconds', help: 'Duration of reconcile passes', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [this.registry] })
   readonly opsApplied = new Counter({ name: 'fabtunnel_ops_applied_total', help: 'Write operations applied, per subsystem', labelNames: ['subsystem'], registers: [this.registry] })
@@ -55,7 +82,20 @@ export class Metrics {
   }
 
   constructor(opts: { processMetrics?: boolean } = {}) {
-    // Event-loop lag sampled once a second: the default 10 ms timer alone costs ~0.3 % CPU on an idle agent.
-    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'fabtunnel_', eventLoopMonitoringPrecision: 1000 })
+    if (opts.processMetrics ?? true) (this.registry as AgentRegistry).firstScrape = () => registerProcessMetrics(this.registry)
+  }
+}
+
+/** prom-client's default metrics with our prefix, on the first scrape (AgentRegistry). */
+function registerProcessMetrics(registry: Registry): void {
+  const before = process.cpuUsage()
+  // Event-loop lag sampled once a second: the default 10 ms timer alone costs ~0.3 % CPU on an idle agent.
+  collectDefaultMetrics({ register: registry, prefix: 'fabtunnel_', eventLoopMonitoringPrecision: 1000 })
+  // prom-client counts process CPU from its registration on; the counters say CPU since the process started, so
+  // they get what was used before the first scrape once.
+  const add: Array<[string, number]> = [['user', before.user], ['system', before.system], ['', before.user + before.system]]
+  for (const [kind, micros] of add) {
+    const c = registry.getSingleMetric(`fabtunnel_process_cpu_${kind ? `${kind}_` : ''}seconds_total`) as Counter | undefined
+    c?.inc(micros / 1e6)
   }
 }

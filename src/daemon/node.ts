@@ -15,6 +15,7 @@ import { TunnelsSubsystem } from '../reconcile/tunnels-subsystem.js'
 import { viciTunnelsPort } from '../reconcile/tunnels-port.js'
 import { Vici } from '../vici/index.js'
 import { VERSION } from '../version.js'
+import { codeCacheState } from '../code-cache.js'
 import { Agent, type PassRecord } from './agent.js'
 import { CniConflist, realCniFs, type CniFs, type CniOptions } from './cni.js'
 import { Metrics } from './metrics.js'
@@ -135,7 +136,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
   }
   o.log.info(cloud
     ? { backend: iptablesRunner.backend, role: 'cloud', connectorAddresses: o.connectorAddresses }
-    : { backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici, ...(o.role ? { role: o.role } : {}) }, `fabtunnel ${VERSION} starting`)
+    : { backend: iptablesRunner.backend, datapath: o.datapath, vici: o.vici, ...(o.role ? { role: o.role } : {}), codeCache: codeCacheState() }, `fabtunnel ${VERSION} starting`)
   return {
     agent, metrics, role: o.role, connectorAddresses: o.connectorAddresses, ...(o.tcpMss ? { tcpMss: o.tcpMss } : {}), tunnels, routes, ipsets, iptables, vici, iptablesRunner, routeSock, nfSock, cni,
     paths: { cert: o.cert, key: o.key, ca: o.ca },

@@ -206,6 +206,7 @@ t.test('agent and strongSwan images: built, then run as FabEdge edge pod against
       return r.code === 0
     }, 250)
     t.match(await logText(), /FabEdge agent command line translated to: fabtunnel run /, 'the FabEdge mode ran (no subcommand)')
+    t.match(await logText(), /"codeCache":"accepted"/, "the image's entrypoint compiled the commands from the code cache its build stage wrote")
     const upMs = await waitFor('a ping from the edge pod to the connector pod through the tunnel', 60_000, async () => {
       await alive()
       return ping(edgePod.ns, connectorPod.ip, 2_000)

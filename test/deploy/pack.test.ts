@@ -10,7 +10,7 @@ import { execCapture } from '../harness/exec.js'
 
 const ROOT = new URL('../../', import.meta.url).pathname
 const FIX = join(ROOT, 'test', 'fixtures', 'config')
-const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; files: string[] }
+const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; files: string[]; bin: { fabtunnel: string } }
 
 // node-gyp must use the local headers, never download them (scripts/setup does the same).
 const env = { ...process.env, npm_config_nodedir: '/usr', npm_config_update_notifier: 'false' }
@@ -40,9 +40,12 @@ t.test('npm pack, global install into a temp prefix, run the binary', async (t) 
   if (pack.code !== 0) return t.comment(pack.stderr.slice(-2000))
   const [info] = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as Array<{ filename: string; files: Array<{ path: string }> }>
   const packed = info!.files.map((f) => f.path)
-  for (const p of ['package.json', 'README.md', 'dist/cli.js', 'systemd/fabtunnel.service', 'systemd/fabtunnel.env', 'scripts/install-systemd']) {
+  for (const p of ['package.json', 'README.md', PKG.bin.fabtunnel, 'dist/cli.js', 'systemd/fabtunnel.service', 'systemd/fabtunnel.env', 'scripts/install-systemd']) {
     t.ok(packed.includes(p), `ships ${p}`)
   }
+  // The executable loads the commands' bundle and its V8 code cache (scripts/bundle.mjs).
+  t.ok(packed.some((p) => /^dist\/cli-main-[0-9a-f]{16}\.cjs$/.test(p)), 'ships the commands\' bundle')
+  t.ok(packed.some((p) => /^dist\/cli-main-[0-9a-f]{16}\.v8cache$/.test(p)), 'ships its code cache')
   t.notOk(packed.some((p) => /^(src|test|deploy)\//.test(p)), 'no sources, tests or manifests')
   t.notOk(packed.some((p) => p.startsWith('native/build/')), 'no locally built addon')
   const hasNative = packed.includes('native/binding.gyp')

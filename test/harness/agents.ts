@@ -12,6 +12,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, open, readFile, readdir, stat } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { loadConfig } from '../../src/config/load.js'
@@ -22,7 +23,8 @@ import type { ExecResult } from './exec.js'
 import { CloudNode, type Gateway, type Topology } from './topology.js'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
-export const CLI = join(ROOT, 'dist', 'cli.js')
+/** The package's bin (dist/cli.cjs), as the image's entrypoint and the systemd unit run it. */
+export const CLI = join(ROOT, (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { bin: { fabtunnel: string } }).bin.fabtunnel)
 
 export interface AgentDriver {
   readonly kind: 'daemon' | 'vici'
@@ -61,7 +63,7 @@ async function newestMtime(dir: string): Promise<{ path: string; ms: number }> {
   return best
 }
 
-/** Rejects unless dist/cli.js exists and is at least as new as every file under src/. */
+/** Rejects unless the bin exists and is at least as new as every file under src/. */
 export async function assertBuilt(): Promise<void> {
   const built = await stat(CLI).catch(() => null)
   if (!built) throw new Error(`${CLI} does not exist: build first (npm run build)`)

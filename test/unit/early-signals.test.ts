@@ -26,3 +26,13 @@ t.test('signals that arrive early are kept in order and handed over once', async
   t.equal(process.listenerCount('SIGHUP'), before, 'removed when taken')
   t.same(takeEarlySignals(), [], 'nothing twice')
 })
+
+t.test('the loader and the commands\' bundle each carry a copy of the module: both see one state', async (t) => {
+  // A second instance of the module, as the bundle has its own (dist/cli.cjs installs, dist/cli-main-*.cjs takes).
+  const copy = (await import(`../../src/early-signals.js?copy=${Date.now()}`)) as typeof import('../../src/early-signals.js')
+  t.not(copy.takeEarlySignals, takeEarlySignals, 'a separate module instance')
+  installEarlySignals()
+  process.emit('SIGHUP', 'SIGHUP')
+  t.same(copy.takeEarlySignals(), ['SIGHUP'], 'what one installed, the other takes')
+  t.same(takeEarlySignals(), [])
+})

@@ -1,4 +1,4 @@
-// FabEdge's edge pod, as root with real charon (kernel-libipsec) in namespaces: the real `dist/cli.js` started with
+// FabEdge's edge pod, as root with real charon (kernel-libipsec) in namespaces: the real executable (the package's bin, `dist/cli.cjs`) started with
 // the FabEdge operator's exact default argv and no command, inside a private mount namespace where FabEdge's
 // default paths are temp dirs: /etc/fabedge (a kubelet ConfigMap dir, `..data` symlink swap), /etc/ipsec.d
 // (cacerts/ca.crt, certs/tls.crt, private/tls.key), /var/run (holding the edge charon's VICI socket) and

@@ -13,7 +13,10 @@ import { Charon } from '../../harness/charon.js'
 import { Netns, needsRoot } from '../../harness/netns.js'
 
 const ROOT = new URL('../../../', import.meta.url).pathname
-const CLI = join(ROOT, 'dist', 'cli.js')
+// The package's bin, as the image's entrypoint and the systemd unit run it: its loader installs the early handlers and
+// the commands' bundle takes them over (two copies of early-signals.ts sharing one state).
+const PKG = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { bin: { fabtunnel: string } }
+const CLI = join(ROOT, PKG.bin.fabtunnel)
 const FIX = join(ROOT, 'test', 'fixtures', 'config')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -73,6 +76,8 @@ t.test('SIGHUP during start-up and SIGTERM with charon frozen', { skip: needsRoo
     if (health !== 200) await sleep(100)
   }
   t.equal(health, 200, 'serving /healthz with charon frozen')
+  t.match(log, /"msg":"fabtunnel \S+ starting"/, 'logged its start')
+  t.match(log, /"codeCache":"accepted"/, 'the commands were compiled from the code cache written at build time (scripts/bundle.mjs)')
   t.equal(await httpStatus(ns, '/readyz'), 503, 'and not ready: charon does not answer')
 
   // A pass is stuck on charon now (start, or the SIGHUP's deep pass): SIGTERM must still end the process.

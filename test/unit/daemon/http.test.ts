@@ -131,8 +131,12 @@ t.test('/metrics: Prometheus text with its content type; a failing collector is 
 t.test('process metrics carry the fabtunnel_ prefix and stay in the agent\'s own registry', async (t) => {
   const a = new Metrics()
   const b = new Metrics()
+  const used = process.cpuUsage()
   const text = await a.registry.metrics()
   t.match(text, /^fabtunnel_process_cpu_user_seconds_total /m)
+  // Registered on this first scrape, yet counting from the process's start.
+  const cpu = Number(/^fabtunnel_process_cpu_seconds_total (\S+)$/m.exec(text)?.[1])
+  t.ok(cpu >= (used.user + used.system) / 1e6, `process CPU since start: ${cpu} s >= ${(used.user + used.system) / 1e6} s used before the scrape`)
   t.match(text, /^fabtunnel_nodejs_eventloop_lag_seconds /m)
   t.match(await b.registry.metrics(), /^fabtunnel_process_cpu_user_seconds_total /m, 'a second instance does not clash with the first')
   t.notMatch(await register.metrics(), /fabtunnel_/, 'nothing lands in prom-client\'s global registry')

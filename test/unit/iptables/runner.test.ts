@@ -119,4 +119,6 @@ t.test('the real exec: a missing binary is ENOENT, a hung one times out, stdin r
   await t.rejects(execSpawn(['sleep', '5'], { timeoutMs: 100 }), { code: 'timeout' })
   const r = await execSpawn(['cat'], { input: 'payload\n', timeoutMs: 5000 })
   t.same(r, { code: 0, signal: null, stdout: 'payload\n', stderr: '' })
+  t.same(await execSpawn(['cat'], { timeoutMs: 5000 }), { code: 0, signal: null, stdout: '', stderr: '' }, 'without input the child reads end of file at once')
+  t.same((await execSpawn(['sh', '-c', 'printf %s "$PATH"'], { timeoutMs: 5000 })).stdout, process.env.PATH, 'the tools get this process\'s environment')
 })
