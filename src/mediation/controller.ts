@@ -51,6 +51,7 @@ export class MediationController implements MediationHook {
         conn,
         designated: self !== null && designatedInitiator(self, s.mediation_peer as string),
         up: connUp(conn, Object.keys((s.children ?? {}) as object), sas),
+        waiting: sas.find((sa) => sa.name === conn && sa.state === 'CREATED')?.uniqueid ?? null,
       }))
     if (peers.length === 0 && this.recovery.size === 0) {
       this.states.clear()
