@@ -160,8 +160,9 @@ t.test('an orphaned request (our IKE_SA still CREATED while the peer brought the
   r.clock.now += 3_600_000
   await r.pass()
   t.equal(restarts, 0, 'nothing restarted while the tunnel is up')
-  // The peer's tunnel goes away; ours still waits.
+  // The peer's tunnel goes away; ours still waits (a newer request waiting as well does not hide it).
   r.fake.sas = r.fake.sas.filter((s) => s.uniqueid !== '700')
+  r.fake.sas.push({ name: PEER, uniqueid: '9000', state: 'CREATED', localId: 'x', children: [] })
   await r.pass()
   t.match(r.mediation.peerState(PEER), { phase: 'stale', detail: /orphaned.*restart in 20s/ })
   r.clock.now += 20_000
