@@ -116,7 +116,11 @@ function mediatorConn(config: TunnelConfig, mediator: Endpoint, opts: DesiredOpt
     section.remote = { auth: 'pubkey', id: mediator.id }
   } else {
     // The connector is the mediation server: edges register with it; it never dials, and accepts any
-    // authenticated edge (no remote id).
+    // authenticated edge (no remote id). DPD (FabEdge's connector has none) drops an edge that vanished without a
+    // DELETE from the server's registry: the server forwards every request for a registered peer to that peer's
+    // mediation SA, and a request forwarded to a dead one is never answered nor retried by strongSwan's client
+    // (docs/mediation.md). The edges DPD this SA at the same interval, so the server's probes rarely go out.
+    dpd(section, opts)
     section.local = localAuth(config.local, opts)
   }
   return section

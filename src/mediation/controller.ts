@@ -51,6 +51,7 @@ export class MediationController implements MediationHook {
         conn,
         designated: self !== null && designatedInitiator(self, s.mediation_peer as string),
         up: connUp(conn, Object.keys((s.children ?? {}) as object), sas),
+        waiting: oldestWaiting(conn, sas),
       }))
     if (peers.length === 0 && this.recovery.size === 0) {
       this.states.clear()
@@ -83,6 +84,13 @@ export class MediationController implements MediationHook {
   peerState(conn: string): MediatedPeerState | null {
     return this.states.get(conn) ?? null
   }
+}
+
+/** Our oldest IKE_SA of `conn` still waiting for the mediator (CREATED): an orphan is older than any new request. */
+function oldestWaiting(conn: string, sas: readonly ObservedIkeSa[]): string | null {
+  let out: string | null = null
+  for (const sa of sas) if (sa.name === conn && sa.state === 'CREATED' && (out === null || Number(sa.uniqueid) < Number(out))) out = sa.uniqueid
+  return out
 }
 
 function idOf(local: unknown): string | null {

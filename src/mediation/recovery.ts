@@ -23,6 +23,14 @@
 //    restart is the only way to clear connect_manager; the agent's no-flap start makes it cost one reconnect.
 //    While the mediation SA stays the same a pending request is still good (the callback will come) and nothing
 //    is restarted, however long the peer is away.
+// 5. Orphaned: the server forwards a request for a peer it has registered to that peer's mediation SA. If the peer
+//    vanished without a DELETE (power or network loss) and the server has not yet noticed (its DPD), the request
+//    goes to a dead SA and is never answered; our connect_manager keeps it, and charon queues every later request
+//    for that peer behind it. It shows as our IKE_SA of the connection that stays CREATED (waiting for the
+//    mediator) while the tunnel comes up through another one (the peer's takeover). Such a request is known to be
+//    orphaned; in the next down episode it is stale from the start (rule 4's restart, after the same delay, so
+//    the peer's takeover still comes first). Nothing is restarted while the tunnel is up: the orphan only costs
+//    something when the tunnel is down again.
 
 export interface MediationPolicy {
   /** Down this long with our mediation SA up, the non-designated side initiates too; 0: never. */
@@ -42,6 +50,8 @@ export interface MediatedPeer {
   designated: boolean
   /** Every desired child of the connection is up. */
   up: boolean
+  /** uniqueid of our IKE_SA of the connection still waiting for the mediator (state CREATED), null when none. */
+  waiting?: string | null
 }
 
 export interface MediationObservation {
@@ -83,6 +93,8 @@ interface Episode {
 
 export class MediationRecovery {
   private readonly episodes = new Map<string, Episode>()
+  /** Per peer: our waiting IKE_SA that was still waiting while the tunnel was up (rule 5). */
+  private readonly orphans = new Map<string, string>()
   private mediatorId: string | null = null
   private mediatorSince = 0
   private lastRestart = Number.NEGATIVE_INFINITY
@@ -102,6 +114,7 @@ export class MediationRecovery {
    */
   reset(): void {
     this.episodes.clear()
+    this.orphans.clear()
     this.mediatorId = null
   }
 
@@ -119,10 +132,15 @@ export class MediationRecovery {
     }
     const names = new Set(obs.peers.map((p) => p.conn))
     for (const conn of this.episodes.keys()) if (!names.has(conn)) this.episodes.delete(conn)
+    for (const conn of this.orphans.keys()) if (!names.has(conn)) this.orphans.delete(conn)
     const out: MediationDecision = { hold: new Map(), wakes: [], restart: null, peers: [] }
     const p = this.policy
     for (const peer of obs.peers) {
+      const waiting = peer.waiting ?? null
+      // An orphan stays one while that same SA keeps waiting; another SA (or none) ends it.
+      if (this.orphans.get(peer.conn) !== waiting) this.orphans.delete(peer.conn)
       if (peer.up) {
+        if (waiting !== null) this.orphans.set(peer.conn, waiting)
         this.episodes.delete(peer.conn)
         out.peers.push({ conn: peer.conn, phase: 'up', initiator: peer.designated ? 'self' : 'peer', downSince: null, detail: null })
         continue
@@ -147,23 +165,28 @@ export class MediationRecovery {
         continue
       }
       ep.requestedUnder ??= obs.mediatorId
-      if (ep.requestedUnder === obs.mediatorId) {
+      const orphan = waiting !== null && this.orphans.get(peer.conn) === waiting ? waiting : null
+      if (ep.requestedUnder === obs.mediatorId && orphan === null) {
         state('initiating', 'self', peer.designated ? 'initiating through the mediator' : 'took over: initiating through the mediator')
         continue
       }
       ep.staleSince ??= now
+      const what = orphan !== null ? 'mediation request orphaned (never answered)' : 'mediation request forgotten by the server'
       if (p.restartAfterMs === 0) {
-        state('stale', 'self', 'mediation request forgotten by the server; charon restart off')
+        state('stale', 'self', `${what}; charon restart off`)
         continue
       }
       const at = Math.max(ep.staleSince + p.restartAfterMs, this.lastRestart + p.restartIntervalMs)
       if (now >= at && out.restart === null) {
-        out.restart = `mediated ${peer.conn}: down since ${new Date(ep.downSince).toISOString()}, its mediation request was made under an earlier mediation IKE_SA (#${ep.requestedUnder}, now #${obs.mediatorId}) and charon keeps it queued`
+        const why = orphan !== null
+          ? `our IKE_SA #${orphan} still waits for a mediation request that was never answered (it outlived the tunnel's last up period) and charon queues every later request behind it`
+          : `its mediation request was made under an earlier mediation IKE_SA (#${ep.requestedUnder}, now #${obs.mediatorId}) and charon keeps it queued`
+        out.restart = `mediated ${peer.conn}: down since ${new Date(ep.downSince).toISOString()}, ${why}`
         state('stale', 'self', 'restarting charon to clear the queued mediation request')
         continue
       }
       out.wakes.push({ at, reason: `mediation-restart:${peer.conn}` })
-      state('stale', 'self', `mediation request forgotten by the server; charon restart in ${Math.ceil((at - now) / 1000)}s`)
+      state('stale', 'self', `${what}; charon restart in ${Math.ceil((at - now) / 1000)}s`)
     }
     if (out.restart !== null) this.restarted(now)
     return out

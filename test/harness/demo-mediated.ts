@@ -2,7 +2,7 @@
 // strongSwan's IKEv2 mediation server, real charon and fabtunnel everywhere (charon supervised: started again when
 // the agent's mediation recovery stops it). Runs the orders of issue 17 and prints the time from each disruption
 // to the first pod-to-pod ping both ways, the path each edge reports, and where the ESP flows (NAT boundary vs
-// connector). The edge stays offline for --offline seconds (default 60; the e2e suite uses 10).
+// connector). The edge stays offline for --offline seconds (default 60, as in the e2e suite).
 import { defaultDriver, fabtunnel, waitFor, type DaemonDriver } from './agents.js'
 import { starTopology } from './addressing.js'
 import { captureUdp, espBetween, espLines } from './capture.js'
@@ -33,8 +33,9 @@ async function listSas(g: Gateway): Promise<IkeSa[]> {
 
 export async function runMediatedDemo(o: MediatedDemoOptions): Promise<number> {
   const takeover = new Map<string, string>()
+  // No datapath probes: their ESP between each edge and the connector would be counted as ESP at the connector.
   const driver = await defaultDriver({
-    extraArgs: (g) => g.plan.role !== 'edge' ? [] : ['--charon-pidfile', g.charon.pidPath, '--mediation-takeover', takeover.get(g.name) ?? '8s'],
+    extraArgs: (g) => g.plan.role !== 'edge' ? ['--probe-interval', '0'] : ['--probe-interval', '0', '--charon-pidfile', g.charon.pidPath, '--mediation-takeover', takeover.get(g.name) ?? '8s'],
   })
   const spec = starTopology(2)
   spec.edgeMesh = 'mediated'
@@ -97,6 +98,20 @@ export async function runMediatedDemo(o: MediatedDemoOptions): Promise<number> {
   t0 = performance.now()
   await topo.flushNat(E1)
   await step("edge1's NAT conntrack flushed", t0)
+
+  // An edge that vanishes without a goodbye (power or network loss): its NAT drops everything, so no DELETE
+  // reaches the connector or edge1; the connector's DPD drops its registration at the mediation server.
+  const nat2 = topo.natOf(E2).ns
+  await nat2.run(['iptables', '-I', 'FORWARD', '1', '-j', 'DROP'])
+  await driver.kill(e2)
+  await e2.charon.stop()
+  await nat2.run(['iptables', '-D', 'FORWARD', '1'])
+  console.log('  edge2 cut off (no goodbye) for 15 s ...')
+  await new Promise((r) => setTimeout(r, 15_000))
+  t0 = performance.now()
+  await e2.charon.restart()
+  await driver.start(e2)
+  await step('edge2 cut off 15 s without a goodbye, then back', t0)
 
   takeover.set(E2, '0')
   await driver.kill(e2)

@@ -23,7 +23,8 @@ fabtunnel agent per gateway, and shows the tunnels and the pod-to-pod connectivi
                      and an internal VIP, a cloud node, two edges; fails the active replica over (node crash, then
                      planned switchover) and prints each phase (docs/ha.md)
   --mediated         edges behind NAT with the connector as IKEv2 mediation server: runs every order of issue 17
-                     (edges before the connector, an edge offline, connector restart, NAT flush, a stale request)
+                     (edges before the connector, an edge offline, connector restart, NAT flush, an edge cut off
+                     without a goodbye, a stale request)
                      and prints the recovery times and where the ESP flows (docs/mediation.md)
   --offline SECONDS  how long the edge stays offline in --mediated (default 60)`
 

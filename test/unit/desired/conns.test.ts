@@ -39,8 +39,9 @@ t.test('connector: golden load-conn sections for edge peers, a remote connector 
   t.same(d.conns.mediator, {
     version: '2',
     mediation: 'yes',
+    dpd_delay: EDGE_DPD_DELAY,
     local: { auth: 'pubkey', id: 'C=CN, O=fabedge.io, CN=beijing.connector', certs: [PEM] },
-  }, 'the connector is the mediation server: no remote, never initiated')
+  }, 'the connector is the mediation server: no remote, never initiated; DPD drops registrations of vanished edges')
   t.same(d.initiate, ['shanghai.connector'])
   t.same(d.initiateChildren, { 'shanghai.connector': ['shanghai.connector-p2p', 'shanghai.connector-n2p', 'shanghai.connector-p2n'] })
 })

@@ -141,3 +141,32 @@ t.test('pid-file restarter: SIGTERM to charon only', async (t) => {
   await t.rejects(failing.restart(), { code: 'EKILL', message: /EPERM/ })
   t.equal(killed.length, 1, 'nothing but charon was ever signalled')
 })
+
+t.test('an orphaned request (our IKE_SA still CREATED while the peer brought the tunnel up): restart in the next down episode', async (t) => {
+  let restarts = 0
+  const r = await rig(undefined, { describe: 'fake', restart: async () => { restarts++; return 42 } })
+  r.fake.outcome = (conn) => (conn === PEER ? 'pending' : 'up')
+  await r.pass()
+  await r.pass()
+  t.ok(r.initiates() > 0, 'edge1 asked the mediator')
+  // Our request went to a dead registration: our IKE_SA stays CREATED. The peer takes over: its IKE_SA brings
+  // every child up.
+  const ours = r.fake.sas.find((s) => s.name === PEER)!
+  ours.state = 'CREATED'
+  const kids = Object.keys(r.desired.conns[PEER]!.children as object)
+  r.fake.sas.push({ name: PEER, uniqueid: '700', state: 'ESTABLISHED', localId: 'x', children: kids.map((name, i) => ({ name, uniqueid: String(710 + i), state: 'INSTALLED' })) })
+  await r.pass()
+  t.equal(r.mediation.peerState(PEER)?.phase, 'up')
+  r.clock.now += 3_600_000
+  await r.pass()
+  t.equal(restarts, 0, 'nothing restarted while the tunnel is up')
+  // The peer's tunnel goes away; ours still waits (a newer request waiting as well does not hide it).
+  r.fake.sas = r.fake.sas.filter((s) => s.uniqueid !== '700')
+  r.fake.sas.push({ name: PEER, uniqueid: '9000', state: 'CREATED', localId: 'x', children: [] })
+  await r.pass()
+  t.match(r.mediation.peerState(PEER), { phase: 'stale', detail: /orphaned.*restart in 20s/ })
+  r.clock.now += 20_000
+  const { plan } = await r.pass()
+  t.match(plan.mediationRestart, new RegExp(`${PEER.replace('.', '\\.')}.*IKE_SA #${ours.uniqueid} still waits`))
+  t.equal(restarts, 1)
+})

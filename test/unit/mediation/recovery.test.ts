@@ -116,3 +116,56 @@ t.test('policy is validated', async (t) => {
   t.throws(() => new MediationRecovery({ ...DEFAULT_MEDIATION_POLICY, takeoverMs: -1 }), RangeError)
   t.throws(() => new MediationRecovery({ ...DEFAULT_MEDIATION_POLICY, restartAfterMs: Number.NaN }), RangeError)
 })
+
+t.test('orphaned request: our SA still waiting while the tunnel came up; the next episode is stale from its start', async (t) => {
+  const a = new MediationRecovery(P)
+  const w = (up: boolean, waiting: string | null): MediatedPeer => ({ conn: 'b.edge2', designated: true, up, waiting })
+  t.equal(a.decide({ now: 0, mediatorId: '1', peers: [w(false, '8')] }).peers[0]!.phase, 'initiating', 'a waiting SA alone is a pending request')
+  // The peer took over: the tunnel is up through its IKE_SA, ours (#8) still waits for the mediator.
+  const up = a.decide({ now: 10_000, mediatorId: '1', peers: [w(true, '8')] })
+  t.equal(up.peers[0]!.phase, 'up')
+  t.equal(up.restart, null)
+  for (let now = 20_000; now < 3_600_000; now += 600_000) t.equal(a.decide({ now, mediatorId: '1', peers: [w(true, '8')] }).restart, null, 'never restarted while up')
+  // Down again under the same mediation SA: the orphan queues every request, so it is stale at once.
+  const d1 = a.decide({ now: 4_000_000, mediatorId: '1', peers: [w(false, '8')] })
+  t.match(d1.peers[0], { phase: 'stale', detail: /orphaned \(never answered\); charon restart in 20s/ })
+  t.notOk(d1.hold.has('b.edge2'), 'still initiated (queued in charon, harmless)')
+  t.same(d1.wakes, [{ at: 4_020_000, reason: 'mediation-restart:b.edge2' }])
+  const d2 = a.decide({ now: 4_020_000, mediatorId: '1', peers: [w(false, '8')] })
+  t.match(d2.restart, /b\.edge2.*IKE_SA #8 still waits.*never answered/)
+})
+
+t.test('orphan: a waiting SA that moved on or a takeover that wins first ends it; reset and leaving the config too', async (t) => {
+  const w = (up: boolean, waiting: string | null, conn = 'b.edge2'): MediatedPeer => ({ conn, designated: true, up, waiting })
+  const a = new MediationRecovery(P)
+  a.decide({ now: 0, mediatorId: '1', peers: [w(true, '8')] })
+  a.decide({ now: 1, mediatorId: '1', peers: [w(true, null)] }) // #8 went on to negotiate: it was no orphan
+  t.equal(a.decide({ now: 2, mediatorId: '1', peers: [w(false, '8')] }).peers[0]!.phase, 'initiating')
+  const b = new MediationRecovery(P)
+  b.decide({ now: 0, mediatorId: '1', peers: [w(true, '8')] })
+  b.decide({ now: 1, mediatorId: '1', peers: [w(false, '9')] })
+  t.equal(b.decide({ now: 2, mediatorId: '1', peers: [w(false, '9')] }).peers[0]!.phase, 'initiating', 'another waiting SA is a new request')
+  const stale = b.decide({ now: 3, mediatorId: '1', peers: [w(true, '9')] })
+  t.equal(stale.peers[0]!.phase, 'up')
+  // Down with the orphan; the peer's takeover brings it up before the restart is due: no restart.
+  b.decide({ now: 10, mediatorId: '1', peers: [w(false, '9')] })
+  t.equal(b.decide({ now: 15_000, mediatorId: '1', peers: [w(true, '9')] }).restart, null)
+  const c = new MediationRecovery(P)
+  c.decide({ now: 0, mediatorId: '1', peers: [w(true, '8')] })
+  c.reset()
+  t.equal(c.decide({ now: 1, mediatorId: '1', peers: [w(false, '8')] }).peers[0]!.phase, 'initiating', 'reset (charon restarted) forgets orphans')
+  const d = new MediationRecovery(P)
+  d.decide({ now: 0, mediatorId: '1', peers: [w(true, '8')] })
+  d.decide({ now: 1, mediatorId: '1', peers: [] })
+  t.equal(d.decide({ now: 2, mediatorId: '1', peers: [w(false, '8')] }).peers[0]!.phase, 'initiating', 'a peer that left the config leaves no orphan')
+})
+
+t.test('orphan on the side that takes over: held until the takeover time, then stale', async (t) => {
+  const a = new MediationRecovery(P)
+  const w = (up: boolean): MediatedPeer => ({ conn: 'b.edge2', designated: false, up, waiting: '8' })
+  a.decide({ now: 0, mediatorId: '1', peers: [w(true)] })
+  t.equal(a.decide({ now: 1_000, mediatorId: '1', peers: [w(false)] }).peers[0]!.phase, 'waiting-takeover')
+  const d = a.decide({ now: 9_000, mediatorId: '1', peers: [w(false)] })
+  t.match(d.peers[0], { phase: 'stale', initiator: 'self' })
+  t.same(d.wakes, [{ at: 29_000, reason: 'mediation-restart:b.edge2' }])
+})
