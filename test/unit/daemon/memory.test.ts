@@ -155,7 +155,10 @@ t.test('set at run time, the growing factor bounds the old generation under prom
     t.equal(r.status, 0, r.stderr)
     return Number(r.stdout.trim().split(' ')[0])
   }
-  const bounded = maxHeap(HEAP_GROWTH_FLAG)
-  const unbounded = maxHeap('')
-  t.ok(bounded > 0 && bounded * 2 < unbounded, `largest heap with the flag ${(bounded / 1e6).toFixed(0)} MB, without ${(unbounded / 1e6).toFixed(0)} MB`)
+  // Medians of three runs each, and a margin of 1.5x: one run of each under a loaded CI machine came out 113 vs
+  // 225 MB (2.0x), at the edge of a 2x bound; on a quiet machine 113 vs 262 MB (2.3x).
+  const median3 = (flag: string): number => [maxHeap(flag), maxHeap(flag), maxHeap(flag)].sort((a, b) => a - b)[1]!
+  const bounded = median3(HEAP_GROWTH_FLAG)
+  const unbounded = median3('')
+  t.ok(bounded > 0 && bounded * 1.5 < unbounded, `largest heap with the flag ${(bounded / 1e6).toFixed(0)} MB, without ${(unbounded / 1e6).toFixed(0)} MB`)
 })
