@@ -165,8 +165,19 @@ export class ManyEdges {
    * asynchronously (the first child creates the IKE_SA, the other two follow once it is up) and re-initiates what
    * is still down, until the CONNECTOR's charon has N IKE_SAs with all children INSTALLED. Resolves with the ms.
    */
-  async bringUp(timeoutMs: number): Promise<number> {
+  async bringUp(timeoutMs: number, opts: { holdConnectorMs?: number } = {}): Promise<number> {
     const t0 = performance.now()
+    // holdConnectorMs: the connector's charon is stopped (SIGSTOP) while the first round of initiates goes out and
+    // resumed that long after the hold began, so every IKE_SA_INIT reaches it at once, whatever the machine's speed
+    // (a reconnect storm; without the hold a quiet machine answers each before the next arrives). Below the 4 s
+    // retransmit, so nothing is sent twice meanwhile.
+    const held = opts.holdConnectorMs ? this.connector.charon.pid : undefined
+    let heldAt = 0
+    const resume = (): void => {
+      if (held === undefined || heldAt === 0) return
+      heldAt = 0
+      process.kill(held, 'SIGCONT')
+    }
     const vici = new Vici({ uri: this.edgeCharon.uri, reconnect: false, timeoutMs: 20_000 })
     await vici.connect()
     try {
@@ -175,6 +186,10 @@ export class ManyEdges {
       await vici.loadCert({ data: this.pki.caCertPem, flag: 'CA' })
       for (const e of this.edges) await vici.loadKey({ type: 'any', data: e.cert.keyPem })
       for (const [name, c] of conns) await vici.loadConn(name, c.section)
+      if (held !== undefined) {
+        process.kill(held, 'SIGSTOP')
+        heldAt = performance.now()
+      }
       const sentAt = new Map<string, number>()
       // An initiate whose SA is neither up nor under way after this long is sent again (charon gave up on it).
       const RETRY_MS = 6_000
@@ -202,11 +217,16 @@ export class ManyEdges {
             await vici.initiate({ ike: name, child })
           }
         }
+        if (heldAt !== 0) {
+          await new Promise((r) => setTimeout(r, Math.max(0, heldAt + opts.holdConnectorMs! - performance.now())))
+          resume()
+        }
         if (up === conns.size && (await this.connectorSas()).fullyUp.size === conns.size) return performance.now() - t0
         if (performance.now() - t0 > timeoutMs) throw new Error(`bringUp: ${up}/${conns.size} edges up on the edge charon after ${timeoutMs} ms`)
         await new Promise((r) => setTimeout(r, 100))
       }
     } finally {
+      resume()
       await vici.close()
     }
   }
