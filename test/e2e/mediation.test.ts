@@ -41,16 +41,6 @@ const driver: DaemonDriver | null = needsRoot ? null : await defaultDriver({
   ],
 })
 
-async function listSas(g: Gateway): Promise<IkeSa[]> {
-  const v = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
-  try {
-    await v.connect()
-    return await v.listSas()
-  } finally {
-    await v.close()
-  }
-}
-
 /** Both directions between the two edges' pods. */
 async function pods(topo: Topology, timeoutMs = 700): Promise<boolean> {
   const a = topo.podOf(E1)
@@ -84,7 +74,7 @@ async function timeToPing(t: Test, topo: Topology, step: string, t0: number): Pr
 
 /** The mediated tunnel as charon on edge1 holds it: its IKE_SA to edge2 and where it points. */
 async function mediatedSa(topo: Topology): Promise<IkeSa | undefined> {
-  return (await listSas(topo.gateway(E1))).find((s) => s.name === E2 && s.state === 'ESTABLISHED' && s.children.some((c) => c.state === 'INSTALLED'))
+  return (await topo.gateway(E1).charon.listSas()).find((s) => s.name === E2 && s.state === 'ESTABLISHED' && s.children.some((c) => c.state === 'INSTALLED'))
 }
 
 async function bringDown(g: Gateway): Promise<void> {
@@ -110,7 +100,7 @@ async function cutOff(topo: Topology, g: Gateway): Promise<void> {
 
 /** The connector's mediation SAs registered under `edge` (the server's registration of that edge). */
 async function registrations(topo: Topology, edge: string): Promise<IkeSa[]> {
-  return (await listSas(topo.gateway(C))).filter((s) => s.name === 'mediator' && s.remoteId === edge)
+  return (await topo.gateway(C).charon.listSas()).filter((s) => s.name === 'mediator' && s.remoteId === edge)
 }
 
 // A minute offline and two charon restarts: more than the 300 s per file under a loaded CI machine.
@@ -140,7 +130,7 @@ t.test('mediated edge-to-edge behind a NAT per edge', { skip: needsRoot, timeout
     const sa = await mediatedSa(topo)
     t.equal(sa?.remoteHost, nat2.plan.publicIp, "edge1's tunnel to edge2 goes to edge2's NAT, learned through the mediator")
     t.equal(sa?.localHost, e1.plan.ikeIp, '... from edge1 inside its own NAT')
-    const sas = (await listSas(e1)).filter((s) => s.name === E2)
+    const sas = (await e1.charon.listSas()).filter((s) => s.name === E2)
     t.equal(sas.length, 1, 'one IKE_SA between the edges: one side initiates (no duplicates)')
     await waitFor('edge2 to report the path', 10_000, async () => {
       const peer = (await driver!.agent(e2).status()).peers.find((p: { name: string }) => p.name === E1)
@@ -217,7 +207,7 @@ t.test('mediated edge-to-edge behind a NAT per edge', { skip: needsRoot, timeout
     } finally {
       await v.close()
     }
-    await waitFor("edge1's mediated IKE_SA to be gone", 10_000, async () => !(await listSas(e1)).some((s) => s.uniqueid === sa!.uniqueid), 100)
+    await waitFor("edge1's mediated IKE_SA to be gone", 10_000, async () => !(await e1.charon.listSas()).some((s) => s.uniqueid === sa!.uniqueid), 100)
     await waitFor("the connector's DPD to drop edge2's dead registration", CUT_S * 1000, async () => (await registrations(topo, E2)).length === 0, 250)
     t.pass(`the connector dropped edge2's dead registration ${((performance.now() - cut) / 1000).toFixed(1)} s after the cut (DPD on its mediator conn)`)
     await new Promise((r) => setTimeout(r, Math.max(0, cut + CUT_S * 1000 - performance.now())))
@@ -226,7 +216,7 @@ t.test('mediated edge-to-edge behind a NAT per edge', { skip: needsRoot, timeout
     await timeToPing(t, topo, `edge2 cut off ${CUT_S} s, then back`, t0)
     // The tunnel came up through edge2's takeover; edge1's own request is still waiting in charon (an IKE_SA of the
     // connection in state CREATED), and charon queues every later request for edge2 behind it.
-    const orphans = (await listSas(e1)).filter((s) => s.name === E2 && s.state === 'CREATED')
+    const orphans = (await e1.charon.listSas()).filter((s) => s.name === E2 && s.state === 'CREATED')
     t.equal(orphans.length, 1, `edge1's request forwarded to the dead registration is orphaned (IKE_SA #${orphans[0]?.uniqueid} CREATED)`)
   })
 
@@ -251,7 +241,7 @@ t.test('mediated edge-to-edge behind a NAT per edge', { skip: needsRoot, timeout
     const respawns = e1.charon.respawns
     await bringDown(e2)
     await waitFor('edge1 to have asked the mediator for edge2 (an IKE_SA waiting on it)', 30_000, async () =>
-      (await listSas(e1)).some((s) => s.name === E2 && s.state !== 'ESTABLISHED'))
+      (await e1.charon.listSas()).some((s) => s.name === E2 && s.state !== 'ESTABLISHED'))
     // The server restarts: it forgets that edge1 waits for edge2, and edge1 re-registers under a new mediation SA.
     await c.charon.restart()
     const t0 = performance.now()

@@ -7,7 +7,6 @@ import { defaultTopology } from '../harness/addressing.js'
 import { captureUnderlay, captureVerdict, cellLabel, defaultChecks, describeCapture, pathsWithoutTunnels, renderMatrix, runMatrix, waitMatrix } from '../harness/matrix.js'
 import { needsRoot } from '../harness/netns.js'
 import { Topology, type Gateway } from '../harness/topology.js'
-import { Vici } from '../../src/vici/index.js'
 
 const CONVERGE_MS = 30_000
 const SPARE = 'beijing.edge3'
@@ -43,13 +42,7 @@ async function charonChaos(t: Test, topo: Topology, name: string, boundMs: numbe
 }
 
 async function conns(g: Gateway): Promise<string[]> {
-  const v = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
-  try {
-    await v.connect()
-    return await v.getConns()
-  } finally {
-    await v.close()
-  }
+  return g.charon.vici((v) => v.getConns())
 }
 
 t.test('two clusters over real charon', { skip: needsRoot }, async (t) => {

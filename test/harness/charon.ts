@@ -8,6 +8,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Netns } from './netns.js'
+import { Vici, type IkeSa } from '../../src/vici/index.js'
 
 export const CHARON_BIN = '/usr/lib/ipsec/charon'
 
@@ -61,6 +62,22 @@ export class Charon {
   /** `unix://` URI for ViciClient and `swanctl --uri`. */
   get uri(): string {
     return `unix://${this.socketPath}`
+  }
+
+  /** One VICI request on a short-lived connection (checks of a test or the demo, not the agent's path). */
+  async vici<T>(request: (v: Vici) => Promise<T>): Promise<T> {
+    const v = new Vici({ uri: this.uri, reconnect: false, timeoutMs: 5_000 })
+    try {
+      await v.connect()
+      return await request(v)
+    } finally {
+      await v.close()
+    }
+  }
+
+  /** charon's IKE_SAs (`list-sas`). */
+  listSas(): Promise<IkeSa[]> {
+    return this.vici((v) => v.listSas())
   }
 
   get logPath(): string {

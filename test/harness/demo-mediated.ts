@@ -7,8 +7,7 @@ import { defaultDriver, fabtunnel, waitFor, type DaemonDriver } from './agents.j
 import { starTopology } from './addressing.js'
 import { captureUdp, espBetween, espLines } from './capture.js'
 import { ping } from './matrix.js'
-import { Topology, type Gateway } from './topology.js'
-import { Vici, type IkeSa } from '../../src/vici/index.js'
+import { Topology } from './topology.js'
 
 const E1 = 'beijing.edge1'
 const E2 = 'beijing.edge2'
@@ -19,16 +18,6 @@ export interface MediatedDemoOptions {
   offlineS: number
   isStopping: () => boolean
   onTopology: (topo: Topology, driver: DaemonDriver) => void
-}
-
-async function listSas(g: Gateway): Promise<IkeSa[]> {
-  const v = new Vici({ uri: g.charon.uri, reconnect: false, timeoutMs: 5_000 })
-  try {
-    await v.connect()
-    return await v.listSas()
-  } finally {
-    await v.close()
-  }
 }
 
 export async function runMediatedDemo(o: MediatedDemoOptions): Promise<number> {
@@ -72,7 +61,7 @@ export async function runMediatedDemo(o: MediatedDemoOptions): Promise<number> {
   let t0 = performance.now()
   await driver.start(c)
   await step('edges up first, then the connector', t0)
-  const sa = (await listSas(e1)).find((s) => s.name === E2 && s.state === 'ESTABLISHED')
+  const sa = (await e1.charon.listSas()).find((s) => s.name === E2 && s.state === 'ESTABLISHED')
   console.log(`  edge1's tunnel to edge2: ${sa?.localHost} -> ${sa?.remoteHost} (edge2's NAT), not through ${c.plan.publicIp}`)
   const nat1 = topo.natOf(E1)
   const burst = async (): Promise<void> => { for (let i = 0; i < 5; i++) await ping(a.ns, b.ip, 2_000) }
@@ -116,7 +105,7 @@ export async function runMediatedDemo(o: MediatedDemoOptions): Promise<number> {
   takeover.set(E2, '0')
   await driver.kill(e2)
   await e2.charon.stop()
-  await waitFor('edge1 to ask the mediator for edge2', 30_000, async () => (await listSas(e1)).some((s) => s.name === E2 && s.state !== 'ESTABLISHED'))
+  await waitFor('edge1 to ask the mediator for edge2', 30_000, async () => (await e1.charon.listSas()).some((s) => s.name === E2 && s.state !== 'ESTABLISHED'))
   await c.charon.restart()
   const respawns = e1.charon.respawns
   t0 = performance.now()
