@@ -25,8 +25,12 @@ t.test('set at run time, the flag keeps the new space small (and the burst grows
     return Number(r.stdout.trim())
   }
   const MiB = 2 ** 20
-  const tuned = newSpace(YOUNG_GENERATION_FLAG)
-  const untuned = newSpace('')
-  t.ok(tuned > 0 && tuned <= 2 * MiB, `with the flag: ${(tuned / MiB).toFixed(1)} MiB`)
-  t.ok(untuned > 2 * MiB, `without: ${(untuned / MiB).toFixed(1)} MiB`)
+  // Medians of three runs each: one CI run under load read 4.0 MiB with the flag (one growth step, 30 + 36 runs
+  // under CPU and parallel load here never did), so the bound allows one step and the control must be at least
+  // twice the tuned size, which it is (16 MiB) whenever the burst grows the new space.
+  const median = (flag: string): number => [newSpace(flag), newSpace(flag), newSpace(flag)].sort((a, b) => a - b)[1]
+  const tuned = median(YOUNG_GENERATION_FLAG)
+  const untuned = median('')
+  t.ok(tuned > 0 && tuned <= 4 * MiB, `with the flag: ${(tuned / MiB).toFixed(1)} MiB`)
+  t.ok(untuned >= 2 * tuned && untuned > 4 * MiB, `without: ${(untuned / MiB).toFixed(1)} MiB`)
 })
