@@ -24,8 +24,8 @@ start().then(
 )
 
 async function start(): Promise<number> {
-  // Before the bundle is compiled: V8's flags are part of what its code cache must match.
-  ;(await import('./heap-tuning.js')).tuneHeap()
+  // No V8 flag is set before the bundle is compiled: its code cache, and Node's for its built-in modules, were made
+  // under the default flags. The daemon sets its own once it has started (heap-tuning.ts).
   let writeCodeCache: (() => Promise<number>) | null = null
   let commands: Pick<Commands, 'main' | 'mayRunDaemon'>
   if (typeof FT_MAIN_BUNDLE === 'string') {

@@ -1,14 +1,38 @@
-// V8 heap settings the executable applies to itself, so the plain `fabtunnel run` keeps an edge-sized footprint
-// without NODE_OPTIONS (issue 13; figures in docs/footprint.md).
+// V8 settings the daemon applies to itself, so the plain `fabtunnel run` keeps an edge-sized footprint without
+// NODE_OPTIONS (issue 13; figures in docs/footprint.md).
 //
 // The young generation stays at its initial size (two 1 MiB semi-spaces) instead of growing to V8's 2 x 16 MiB
 // under the allocation bursts of a pass: RSS with 1,000 peers 72 MiB instead of 85 MiB, with no measurable CPU
 // cost. `--max-semi-space-size` only counts when the heap is set up, before any JavaScript runs, so it would need
 // NODE_OPTIONS or a re-exec; the growth factor is read each time the new space would grow, so setting it from
 // here works. A user who sizes the young generation with node flags keeps their setting.
+//
+// When: once the daemon starts, not when the executable starts. V8 accepts a code cache only under the flags it was
+// made with, and that holds for Node's own: every built-in module (http, net, crypto, child_process, ...) is
+// compiled from the code cache embedded in the node binary, made under the default flags. After any flag change,
+// V8 rejects it and each built-in module loaded later is compiled from its source (measured: +21 ms of CPU and
+// +0.9 MiB RSS for the daemon's modules). So the executable's bundle is compiled under the default flags (its own
+// code cache is made under them at build time), the daemon's modules are loaded, the built-in modules Node itself
+// loads later on first use are loaded ahead (daemonBuiltins), and only then are the flags set.
 import { setFlagsFromString } from 'node:v8'
 
 export const YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1'
+
+/**
+ * Built-in modules the daemon uses that Node loads only on first use, after start-up: `cluster` at the first
+ * `listen`, the `performance` global's modules at its first use, `dns` and `dgram` through `net` and
+ * `child_process`, `process` at the first /metrics scrape (prom-client). Loaded before the flags change, they keep
+ * Node's code cache (see above); test/integration/daemon/shutdown.test.ts checks that Node rejects its cache for no
+ * module a daemon loads (lease mode's Kubernetes client, loaded later, is compiled from source).
+ */
+export const DAEMON_LATE_BUILTINS: readonly string[] = ['node:cluster', 'node:dns', 'node:dgram', 'node:perf_hooks', 'node:child_process', 'node:net', 'node:http', 'node:process']
+
+/** Loads the built-in modules named (see DAEMON_LATE_BUILTINS); returns how many it loaded. */
+export function preloadBuiltins(names: readonly string[] = DAEMON_LATE_BUILTINS, load: (id: string) => unknown = (id) => process.getBuiltinModule(id)): number {
+  let n = 0
+  for (const id of names) if (load(id) !== undefined) n++
+  return n
+}
 
 /** Applies the young-generation setting unless node's own flags already size it; returns whether it did. */
 export function tuneHeap(nodeOptions = process.env.NODE_OPTIONS ?? '', execArgv: readonly string[] = process.execArgv, set: (flag: string) => void = setFlagsFromString): boolean {

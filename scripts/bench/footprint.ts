@@ -35,6 +35,7 @@ const INSIDE = process.env.FT_BENCH_INSIDE
 const VIA_NODE = process.env.FT_FOOTPRINT_VIA_NODE === '1'
 const SETTLE_MS = Number(process.env.FT_FOOTPRINT_SETTLE_MS ?? 3000)
 const HEAP_DIR = process.env.FT_FOOTPRINT_HEAPSNAPSHOT
+const SMAPS = process.env.FT_FOOTPRINT_SMAPS === '1'
 const TICK_S = 1 / Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim() || 100)
 
 const edgeYaml = [
@@ -116,11 +117,32 @@ async function runOnce(args: string[], port: number, timeoutMs: number, heapLabe
     if (!st?.ready) throw new Error(`"pass done" without errors, but /status is not ready: ${JSON.stringify(st)}`)
     await new Promise((r) => setTimeout(r, SETTLE_MS))
     const settledRssMiB = kib(readFileSync(`/proc/${pid}/status`, 'utf8'), 'VmRSS') / 1024
+    if (SMAPS) console.log(`smaps after ${SETTLE_MS / 1000} s (${heapLabel ?? 'run'}): ${smapsSummary(pid)}`)
     if (HEAP_DIR && heapLabel) await heapSnapshot(pid, HEAP_DIR, heapLabel)
     return { ...first, settledRssMiB }
   } finally {
     await stop(child)
   }
+}
+
+/** Resident memory by kind of mapping (FT_FOOTPRINT_SMAPS=1): the node binary, other files, anonymous, malloc heap, in MiB; private dirty in total. */
+function smapsSummary(pid: number): string {
+  const rss = new Map<string, number>()
+  let privateDirty = 0
+  let kind = ''
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
+    if (head) {
+      const name = head[1]!
+      kind = name === process.execPath || name.endsWith('/node') ? 'node binary' : name === '[heap]' ? 'malloc heap' : name === '' ? 'anonymous' : name.startsWith('[') ? name : 'other files'
+      continue
+    }
+    const m = /^(Rss|Private_Dirty):\s+(\d+) kB/.exec(line)
+    if (m?.[1] === 'Rss') rss.set(kind, (rss.get(kind) ?? 0) + Number(m[2]))
+    else if (m) privateDirty += Number(m[2])
+  }
+  const parts = [...rss].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${f1(v / 1024)}`)
+  return `${parts.join(', ')}; private dirty ${f1(privateDirty / 1024)} MiB`
 }
 
 /** Signals the agent to write a heap snapshot, waits (bounded) until the file stops growing, names it by label. */

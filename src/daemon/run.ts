@@ -13,6 +13,7 @@ import { SoleLeadership, VipLeadership, type Leadership } from './leader.js'
 import type { LeaseElectionOptions } from './lease.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
+import { preloadBuiltins, tuneHeap } from '../heap-tuning.js'
 import { boundHeapGrowth, fullGc, mallocTrim, MemoryRelease, type MemoryReleaseOptions } from './memory.js'
 import type { PassRecord } from '../reconcile/engine.js'
 import type { CniFs, CniOptions } from './cni.js'
@@ -92,6 +93,9 @@ export interface DaemonDeps {
 const REAL_DEPS: DaemonDeps = {
   buildNode, openMonitor: () => Monitor.open({ ref: false }), sysctl: realSysctlFs,
   releaseMemory: () => {
+    // The daemon's V8 settings, after the built-in modules it will use are loaded (heap-tuning.ts says why).
+    preloadBuiltins()
+    tuneHeap()
     boundHeapGrowth()
     return { gc: fullGc(), trim: mallocTrim }
   },

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { tuneHeap, YOUNG_GENERATION_FLAG } from '../../src/heap-tuning.js'
+import { DAEMON_LATE_BUILTINS, preloadBuiltins, tuneHeap, YOUNG_GENERATION_FLAG } from '../../src/heap-tuning.js'
 
 t.test('the young-generation flag is set unless node flags already size the young generation', async (t) => {
   const set: string[] = []
@@ -11,6 +11,14 @@ t.test('the young-generation flag is set unless node flags already size the youn
   t.equal(tuneHeap('--max_semi_space_size=8', [], (f) => set.push(f)), false, 'V8 underscore spelling')
   t.equal(tuneHeap('--max-old-space-size=192', ['--enable-source-maps'], (f) => set.push(f)), true, 'other flags do not count')
   t.same(set, [YOUNG_GENERATION_FLAG, YOUNG_GENERATION_FLAG])
+})
+
+t.test('the built-in modules a daemon loads late are loaded ahead, each once', async (t) => {
+  const loaded: string[] = []
+  t.equal(preloadBuiltins(['node:a', 'node:b'], (id) => (loaded.push(id), {})), 2)
+  t.same(loaded, ['node:a', 'node:b'])
+  t.equal(preloadBuiltins(['node:none'], () => undefined), 0, 'a module Node does not have is not counted')
+  t.equal(preloadBuiltins(), DAEMON_LATE_BUILTINS.length, 'this Node has every one of them')
 })
 
 // The real thing: set at run time (as the executable does, after V8 set its heap up), the flag keeps the new space

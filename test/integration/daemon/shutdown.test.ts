@@ -38,7 +38,8 @@ t.test('SIGHUP during start-up and SIGTERM with charon frozen', { skip: needsRoo
 
   // `env -u NODE_OPTIONS`: tap's process-info hook puts its preload (with signal-exit, whose handlers re-raise a
   // signal while they are the only ones) into every node process a test spawns, whatever env it is given.
-  const child = spawn('ip', ['netns', 'exec', ns.name, 'env', '-u', 'NODE_OPTIONS', process.execPath, CLI, 'run', '--config', config, '--vici', charon.uri,
+  // NODE_DEBUG_NATIVE=CODE_CACHE: Node says, for each built-in module it loads, whether V8 took its code cache.
+  const child = spawn('ip', ['netns', 'exec', ns.name, 'env', '-u', 'NODE_OPTIONS', 'NODE_DEBUG_NATIVE=CODE_CACHE', process.execPath, CLI, 'run', '--config', config, '--vici', charon.uri,
     '--cert', join(dir, 'none.crt'), '--key', join(dir, 'none.key'), '--ca', join(dir, 'none-ca.crt'), '--datapath', 'libipsec',
     '--listen', '127.0.0.1:30306', '--log-level', 'info'], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -79,6 +80,12 @@ t.test('SIGHUP during start-up and SIGTERM with charon frozen', { skip: needsRoo
   t.match(log, /"msg":"fabtunnel \S+ starting"/, 'logged its start')
   t.match(log, /"codeCache":"accepted"/, 'the commands were compiled from the code cache written at build time (scripts/bundle.mjs)')
   t.equal(await httpStatus(ns, '/readyz'), 503, 'and not ready: charon does not answer')
+  // The daemon sets its V8 flags after loading the built-in modules it uses (src/heap-tuning.ts): none of them,
+  // the first /metrics scrape's included, is compiled from source because V8 rejected Node's cache.
+  t.equal(await httpStatus(ns, '/metrics'), 200, '/metrics scraped')
+  const accepted = log.match(/Code cache of \S+ \(\S+\) is accepted/g) ?? []
+  t.ok(accepted.length >= 20, `Node reported its code cache accepted for ${accepted.length} built-in modules`)
+  t.same(log.match(/Code cache of \S+ \(\S+\) is rejected/g) ?? [], [], 'and rejected for none')
 
   // A pass is stuck on charon now (start, or the SIGHUP's deep pass): SIGTERM must still end the process.
   process.kill(child.pid!, 'SIGHUP')
