@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs'
 import { ConfigError, type ConfigIssue } from '../config/errors.js'
 import { ConfigParser, MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
-import { DesiredBuilder, type DesiredDelta } from '../desired/incremental.js'
+import { DesiredBuilder, type DesiredDelta, type FullBuildReason } from '../desired/incremental.js'
 import type { Datapath, Desired, Role } from '../desired/types.js'
 import type { TcpMss } from '../iptables/mss.js'
 import type { Logger } from '../log.js'
@@ -48,6 +48,8 @@ export interface AgentOptions {
   now?: () => number
   /** Called after every pass (metrics that depend on the observed state). */
   onPass?: (record: PassRecord) => void
+  /** Called when a config is accepted, before a pass uses it (the daemon's compiler setting, heap-tuning.ts). */
+  onConfig?: (config: TunnelConfig) => void
   /**
    * Whether this node leads (connector HA, src/daemon/leader.ts); read at every pass. A standby connector gets the
    * standby's share of the desired state (src/desired/standby.ts). Default: always the leader.
@@ -188,6 +190,7 @@ export class Agent {
       metrics.configValid.set(1)
       for (const w of warnings) log.warn({ file: path, line: w.line, path: w.path }, w.message)
       log.info({ file: path, generation: this.configState.generation, peers: config.peers.length, role: config.local.type, ms: { read: ms(t1 - t0), parse: ms(t2 - t1) }, parsed: this.parser.last.whole ? 'whole' : this.parser.last.parsed, ...(this.parser.last.bytes ? { bytes: true } : {}) }, 'config accepted')
+      this.opts.onConfig?.(config)
       return 'changed'
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err
@@ -229,6 +232,8 @@ export class Agent {
    * when anything may have): the config part of the next pass's scope.
    */
   private pendingDelta: DesiredDelta | null = { conns: new Set(), dsts: new Set(), members: new Map() }
+  /** Why the last full build of the desired state was full (DesiredBuilder.stats.why), for the pass log. */
+  private fullBuildWhy: FullBuildReason | null = null
   /** The scope of the last pass (null: it planned everything), which its verification pass re-checks. */
   private lastScope: PassScope | null = null
   /** The last certificate read successfully; undefined before the first read, null when none was ever good. */
@@ -277,8 +282,10 @@ export class Agent {
       ...(standby ? { standby } : {}), ...(extra.drainVip ? { drainVip: extra.drainVip } : {}), ...(this.opts.tcpMss ? { tcpMss: this.opts.tcpMss } : {}),
     }, this.configChange)
     this.configChange = null
-    if (delta === null) this.pendingDelta = null
-    else if (this.pendingDelta) mergeDelta(this.pendingDelta, delta)
+    if (delta === null) {
+      this.pendingDelta = null
+      this.fullBuildWhy = this.builder.stats.why
+    } else if (this.pendingDelta) mergeDelta(this.pendingDelta, delta)
     return desired
   }
 
@@ -376,6 +383,8 @@ export class Agent {
     this.desiredError = desiredError
     const desiredMs = ms(performance.now() - tDesired)
     const delta = this.pendingDelta
+    // Why the desired state may differ anywhere (a full build since the last pass), for the log line.
+    const desiredFull = delta === null ? this.fullBuildWhy : null
     this.pendingDelta = { conns: new Set(), dsts: new Set(), members: new Map() }
     const scope = desired ? this.scopeOf(ctx, reasons, keys, delta) : undefined
     if (scope) ctx = { ...ctx, scope }
@@ -427,7 +436,7 @@ export class Agent {
     else if (Object.keys(record.writes).some((k) => k !== 'tunnels')) log.warn({ op: 'pass', writes: record.writes }, 'verification pass still had to write')
     // What the next config change's checks need is built now, not when that change is waiting for it.
     if (outcome === 'changed') setImmediate(() => this.parser.prepare()).unref()
-    log[wrote || !record.converged ? 'info' : 'debug']({ op: 'pass', reasons, ...(record.scope ? { scope: record.scope } : {}), durationMs: ms(record.durationMs), writes: record.writes, errors: record.errors, ...(record.duties ? { duties: record.duties } : {}), desiredMs, timings: record.timings }, 'pass done')
+    log[wrote || !record.converged ? 'info' : 'debug']({ op: 'pass', reasons, ...(record.scope ? { scope: record.scope } : {}), durationMs: ms(record.durationMs), writes: record.writes, errors: record.errors, ...(record.duties ? { duties: record.duties } : {}), desiredMs, ...(desiredFull ? { desiredFull } : {}), timings: record.timings }, 'pass done')
   }
 
   get configInForce(): TunnelConfig | null {

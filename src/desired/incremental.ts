@@ -77,12 +77,21 @@ function present(f: Built['families']): number {
   return f.fixed | (f[4] > 0 ? 1 : 0) | (f[6] > 0 ? 2 : 0)
 }
 
+/**
+ * Why a desired state was derived in full: the first build; a cloud node, a standby or a role override (`role`);
+ * another certificate, default gateway or option (`context`); another local endpoint or mediator; peers reordered;
+ * a connector peer added or removed (it changes the order of connections and what initiates); an address family
+ * appearing or disappearing (it changes the rules).
+ */
+export type FullBuildReason = 'first' | 'role' | 'context' | 'local' | 'mediator' | 'order' | 'connector-peer' | 'family'
+
 export class DesiredBuilder {
   private last: Built | null = null
   /** Where the builder does not apply (cloud, standby): the last full result, reused while its inputs stay. */
   private whole: { key: string; config: TunnelConfig; desired: Desired } | null = null
   /** What the last build did (benchmarks, tests): peers derived anew, and whether it rebuilt everything. */
-  readonly stats = { peers: 0, derived: 0, full: false }
+  /** The last build: peers, peers derived, whether in full and why (what made an incremental build impossible). */
+  readonly stats: { peers: number; derived: number; full: boolean; why: FullBuildReason | null } = { peers: 0, derived: 0, full: false, why: null }
 
   /**
    * The desired state for the config, and what may differ from the previous build (null: anything). `change`, when
@@ -101,14 +110,15 @@ export class DesiredBuilder {
       const desired = nodeDesired(config, role, opts)
       this.whole = { key: wholeKey, config, desired }
       this.last = null
-      Object.assign(this.stats, { peers: config.peers.length, derived: config.peers.length, full: true })
+      Object.assign(this.stats, { peers: config.peers.length, derived: config.peers.length, full: true, why: 'role' })
       return { desired, delta: null }
     }
     this.whole = null
     if (prev === null || prev.key !== key || prev.config.local !== config.local || prev.config.mediator !== config.mediator) {
+      const why: FullBuildReason = prev === null ? 'first' : prev.key !== key ? 'context' : prev.config.local !== config.local ? 'local' : 'mediator'
       const desired = nodeDesired(config, role, opts)
       this.last = this.index(key, config, opts, desired)
-      Object.assign(this.stats, { peers: config.peers.length, derived: config.peers.length, full: true })
+      Object.assign(this.stats, { peers: config.peers.length, derived: config.peers.length, full: true, why })
       return { desired: this.last.desired, delta: null }
     }
     const delta: DesiredDelta = { conns: new Set(), dsts: new Set(), members: new Map() }
@@ -125,19 +135,19 @@ export class DesiredBuilder {
       added = config.peers.filter((p) => !prev.parts.has(p))
       // Same peers in another order: the same state, assembled in the new order.
       if (removed.length === 0 && added.length === 0) {
-        if (!config.peers.every((p, i) => p === prev.config.peers[i])) return this.rebuild(config, role, opts, key)
+        if (!config.peers.every((p, i) => p === prev.config.peers[i])) return this.rebuild(config, role, opts, key, 'order')
         prev.config = config
         return { desired: prev.desired, delta }
       }
     }
     // A connector peer changes the order of connections and initiates: rebuild all.
-    if (removed.some((p) => p.type === 'Connector') || added.some((p) => p.type === 'Connector')) return this.rebuild(config, role, opts, key)
+    if (removed.some((p) => p.type === 'Connector') || added.some((p) => p.type === 'Connector')) return this.rebuild(config, role, opts, key, 'connector-peer')
     const addedParts = added.map((peer) => [peer, this.part(config, peer, opts)] as const)
     const families = { ...prev.families }
     for (const p of removed) for (const f of [4, 6] as const) if (p.families & (f === 4 ? 1 : 2)) families[f]--
     for (const [, p] of addedParts) for (const f of [4, 6] as const) if (p.families & (f === 4 ? 1 : 2)) families[f]++
     // A family appearing or disappearing changes the rules: rebuild all.
-    if (present(families) !== present(prev.families)) return this.rebuild(config, role, opts, key)
+    if (present(families) !== present(prev.families)) return this.rebuild(config, role, opts, key, 'family')
     const { parts, routes, sets, conns } = prev
     const initiating = new Set<string>()
     for (const part of removed) {
@@ -188,13 +198,13 @@ export class DesiredBuilder {
     prev.families = families
     prev.config = config
     prev.desired = this.view(prev.desired, conns, initiate, initiateChildren, routes, sets)
-    Object.assign(this.stats, { peers: config.peers.length, derived: added.length, full: false })
+    Object.assign(this.stats, { peers: config.peers.length, derived: added.length, full: false, why: null })
     return { desired: prev.desired, delta }
   }
 
-  private rebuild(config: TunnelConfig, role: Role | undefined, opts: NodeDesiredOptions, key: string): { desired: Desired; delta: null } {
+  private rebuild(config: TunnelConfig, role: Role | undefined, opts: NodeDesiredOptions, key: string, why: FullBuildReason): { desired: Desired; delta: null } {
     this.last = this.index(key, config, opts, nodeDesired(config, role, opts))
-    Object.assign(this.stats, { peers: config.peers.length, derived: config.peers.length, full: true })
+    Object.assign(this.stats, { peers: config.peers.length, derived: config.peers.length, full: true, why })
     return { desired: this.last.desired, delta: null }
   }
 

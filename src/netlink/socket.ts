@@ -136,15 +136,35 @@ export class NetlinkSocket {
     return o!.msgs
   }
 
-  /** A dump: every message of the multi-part reply. Retried when the kernel flags it inconsistent (DUMP_INTR). */
-  async dump(req: Request, what: string): Promise<NlMsg[]> {
+  /**
+   * A dump: every message of the multi-part reply. Retried when the kernel flags it inconsistent (DUMP_INTR).
+   *
+   * One dump at a time per socket: the kernel refuses to start a dump while another runs on the same socket
+   * (EBUSY). Callers that share a socket (a pass reading the default routes while the datapath probes list the
+   * node's addresses) queue here, each dump starting once the one before it has ended (or failed). A dump refused
+   * with EBUSY anyway (the kernel still running one whose caller gave up at its deadline) is retried like an
+   * interrupted one.
+   */
+  dump(req: Request, what: string): Promise<NlMsg[]> {
+    const run = this.dumpTail.then(() => this.dumpNow(req, what))
+    this.dumpTail = run.then(() => undefined, () => undefined)
+    return run
+  }
+
+  /** The end of the last dump queued (dump). */
+  private dumpTail: Promise<void> = Promise.resolve()
+
+  private async dumpNow(req: Request, what: string): Promise<NlMsg[]> {
     for (let attempt = 1; ; attempt++) {
       const [o] = await this.send([{ ...req, flags: (req.flags ?? 0) | NLM_F_DUMP }], what)
-      if (!o!.ok) throw o!.error
-      if (!o!.interrupted) return o!.msgs
+      const busy = !o!.ok && o!.error.code === 'EBUSY'
+      if (!o!.ok && !busy) throw o!.error
+      if (o!.ok && !o!.interrupted) return o!.msgs
       if (attempt >= DUMP_RETRIES) {
+        if (busy) throw o!.error
         throw new NetlinkError('transport', 'EDUMPINTR', `${what}: dump kept changing under us (${attempt} tries)`)
       }
+      if (busy) await new Promise((r) => setTimeout(r, 10 * attempt))
     }
   }
 

@@ -2,7 +2,7 @@
 import t, { type Test } from 'tap'
 import { Netns, needsRoot } from '../../harness/netns.js'
 import {
-  canonicalCidr, defaultGateway, openRoute, routeApply, routeDel, routeList, routePlan, routeResolveDevs, ruleDel, ruleEnsure,
+  addrList, canonicalCidr, defaultGateway, openRoute, routeApply, routeDel, routeList, routePlan, routeResolveDevs, ruleDel, ruleEnsure,
   ruleList, type NetlinkSocket, type RouteSpec,
 } from '../../../src/netlink/index.js'
 
@@ -105,4 +105,18 @@ t.test('default gateway discovered from the main table', { skip: needsRoot }, as
   await ns.run(['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8::fe'])
   t.match(await defaultGateway(sock, 4), { via: '10.9.0.253', metric: 100, table: 254 })
   t.match(await defaultGateway(sock, 6), { via: '2001:db8::fe' })
+})
+
+// A pass reads the default routes while the datapath probes list the node's addresses, on the same socket: the
+// kernel refuses a dump while another runs on that socket (EBUSY), so the socket queues them (NetlinkSocket.dump).
+t.test('concurrent dumps on one socket all succeed (the kernel would refuse them with EBUSY)', { skip: needsRoot }, async (t) => {
+  const { ns, sock } = await setup(t)
+  await ns.run(['ip', 'route', 'add', 'default', 'via', '10.9.0.254'])
+  const outcomes = await Promise.allSettled(Array.from({ length: 50 }, () => [defaultGateway(sock, 4), addrList(sock), routeList(sock, { table: 254 })]).flat())
+  const failed = outcomes.filter((o) => o.status === 'rejected').map((o) => String((o as PromiseRejectedResult).reason))
+  t.same(failed.slice(0, 3), [], `all ${outcomes.length} dumps answered (${failed.length} failed)`)
+  t.match(await defaultGateway(sock, 4), { via: '10.9.0.254' }, 'and the gateway is the one in the kernel')
+  // The positive case: without the queue, the same dumps sent at once are refused by this kernel.
+  const raw = await Promise.all([1, 2].map(() => sock.requestAll([{ type: 26, flags: 0x300, payload: Buffer.alloc(12) }], 'raw dump')))
+  t.match(raw[1]![0], { ok: false, error: { code: 'EBUSY' } }, 'two dumps started at once: the second refused with EBUSY')
 })

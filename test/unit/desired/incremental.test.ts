@@ -107,6 +107,31 @@ for (const [label, edge, datapath] of [['connector, xfrm', false, 'xfrm'], ['edg
   })
 }
 
+t.test('a full build says why (the agent logs it with the pass that planned everything)', async (t) => {
+  const parser = new ConfigParser()
+  const builder = new DesiredBuilder()
+  const peer = (i: number, type: Peer['type'] = 'EdgeNode'): Peer => ({ i, sub: 0, v6: false, type, nodes: 1 })
+  let peers = [peer(0), peer(1), peer(2)]
+  const head = { sub: 96, edge: false }
+  let opts: NodeDesiredOptions = { datapath: 'xfrm', gateways: { 4: '10.0.0.1' } }
+  const build = (role?: 'cloud') => {
+    const { config } = parser.parse(configYaml(peers, head, '    '))
+    const r = builder.build(config, role, opts, parser.change)
+    return { delta: r.delta === null ? null : 'delta', ...builder.stats }
+  }
+  t.match(build(), { delta: null, full: true, why: 'first' })
+  t.match(build(), { delta: 'delta', full: false, why: null }, 'the same config: nothing derived')
+  opts = { datapath: 'xfrm', gateways: {} }
+  t.match(build(), { delta: null, why: 'context' }, 'the default gateway gone')
+  peers = [...peers, peer(3)]
+  t.match(build(), { delta: 'delta', full: false, why: null, derived: 1 }, 'an edge peer added: that peer alone')
+  peers = [...peers, peer(4, 'Connector')]
+  t.match(build(), { delta: null, why: 'connector-peer' })
+  head.sub = 97
+  t.match(build(), { delta: null, why: 'local' })
+  t.match(build('cloud'), { delta: null, why: 'role' })
+})
+
 t.test('splitPeers: plain block layouts split per item; anything else is left to the whole parse', async (t) => {
   const s = splitPeers('name: x\npeers:\n  - name: a\n    type: EdgeNode\n  # c\n  - name: b\nmediator:\n  name: m\n')
   t.same(s?.chunks, ['  - name: a\n    type: EdgeNode\n  # c\n', '  - name: b\n'])

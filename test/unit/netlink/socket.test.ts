@@ -66,6 +66,46 @@ t.test('dump collects multi-part replies until NLMSG_DONE', async (t) => {
   t.equal(decodeMsgs(k.sends[0]!)[0]!.flags & 0x300, 0x300, 'NLM_F_DUMP set')
 })
 
+t.test('dumps sharing a socket run one at a time: the kernel refuses a second one while the first runs (EBUSY)', async (t) => {
+  // Like the kernel: a dump request that arrives while another dump is still replying is refused with EBUSY.
+  let running = 0
+  const order: string[] = []
+  const k = new FakeKernel((m) => {
+    const tag = m.payload.toString()
+    if (running > 0) {
+      order.push(`${tag} refused`)
+      return [encodeError(16, m)]
+    }
+    running++
+    order.push(`${tag} start`)
+    setTimeout(() => {
+      running--
+      order.push(`${tag} done`)
+      k.push(null, [encodeMsg(24, NLM_F_MULTI, m.seq, Buffer.from(tag)), encodeMsg(NLMSG_DONE, NLM_F_MULTI, m.seq, Buffer.alloc(4))])
+    }, 5)
+    return []
+  })
+  const s = new NetlinkSocket(k)
+  const out = await Promise.all(['a', 'b', 'c'].map((tag) => s.dump({ type: 26, payload: Buffer.from(tag) }, `dump ${tag}`)))
+  t.same(out.map((msgs) => msgs.map((m) => m.payload.toString())), [['a'], ['b'], ['c']], 'every dump got its own reply')
+  t.same(order, ['a start', 'a done', 'b start', 'b done', 'c start', 'c done'], 'each started after the one before it ended; none refused')
+  // The positive case of the fake: two dumps sent at once without the queue are refused.
+  const raw = await Promise.all(['x', 'y'].map((tag) => s.requestAll([{ type: 26, flags: 0x300, payload: Buffer.from(tag) }], tag)))
+  t.match(raw[1]![0], { ok: false, error: { code: 'EBUSY' } }, 'the fake kernel refuses a concurrent dump, as Linux does')
+  await new Promise((r) => setTimeout(r, 20))
+})
+
+t.test('a dump refused with EBUSY is retried; one refused every time fails with EBUSY', async (t) => {
+  let refusals = 1
+  const answer = (m: NlMsg): Buffer[] => (refusals-- > 0 ? [encodeError(16, m)] : [encodeMsg(24, NLM_F_MULTI, m.seq, Buffer.from('ok')), encodeMsg(NLMSG_DONE, NLM_F_MULTI, m.seq, Buffer.alloc(4))])
+  const s = new NetlinkSocket(new FakeKernel(answer))
+  t.same((await s.dump({ type: 26, payload: Buffer.alloc(4) }, 'dump')).map((m) => m.payload.toString()), ['ok'], 'answered on the retry')
+  refusals = 100
+  await t.rejects(s.dump({ type: 26, payload: Buffer.alloc(4) }, 'dump'), { code: 'EBUSY' })
+  refusals = 0
+  t.same((await s.dump({ type: 26, payload: Buffer.alloc(4) }, 'dump')).length, 1, 'a failed dump does not block the next one')
+})
+
 t.test('a request without reply times out; a late reply is ignored', async (t) => {
   let held: NlMsg | undefined
   const k = new FakeKernel((m) => {
