@@ -34,6 +34,44 @@ export function preloadBuiltins(names: readonly string[] = DAEMON_LATE_BUILTINS,
   return n
 }
 
+/** Configs with at most this many peers run without V8's optimizing compiler (see OptimizingCompiler). */
+export const SMALL_CONFIG_PEERS = 32
+
+/**
+ * V8's optimizing compiler (TurboFan) off while the config in force is small, on again once it is not.
+ *
+ * On an edge (one connector, a few community peers) nothing runs long enough to need optimized code: a pass is a
+ * few milliseconds in V8's interpreter and baseline compiler. But over minutes of probes, log lines and passes some
+ * function (on an edge: Node's own argument validators) gets hot, TurboFan compiles it (~30 ms of CPU) and its own
+ * code, ~3.4 MiB of the node binary, becomes resident: an idle edge measured 50.3 MiB after 30 s with it off, 54 MiB
+ * with it on (docs/footprint.md). A connector with thousands of peers needs it: its passes walk every peer. V8
+ * reads the flag each time it decides to optimize, so setting it at run time works both ways
+ * (test/unit/heap-tuning.test.ts); functions already optimized stay so. Node flags that choose compilers
+ * (`--turbofan`, `--no-opt`, `--max-opt`, `--jitless`, `--lite-mode`) win: the daemon then never sets it.
+ */
+export class OptimizingCompiler {
+  private on = true
+  private readonly userChose: boolean
+
+  constructor(
+    private readonly set: (flag: string) => void = setFlagsFromString,
+    nodeFlags = `${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`,
+    private readonly smallPeers = SMALL_CONFIG_PEERS,
+  ) {
+    this.userChose = /--(no[-_])?(turbofan|opt)\b|--max[-_]opt\b|--jitless\b|--lite[-_]mode\b/.test(nodeFlags)
+  }
+
+  /** Sets the compiler for a config of `peers` peers; returns the change made, or null when there was none. */
+  forPeers(peers: number): 'on' | 'off' | null {
+    if (this.userChose) return null
+    const on = peers > this.smallPeers
+    if (on === this.on) return null
+    this.set(on ? '--turbofan' : '--no-turbofan')
+    this.on = on
+    return on ? 'on' : 'off'
+  }
+}
+
 /** Applies the young-generation setting unless node's own flags already size it; returns whether it did. */
 export function tuneHeap(nodeOptions = process.env.NODE_OPTIONS ?? '', execArgv: readonly string[] = process.execArgv, set: (flag: string) => void = setFlagsFromString): boolean {
   if (/semi[-_]space/.test(`${nodeOptions} ${execArgv.join(' ')}`)) return false

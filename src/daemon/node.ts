@@ -52,6 +52,8 @@ export interface NodeOptions {
   afterPass?: () => void
   /** Called after every pass with its record, on every role (the memory release, src/daemon/memory.ts). */
   onPass?: (record: PassRecord) => void
+  /** Called when a config is accepted, before a pass uses it. */
+  onConfig?: (config: TunnelConfig) => void
   /** Mediated edge-to-edge recovery: its timings, and charon's pid file for the last-resort restart (null: none). */
   mediation?: { policy: MediationPolicy; charonPidfile: string | null }
 }
@@ -130,6 +132,7 @@ export async function buildNode(o: NodeOptions): Promise<NodeParts> {
       o.afterPass?.()
     },
     ...(cni ? { duties: [cniDuty(cni, o.log.child({ duty: 'cni' }))] } : {}),
+    ...(o.onConfig ? { onConfig: o.onConfig } : {}),
   })
   if (tunnels) {
     metrics.peerCounts = () => tunnels.peerCounts()

@@ -13,7 +13,7 @@ import { SoleLeadership, VipLeadership, type Leadership } from './leader.js'
 import type { LeaseElectionOptions } from './lease.js'
 import { routeTrigger, ruleTrigger } from './netlink-triggers.js'
 import { buildNode, statusDocument, type NodeOptions, type NodeParts } from './node.js'
-import { preloadBuiltins, tuneHeap } from '../heap-tuning.js'
+import { OptimizingCompiler, preloadBuiltins, tuneHeap } from '../heap-tuning.js'
 import { boundHeapGrowth, fullGc, mallocTrim, MemoryRelease, type MemoryReleaseOptions } from './memory.js'
 import type { PassRecord } from '../reconcile/engine.js'
 import type { CniFs, CniOptions } from './cni.js'
@@ -88,6 +88,8 @@ export interface DaemonDeps {
   probeIo?: { port(): ProbePort; addresses(): Promise<string[]> }
   /** Memory given back once quiet after a full pass (src/daemon/memory.ts); absent: none (unit tests). */
   releaseMemory?: () => Pick<MemoryReleaseOptions, 'gc' | 'trim'>
+  /** V8's optimizing compiler set by the size of each config accepted (src/heap-tuning.ts); absent: left alone. */
+  optimizingCompiler?: () => Pick<OptimizingCompiler, 'forPeers'>
 }
 
 const REAL_DEPS: DaemonDeps = {
@@ -99,6 +101,7 @@ const REAL_DEPS: DaemonDeps = {
     boundHeapGrowth()
     return { gc: fullGc(), trim: mallocTrim }
   },
+  optimizingCompiler: () => new OptimizingCompiler(),
 }
 
 /** The real election of each mode. The Kubernetes client is loaded only in lease mode (start-up CPU). */
@@ -152,8 +155,13 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   const release = deps.releaseMemory
     ? new MemoryRelease({ ...deps.releaseMemory(), onRelease: (r) => log.debug({ op: 'memory', ms: Math.round(r.ms * 10) / 10, rssBefore: r.rssBefore, rssAfter: r.rssAfter }, 'memory released after a full pass') })
     : null
+  const compiler = deps.optimizingCompiler?.() ?? null
+  const onConfig = (config: { peers: readonly unknown[] }): void => {
+    const change = compiler?.forPeers(config.peers.length)
+    if (change) log.info({ op: 'v8', turbofan: change === 'on', peers: config.peers.length }, change === 'on' ? 'optimizing compiler on: the config is not small' : 'optimizing compiler off: the config is small')
+  }
   const node = await deps.buildNode({
-    ...o, credentials: true, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}), afterPass: () => probes?.refresh(),
+    ...o, credentials: true, onConfig, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}), afterPass: () => probes?.refresh(),
     ...(release ? { onPass: (record: PassRecord) => release.afterPass(record) } : {}),
   })
   const { agent, metrics } = node

@@ -8,6 +8,7 @@ import { Metrics } from '../../src/daemon/metrics.js'
 import { cniDuty, nodeCloser, type NodeParts } from '../../src/daemon/node.js'
 import { CniConflist, type CniFs, type CniOptions } from '../../src/daemon/cni.js'
 import type { Desired } from '../../src/desired/types.js'
+import type { TunnelConfig } from '../../src/config/schema.js'
 import type { Logger } from '../../src/log.js'
 import type { IpsetsSubsystem } from '../../src/reconcile/ipsets.js'
 import type { IptablesSubsystem } from '../../src/reconcile/iptables.js'
@@ -118,6 +119,8 @@ export interface FakeNodeOptions {
   cniFs?: CniFs
   /** NodeOptions.afterPass (the datapath probes refresh after every pass). */
   afterPass?: () => void
+  /** NodeOptions.onConfig (the daemon's compiler setting). */
+  onConfig?: (config: TunnelConfig) => void
 }
 
 export function fakeNode(o: FakeNodeOptions): FakeNode {
@@ -138,6 +141,7 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
     gateways: () => routes.gateways(), log: o.log, metrics, coalesceMs: o.coalesceMs ?? 1, resyncMs: 0,
     ...(o.leader ? { leader: o.leader } : {}),
     ...(o.afterPass ? { onPass: () => o.afterPass!() } : {}),
+    ...(o.onConfig ? { onConfig: o.onConfig } : {}),
   })
   const trigger = agent.trigger.bind(agent)
   agent.trigger = (reason: string) => {

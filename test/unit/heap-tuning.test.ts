@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { DAEMON_LATE_BUILTINS, preloadBuiltins, tuneHeap, YOUNG_GENERATION_FLAG } from '../../src/heap-tuning.js'
+import { DAEMON_LATE_BUILTINS, OptimizingCompiler, preloadBuiltins, SMALL_CONFIG_PEERS, tuneHeap, YOUNG_GENERATION_FLAG } from '../../src/heap-tuning.js'
 
 t.test('the young-generation flag is set unless node flags already size the young generation', async (t) => {
   const set: string[] = []
@@ -41,4 +41,41 @@ t.test('set at run time, the flag keeps the new space small (and the burst grows
   const untuned = median('')
   t.ok(tuned > 0 && tuned <= 4 * MiB, `with the flag: ${(tuned / MiB).toFixed(1)} MiB`)
   t.ok(untuned >= 2 * tuned && untuned > 4 * MiB, `without: ${(untuned / MiB).toFixed(1)} MiB`)
+})
+
+t.test('the optimizing compiler: off for a small config, on again for a larger one, left alone when node flags choose', async (t) => {
+  const set: string[] = []
+  const c = new OptimizingCompiler((f) => set.push(f), '')
+  t.equal(c.forPeers(SMALL_CONFIG_PEERS + 1), null, 'on is V8\'s default: nothing to set')
+  t.equal(c.forPeers(1), 'off')
+  t.equal(c.forPeers(SMALL_CONFIG_PEERS), null, 'still small')
+  t.equal(c.forPeers(SMALL_CONFIG_PEERS + 1), 'on')
+  t.equal(c.forPeers(10_000), null)
+  t.equal(c.forPeers(0), 'off', 'an empty config is small')
+  t.same(set, ['--no-turbofan', '--turbofan', '--no-turbofan'])
+  for (const flags of ['--no-opt', '--turbofan', '--no_turbofan', '--max-opt=2', '--jitless', '--lite-mode']) {
+    const mine: string[] = []
+    t.equal(new OptimizingCompiler((f) => mine.push(f), `--max-old-space-size=192 ${flags}`).forPeers(1), null, `node flags ${flags}: left alone`)
+    t.same(mine, [])
+  }
+  t.equal(new OptimizingCompiler((f) => set.push(f), '--max-old-space-size=192 --optimize-for-size').forPeers(1), 'off', 'other node flags do not count')
+})
+
+// The real thing: set at run time, V8 stops optimizing a hot function, and optimizes it once the flag is back.
+t.test('set at run time, V8 honours the optimizing compiler setting both ways', async (t) => {
+  // The built module (npm run build; CI builds before it tests): the child is plain node, without tsx.
+  const script = `import v8 from 'node:v8'; v8.setFlagsFromString('--allow-natives-syntax')
+    const status = new Function('f', 'return %GetOptimizationStatus(f)')
+    const { OptimizingCompiler } = await import(process.env.FT_MODULE)
+    const c = new OptimizingCompiler(undefined, '')
+    function hot(a) { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * 2; return s }
+    const arr = Array.from({ length: 1000 }, (_, i) => i)
+    const run = (ms) => { const t0 = Date.now(); let x = 0; while (Date.now() - t0 < ms) x += hot(arr); return x }
+    const optimized = () => (status(hot) & 16) !== 0
+    const out = [c.forPeers(1)]; run(400); out.push(optimized())
+    out.push(c.forPeers(1000)); run(400); out.push(optimized())
+    console.log(JSON.stringify(out))`
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '', FT_MODULE: new URL('../../dist/heap-tuning.js', import.meta.url).pathname } })
+  t.equal(r.status, 0, r.stderr)
+  t.same(JSON.parse(r.stdout), ['off', false, 'on', true], 'not optimized while off (after 400 ms hot), optimized once on')
 })

@@ -86,6 +86,7 @@ t.test('SIGHUP during start-up and SIGTERM with charon frozen', { skip: needsRoo
   const accepted = log.match(/Code cache of \S+ \(\S+\) is accepted/g) ?? []
   t.ok(accepted.length >= 20, `Node reported its code cache accepted for ${accepted.length} built-in modules`)
   t.same(log.match(/Code cache of \S+ \(\S+\) is rejected/g) ?? [], [], 'and rejected for none')
+  t.match(log, /"turbofan":false,"peers":2,"msg":"optimizing compiler off: the config is small"/, 'an edge runs without the optimizing compiler (src/heap-tuning.ts)')
 
   // A pass is stuck on charon now (start, or the SIGHUP's deep pass): SIGTERM must still end the process.
   process.kill(child.pid!, 'SIGHUP')

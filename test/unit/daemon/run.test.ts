@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { startDaemon, type ElectionOptions, type RouteMonitor, type Running } from '../../../src/daemon/run.js'
+import { OptimizingCompiler } from '../../../src/heap-tuning.js'
 import { LeadershipBase, type Leadership } from '../../../src/daemon/leader.js'
 import type { NodeOptions } from '../../../src/daemon/node.js'
 import type { Route, Rule } from '../../../src/netlink/index.js'
@@ -48,7 +49,7 @@ class ManualLeadership extends LeadershipBase {
   async stop(): Promise<void> {}
 }
 
-async function rig(t: Test, opts: { config?: string; stopGraceMs?: number; charon?: FakeCharon; election?: ElectionOptions; leadership?: Leadership } = {}): Promise<Rig> {
+async function rig(t: Test, opts: { config?: string; stopGraceMs?: number; charon?: FakeCharon; election?: ElectionOptions; leadership?: Leadership; compiler?: OptimizingCompiler } = {}): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'ftrun-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const config = await ConfigMapDir.create(join(dir, 'config'), { 'tunnels.yaml': opts.config ?? EDGE })
@@ -68,11 +69,12 @@ async function rig(t: Test, opts: { config?: string; stopGraceMs?: number; charo
     {
       buildNode: async (o) => {
         built.push(o)
-        fake = fakeNode({ config: o.config, cert: o.cert, key: o.key, ca: o.ca, log: o.log, ...(opts.charon ? { charon: opts.charon } : {}), ...(o.leader ? { leader: o.leader } : {}) })
+        fake = fakeNode({ config: o.config, cert: o.cert, key: o.key, ca: o.ca, log: o.log, ...(opts.charon ? { charon: opts.charon } : {}), ...(o.leader ? { leader: o.leader } : {}), ...(o.onConfig ? { onConfig: o.onConfig } : {}) })
         return fake.parts
       },
       openMonitor: () => monitor as unknown as RouteMonitor,
       ...(opts.leadership ? { leadership: async () => opts.leadership! } : {}),
+      ...(opts.compiler ? { optimizingCompiler: () => opts.compiler! } : {}),
     },
   )
   t.teardown(() => running.stop())
@@ -154,6 +156,22 @@ t.test('a kubelet-style ..data swap of the config or the credentials starts a pa
   const beforeSecrets = r.fake.triggers.length
   await r.secrets.update({ 'tls.crt': 'cert v2', 'tls.key': 'key v2', 'ca.crt': 'ca v2' })
   t.ok(await until(() => since(beforeSecrets).includes('credentials')), 'credentials trigger')
+})
+
+t.test('the optimizing compiler follows the size of each config accepted, with a log line when it changes', async (t) => {
+  const flags: string[] = []
+  // Small means at most 2 peers here: the edge fixture has 2 (its connector and a community peer), the connector fixture 3.
+  const r = await rig(t, { compiler: new OptimizingCompiler((f) => flags.push(f), '', 2) })
+  t.ok(await until(() => r.fake.parts.agent.ready))
+  t.same(flags, ['--no-turbofan'], 'an edge: off before its first pass')
+  t.ok(r.lines.some((l) => l.msg === 'optimizing compiler off: the config is small' && l.peers === 2 && l.turbofan === false))
+  await r.config.update({ 'tunnels.yaml': CONNECTOR })
+  t.ok(await until(() => flags.length === 2), 'a config with more peers')
+  t.same(flags, ['--no-turbofan', '--turbofan'], 'turns it on again')
+  t.ok(r.lines.some((l) => l.msg === 'optimizing compiler on: the config is not small' && l.peers === 3 && l.turbofan === true))
+  await r.config.update({ 'tunnels.yaml': CONNECTOR.replace('fabedge.io', 'fabedge.org') })
+  t.ok(await until(() => r.fake.parts.agent.configState.generation === 3), 'another config of the same size')
+  t.same(flags, ['--no-turbofan', '--turbofan'], 'no flag set when nothing changes')
 })
 
 t.test('SIGHUP runs a deep pass', async (t) => {
