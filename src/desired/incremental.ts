@@ -14,6 +14,7 @@
 import { cidrFamily, sortCidrs } from '../config/cidr.js'
 import type { PeerEndpoint, TunnelConfig } from '../config/schema.js'
 import { IPSET, ipsetName, ROUTE_TABLE, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
+import { dict } from '../dict.js'
 import { initiatesTo, peerConn, roleOf } from './conns.js'
 import { nodeDesired, type NodeDesiredOptions } from './index.js'
 import type { Desired, DesiredRoute, Role, ViciSection } from './types.js'
@@ -162,7 +163,7 @@ export class DesiredBuilder {
     let initiateChildren = prev.desired.initiateChildren
     if (initiating.size || addedParts.some(([, p]) => p.initiate)) {
       initiate = initiate.filter((n) => !initiating.has(n))
-      initiateChildren = { ...initiateChildren }
+      initiateChildren = Object.assign(dict<string[]>(), initiateChildren)
       for (const n of initiating) delete initiateChildren[n]
     }
     for (const [peer, part] of addedParts) {

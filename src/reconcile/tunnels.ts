@@ -10,7 +10,8 @@
 // Ownership (isOwnConn): what we loaded into this charon instance, the mediator's name, FabEdge's child names, or
 // our own identity on a connection without any child. Connections loaded by anyone else are never unloaded or
 // terminated, also when they use our identity.
-import { createHash } from 'node:crypto'
+import { createHash, type Hash } from 'node:crypto'
+import { dict } from '../dict.js'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
 
@@ -141,10 +142,18 @@ const projectionMemo = new WeakMap<object, string>()
 export function sectionHash(section: ViciSection): string {
   let h = hashMemo.get(section)
   if (h === undefined) {
-    h = createHash('sha256').update(stableJson(section)).digest('hex').slice(0, 16)
+    h = hex64(createHash('sha256').update(stableJson(section)))
     hashMemo.set(section, h)
   }
   return h
+}
+
+/**
+ * The first 64 bits of a digest in hex, as a string of its own: `digest('hex').slice(0, 16)` is a slice that keeps
+ * the whole 64-character digest alive (88 B more per memo entry, three per peer).
+ */
+function hex64(h: Hash): string {
+  return h.digest().toString('hex', 0, 8)
 }
 
 function memoProjection<T extends object>(obj: T, project: (o: T) => Projection): string {
@@ -166,7 +175,7 @@ export function projectionHash(p: Projection): string {
     const c = p.children[name]!
     return [name, c.localTs, c.remoteTs, c.dpdAction]
   })
-  return createHash('sha256').update(JSON.stringify([p.remoteAddrs, p.dpdDelay, p.localId, p.remoteId, children])).digest('hex').slice(0, 16)
+  return hex64(createHash('sha256').update(JSON.stringify([p.remoteAddrs, p.dpdDelay, p.localId, p.remoteId, children])))
 }
 
 function stableJson(v: unknown): string {
@@ -270,7 +279,7 @@ export interface Projection {
 export function projectDesired(s: ViciSection): Projection {
   const local = asRecord(s.local) ?? {}
   const remote = asRecord(s.remote) ?? {}
-  const children: Projection['children'] = {}
+  const children: Projection['children'] = dict()
   for (const [name, c] of Object.entries(asRecord(s.children) ?? {})) {
     const child = asRecord(c) ?? {}
     children[name] = { localTs: asList(child.local_ts), remoteTs: asList(child.remote_ts), dpdAction: action(asString(child.dpd_action)) }
@@ -291,7 +300,7 @@ export function projectListed(l: ListedConn): Projection {
     const key = Object.keys(l).find((k) => k.startsWith(`${prefix}-`) && asRecord(l[k]))
     return key ? asRecord(l[key])! : {}
   }
-  const children: Projection['children'] = {}
+  const children: Projection['children'] = dict()
   for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
     const child = asRecord(c) ?? {}
     children[name] = { localTs: asList(child['local-ts']), remoteTs: asList(child['remote-ts']), dpdAction: action(asString(child.dpd_action)) }
@@ -445,7 +454,7 @@ export function compactListed(l: ListedConn, lists?: ListInterner): ListedConn {
     const id = key ? asRecord(l[key])!.id : undefined
     return id === undefined ? {} : { id }
   }
-  const children: Record<string, unknown> = {}
+  const children: Record<string, unknown> = dict()
   for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
     const child = asRecord(c) ?? {}
     children[name] = { 'local-ts': keptList(child['local-ts'], lists), 'remote-ts': keptList(child['remote-ts'], lists), dpd_action: child.dpd_action }
@@ -482,7 +491,7 @@ function keptList(v: unknown, lists: ListInterner | undefined): unknown {
 
 /** What `list-conns` will show for a section we just loaded (the projection's fields), for the cached listing. */
 export function listedFromSection(section: ViciSection): ListedConn {
-  const children: Record<string, unknown> = {}
+  const children: Record<string, unknown> = dict()
   for (const [name, c] of Object.entries((section.children ?? {}) as Record<string, ViciSection>)) {
     children[name] = { 'local-ts': c.local_ts, 'remote-ts': c.remote_ts, dpd_action: c.dpd_action }
   }
