@@ -452,24 +452,35 @@ export function compactListed(l: ListedConn, lists?: ListInterner): ListedConn {
   const auth = (prefix: string): Record<string, unknown> => {
     const key = Object.keys(l).find((k) => k.startsWith(`${prefix}-`) && asRecord(l[k]))
     const id = key ? asRecord(l[key])!.id : undefined
-    return id === undefined ? {} : { id }
+    return id === undefined ? {} : { id: keptString(id, lists) }
   }
   const children: Record<string, unknown> = dict()
   for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
     const child = asRecord(c) ?? {}
-    children[name] = { 'local-ts': keptList(child['local-ts'], lists), 'remote-ts': keptList(child['remote-ts'], lists), dpd_action: child.dpd_action }
+    children[name] = { 'local-ts': keptList(child['local-ts'], lists), 'remote-ts': keptList(child['remote-ts'], lists), dpd_action: keptString(child.dpd_action, lists) }
   }
   const out: ListedConn = { 'local-1': auth('local'), 'remote-1': auth('remote'), children }
   if (l.remote_addrs !== undefined) out.remote_addrs = keptList(l.remote_addrs, lists)
-  if (l.dpd_delay !== undefined) out.dpd_delay = l.dpd_delay
+  if (l.dpd_delay !== undefined) out.dpd_delay = keptString(l.dpd_delay, lists)
   return out
 }
 
 /**
- * Equal lists of strings of one listing, kept once (a connector's 10,000 connections list the same local
- * selectors). Made per listing by the port, so it holds nothing once the listing is replaced.
+ * Equal lists of strings and equal strings of one listing, kept once, by their JSON text (a connector's 10,000
+ * connections list the same local selectors, the same local identity and DPD actions). Made per listing by the
+ * port, so it holds nothing once the listing is replaced.
  */
-export type ListInterner = Map<string, unknown[]>
+export type ListInterner = Map<string, unknown>
+
+/** A listed string as it is kept: the listing's equal string (decoded strings are a copy each), else itself. */
+function keptString(v: unknown, lists: ListInterner | undefined): unknown {
+  if (typeof v !== 'string' || !lists) return v
+  const key = JSON.stringify(v)
+  const kept = lists.get(key)
+  if (kept !== undefined) return kept
+  lists.set(key, v)
+  return v
+}
 
 /**
  * A listed list as it is kept: a copy of exactly its length (the decoder's lists are grown element by element and
@@ -480,7 +491,7 @@ function keptList(v: unknown, lists: ListInterner | undefined): unknown {
   if (!Array.isArray(v)) return v
   if (lists && v.every((x) => typeof x === 'string')) {
     const key = JSON.stringify(v)
-    const kept = lists.get(key)
+    const kept = lists.get(key) as unknown[] | undefined
     if (kept && kept.length === v.length) return kept
     const copy = v.slice()
     lists.set(key, copy)
