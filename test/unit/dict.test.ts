@@ -16,8 +16,10 @@ t.test('a dict enumerates like an object and holds any name as data', async (t) 
   const d = dict<number>()
   d['b-p2p'] = 1
   d['a-n2p'] = 2
-  d.__proto__ = 3
-  d.constructor = 4
+  // (Names as data: TypeScript types these two as Object's members, so through a string-typed key.)
+  const [proto, ctor] = ['__proto__', 'constructor'] as string[]
+  d[proto!] = 3
+  d[ctor!] = 4
   t.same(Object.keys(d), ['b-p2p', 'a-n2p', '__proto__', 'constructor'], 'insertion order, names as keys')
   t.equal(JSON.stringify(d), '{"b-p2p":1,"a-n2p":2,"__proto__":3,"constructor":4}')
   t.same(d, { 'b-p2p': 1, 'a-n2p': 2, ['__proto__']: 3, constructor: 4 })
