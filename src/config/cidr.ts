@@ -31,7 +31,8 @@ function fromParts(addr: ipaddr.IPv4 | ipaddr.IPv6, prefix: number): Cidr {
   const net = maskBytes(bytes, prefix)
   const hadHostBits = net.some((b, i) => b !== bytes[i])
   const netAddr = family === 4 ? new ipaddr.IPv4(net) : new ipaddr.IPv6(net)
-  return { text: `${netAddr.toString()}/${prefix}`, family, bytes: net, prefix, hadHostBits }
+  // join builds one flat string; a template of 13 characters or more is a rope of two (kept for every peer's subnet).
+  return { text: [netAddr.toString(), prefix].join('/'), family, bytes: net, prefix, hadHostBits }
 }
 
 const IPV4_STRICT = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/

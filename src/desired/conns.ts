@@ -5,6 +5,7 @@
 // (plain code-unit order, e.g. "beijing.connector" < "shanghai.connector") initiates; the other only responds.
 // Both sides compute the same answer from their own configs, so exactly one side initiates and no duplicate
 // CHILD_SAs are created (FabEdge lets both initiate). Both sides still load `remote_addrs`.
+import { dict } from '../dict.js'
 import { childNames, MEDIATOR_CONN } from '../fabedge.js'
 import type { Endpoint, PeerEndpoint, TunnelConfig } from '../config/schema.js'
 import type { DesiredOptions, Role, ViciSection } from './types.js'
@@ -63,7 +64,7 @@ function dpd(section: ViciSection, opts: DesiredOptions): void {
 function children(local: Endpoint, peer: Endpoint, conn: string, initiator: boolean): ViciSection {
   const names = childNames(conn)
   const dpdAction = initiator ? 'trap' : 'clear'
-  const out: ViciSection = {}
+  const out: ViciSection = dict()
   const add = (name: string, localTs: string[], remoteTs: string[]): void => {
     // An empty selector list would make strongSwan fall back to `dynamic` (the IKE address): leave the child out.
     if (localTs.length === 0 || remoteTs.length === 0) return
@@ -133,9 +134,9 @@ export interface DesiredConns {
 }
 
 export function desiredConns(config: TunnelConfig, opts: DesiredOptions): DesiredConns {
-  const conns: Record<string, ViciSection> = {}
+  const conns = dict<ViciSection>()
   const initiate: string[] = []
-  const initiateChildren: Record<string, string[]> = {}
+  const initiateChildren = dict<string[]>()
   if (config.mediator) {
     conns[MEDIATOR_CONN] = mediatorConn(config, config.mediator, opts)
     // Edges register with the mediator before any mediated connection can be set up.

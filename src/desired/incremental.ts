@@ -14,6 +14,7 @@
 import { cidrFamily, sortCidrs } from '../config/cidr.js'
 import type { PeerEndpoint, TunnelConfig } from '../config/schema.js'
 import { IPSET, ipsetName, ROUTE_TABLE, RTPROT_FABTUNNEL, type Family } from '../fabedge.js'
+import { dict } from '../dict.js'
 import { initiatesTo, peerConn, roleOf } from './conns.js'
 import { nodeDesired, type NodeDesiredOptions } from './index.js'
 import type { Desired, DesiredRoute, Role, ViciSection } from './types.js'
@@ -172,7 +173,7 @@ export class DesiredBuilder {
     let initiateChildren = prev.desired.initiateChildren
     if (initiating.size || addedParts.some(([, p]) => p.initiate)) {
       initiate = initiate.filter((n) => !initiating.has(n))
-      initiateChildren = { ...initiateChildren }
+      initiateChildren = Object.assign(dict<string[]>(), initiateChildren)
       for (const n of initiating) delete initiateChildren[n]
     }
     for (const [peer, part] of addedParts) {
@@ -254,6 +255,7 @@ export class DesiredBuilder {
       if (via) route.via = via
       return route
     })
+    // Kept per peer: copied at exactly its length below (pushed, it carries spare capacity: 152 B for 4 entries).
     const members: string[] = []
     const put = (base: string, cidrs: readonly string[]): void => {
       for (const c of cidrs) members.push(ipsetName(base, cidrFamily(c)), c)
@@ -264,7 +266,7 @@ export class DesiredBuilder {
     } else {
       put(IPSET.remoteCidr, [...peer.subnets, ...peer.nodeSubnets])
     }
-    return { peer, name: peer.name, type: peer.type, families: familiesOf([...peer.subnets, ...peer.nodeSubnets]), section: s, initiate: initiatesTo(config, peer) && kids.length ? kids : null, routes, members }
+    return { peer, name: peer.name, type: peer.type, families: familiesOf([...peer.subnets, ...peer.nodeSubnets]), section: s, initiate: initiatesTo(config, peer) && kids.length ? kids : null, routes, members: members.slice() }
   }
 
   /**

@@ -122,6 +122,8 @@ export class Prober {
   /** The targets of the last update (the same object: the config did not change). */
   private lastTargets: ReadonlyMap<string, TargetChoice> | null = null
   private readonly bySeq = new Map<number, string>()
+  /** gaugeRows()' rows, reused. */
+  private readonly rows: ProbeGaugeRow[] = []
   private nextSeq = 1
   private readonly schedule: ProbeSchedule
   private readonly recentRepairs: number[] = []
@@ -329,14 +331,30 @@ export class Prober {
     })
   }
 
-  /** The per-peer gauges' values (read at scrape time). */
+  /**
+   * The per-peer gauges' values (read at scrape time), valid until the next call: the rows are refilled in place.
+   * A scrape reads them once per per-peer gauge (three times); 10,000 new rows each time, alive across the
+   * gauge's refill, were promoted to the old generation at every scrape (~1.4 MB at 10,000 peers).
+   */
   gaugeRows(): ProbeGaugeRow[] {
-    const out: ProbeGaugeRow[] = []
+    const rows = this.rows
+    if (rows.length > this.peers.size) rows.length = this.peers.size
+    let i = 0
     for (const [name, e] of this.peers) {
       const last = e.probe.lastRttMs
-      out.push({ name, datapath: e.probe.state, rttLast: last === null ? null : last / 1000, lossRatio: e.probe.lossRatio() })
+      const rttLast = last === null ? null : last / 1000
+      const lossRatio = e.probe.lossRatio()
+      const r = rows[i]
+      if (r === undefined) rows.push({ name, datapath: e.probe.state, rttLast, lossRatio })
+      else {
+        r.name = name
+        r.datapath = e.probe.state
+        r.rttLast = rttLast
+        r.lossRatio = lossRatio
+      }
+      i++
     }
-    return out
+    return rows
   }
 
   status(): ProberStatus {

@@ -61,7 +61,56 @@ function isUnreachableGateway(err: NetlinkError): boolean {
 const listed = (dsts: string[]): string => dsts.length > 10 ? `${dsts.slice(0, 10).join(', ')} and ${dsts.length - 10} more` : dsts.join(', ')
 
 /** The kernel's key of a route in one table: destination and metric. */
-const slot = (r: { dst: string; metric?: number }): string => `${r.dst}|${r.metric ?? 0}`
+const metricOf = (r: { metric?: number }): number => r.metric ?? 0
+
+/**
+ * Table 220 by destination: its route, or its routes of different metrics (a route's slot is its destination and
+ * metric). A destination's single route is held as it is, not in a map of its own (~190 B less per route).
+ */
+export class RouteMirror {
+  private readonly byDst = new Map<string, Route | Route[]>()
+
+  /** The routes of a destination, in the order they were first set. */
+  routes(dst: string): readonly Route[] {
+    const v = this.byDst.get(dst)
+    return v === undefined ? [] : Array.isArray(v) ? v : [v]
+  }
+
+  /** Every route. */
+  *all(): IterableIterator<Route> {
+    for (const v of this.byDst.values()) {
+      if (Array.isArray(v)) yield* v
+      else yield v
+    }
+  }
+
+  /** Sets the route of its slot (replacing the one there). */
+  set(route: Route): void {
+    const v = this.byDst.get(route.dst)
+    const m = metricOf(route)
+    if (v === undefined || (!Array.isArray(v) && metricOf(v) === m)) this.byDst.set(route.dst, route)
+    else if (!Array.isArray(v)) this.byDst.set(route.dst, [v, route])
+    else {
+      const i = v.findIndex((x) => metricOf(x) === m)
+      if (i === -1) v.push(route)
+      else v[i] = route
+    }
+  }
+
+  /** Removes the route of a slot, if there. */
+  delete(route: { dst: string; metric?: number }): void {
+    const v = this.byDst.get(route.dst)
+    if (v === undefined) return
+    const m = metricOf(route)
+    if (!Array.isArray(v)) {
+      if (metricOf(v) === m) this.byDst.delete(route.dst)
+      return
+    }
+    const rest = v.filter((x) => metricOf(x) !== m)
+    if (rest.length === 0) this.byDst.delete(route.dst)
+    else this.byDst.set(route.dst, rest.length === 1 ? rest[0]! : rest)
+  }
+}
 
 export class RoutesSubsystem implements Subsystem<RoutesPlan> {
   readonly name = 'routes' as const
@@ -72,7 +121,7 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
    * destinations against it without listing the table (10,000 routes). null: list again. Whatever changes
    * table 220 without a notification reaching us is found by the next full plan (a deep pass).
    */
-  private mirror: Map<string, Map<string, Route>> | null = null
+  private mirror: RouteMirror | null = null
 
   constructor(private readonly port: RoutesPort, private readonly log: Logger) {}
 
@@ -101,14 +150,8 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
       return
     }
     if (route.table !== ROUTE_TABLE || !this.mirror) return
-    let at = this.mirror.get(route.dst)
-    if (action === 'new') {
-      if (!at) this.mirror.set(route.dst, (at = new Map()))
-      at.set(slot(route), route)
-    } else if (at) {
-      at.delete(slot(route))
-      if (at.size === 0) this.mirror.delete(route.dst)
-    }
+    if (action === 'new') this.mirror.set(route)
+    else this.mirror.delete(route)
   }
 
   async plan(desired: Pick<Desired, 'routes' | 'rules' | 'index'>, ctx?: PassContext): Promise<RoutesPlan> {
@@ -116,12 +159,8 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     const unroutable = desired.routes.filter((r) => r.via === undefined)
     const held = new Set(unroutable.map((r) => r.dst))
     const observed = await this.port.listRoutes()
-    const mirror = new Map<string, Map<string, Route>>()
-    for (const r of observed) {
-      let at = mirror.get(r.dst)
-      if (!at) mirror.set(r.dst, (at = new Map()))
-      at.set(slot(r), r)
-    }
+    const mirror = new RouteMirror()
+    for (const r of observed) mirror.set(r)
     this.mirror = mirror
     const specs = desired.routes.filter((r) => r.via !== undefined).map((r) => ({ dst: r.dst, via: r.via!, table: r.table, protocol: r.protocol }))
     const plan = routePlan(specs, observed.filter((r) => !(r.protocol === RTPROT_FABTUNNEL && held.has(r.dst))), RTPROT_FABTUNNEL, { adopt: [RTPROT_FABEDGE_GO] })
@@ -163,7 +202,7 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     for (const dst of dsts) {
       const r = index.route(dst)
       if (r) wanted.push(r)
-      for (const o of this.mirror!.get(dst)?.values() ?? []) observed.push(o)
+      for (const o of this.mirror!.routes(dst)) observed.push(o)
     }
     const unroutable = wanted.filter((r) => r.via === undefined)
     const held = new Set(unroutable.map((r) => r.dst))
@@ -189,15 +228,12 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
   private mirrorApplied(op: RouteOp): void {
     if (!this.mirror) return
     const dst = op.route.dst
-    let at = this.mirror.get(dst)
     if (op.op === 'del') {
-      at?.delete(slot(op.route))
-      if (at?.size === 0) this.mirror.delete(dst)
+      this.mirror.delete(op.route)
       return
     }
-    if (!at) this.mirror.set(dst, (at = new Map()))
     const family: 4 | 6 = dst.includes(':') ? 6 : 4
-    at.set(slot(op.route), { family, dst, ...(op.route.via !== undefined ? { via: op.route.via } : {}), table: op.route.table ?? ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...(op.route.metric !== undefined ? { metric: op.route.metric } : {}), scope: 0, type: 1 })
+    this.mirror.set({ family, dst, ...(op.route.via !== undefined ? { via: op.route.via } : {}), table: op.route.table ?? ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ...(op.route.metric !== undefined ? { metric: op.route.metric } : {}), scope: 0, type: 1 })
   }
 
   /** Adds the rules and applies the route batch, then throws if anything failed or could not be routed. */
@@ -276,7 +312,7 @@ export class RoutesSubsystem implements Subsystem<RoutesPlan> {
     let own = this.last.routes
     if (this.mirror) {
       own = 0
-      for (const at of this.mirror.values()) for (const r of at.values()) if (r.protocol === RTPROT_FABTUNNEL) own++
+      for (const r of this.mirror.all()) if (r.protocol === RTPROT_FABTUNNEL) own++
     }
     return {
       table: ROUTE_TABLE, protocol: RTPROT_FABTUNNEL, ownRoutes: own, rulesPresent: this.last.rules, conflicts: this.last.conflicts,

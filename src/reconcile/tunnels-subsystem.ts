@@ -4,6 +4,7 @@
 // pure planTunnels; no side effects beyond caching what it observed and the status read model), then `apply`
 // (credentials, load-conn, terminate, asynchronous initiates, unload-conn; then the credentials we rotated away
 // from). SA events and reconnects trigger passes; backoff waits come back to the engine as `wakes`.
+import { dict } from '../dict.js'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
 import type { Logger } from '../log.js'
@@ -228,7 +229,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
     this.saState.settle(sas)
     const credentials = this.opts.credentials ? await this.credentials.observe(false) : NO_CREDENTIALS_CHANGE
     const pem = this.credentials.current?.certPem
-    const conns: Record<string, ViciSection> = {}
+    const conns = dict<ViciSection>()
     const observedConns = new Map<string, ListedConn>()
     for (const name of names) {
       const section = desired.conns[name]
@@ -298,7 +299,7 @@ export class TunnelsSubsystem implements Subsystem<TunnelsPlan> {
   private sectionsWithOwnCert(conns: Record<string, ViciSection>): Record<string, ViciSection> {
     const pem = this.credentials.current?.certPem
     if (!pem) return conns
-    const out: Record<string, ViciSection> = {}
+    const out = dict<ViciSection>()
     for (const [name, section] of Object.entries(conns)) out[name] = withLocalCert(section, pem)
     return out
   }

@@ -10,7 +10,8 @@
 // Ownership (isOwnConn): what we loaded into this charon instance, the mediator's name, FabEdge's child names, or
 // our own identity on a connection without any child. Connections loaded by anyone else are never unloaded or
 // terminated, also when they use our identity.
-import { createHash } from 'node:crypto'
+import { createHash, type Hash } from 'node:crypto'
+import { dict } from '../dict.js'
 import { MEDIATOR_CONN } from '../fabedge.js'
 import type { Desired, ViciSection } from '../desired/types.js'
 
@@ -141,10 +142,18 @@ const projectionMemo = new WeakMap<object, string>()
 export function sectionHash(section: ViciSection): string {
   let h = hashMemo.get(section)
   if (h === undefined) {
-    h = createHash('sha256').update(stableJson(section)).digest('hex').slice(0, 16)
+    h = hex64(createHash('sha256').update(stableJson(section)))
     hashMemo.set(section, h)
   }
   return h
+}
+
+/**
+ * The first 64 bits of a digest in hex, as a string of its own: `digest('hex').slice(0, 16)` is a slice that keeps
+ * the whole 64-character digest alive (88 B more per memo entry, three per peer).
+ */
+function hex64(h: Hash): string {
+  return h.digest().toString('hex', 0, 8)
 }
 
 function memoProjection<T extends object>(obj: T, project: (o: T) => Projection): string {
@@ -166,7 +175,7 @@ export function projectionHash(p: Projection): string {
     const c = p.children[name]!
     return [name, c.localTs, c.remoteTs, c.dpdAction]
   })
-  return createHash('sha256').update(JSON.stringify([p.remoteAddrs, p.dpdDelay, p.localId, p.remoteId, children])).digest('hex').slice(0, 16)
+  return hex64(createHash('sha256').update(JSON.stringify([p.remoteAddrs, p.dpdDelay, p.localId, p.remoteId, children])))
 }
 
 function stableJson(v: unknown): string {
@@ -270,7 +279,7 @@ export interface Projection {
 export function projectDesired(s: ViciSection): Projection {
   const local = asRecord(s.local) ?? {}
   const remote = asRecord(s.remote) ?? {}
-  const children: Projection['children'] = {}
+  const children: Projection['children'] = dict()
   for (const [name, c] of Object.entries(asRecord(s.children) ?? {})) {
     const child = asRecord(c) ?? {}
     children[name] = { localTs: asList(child.local_ts), remoteTs: asList(child.remote_ts), dpdAction: action(asString(child.dpd_action)) }
@@ -291,7 +300,7 @@ export function projectListed(l: ListedConn): Projection {
     const key = Object.keys(l).find((k) => k.startsWith(`${prefix}-`) && asRecord(l[k]))
     return key ? asRecord(l[key])! : {}
   }
-  const children: Projection['children'] = {}
+  const children: Projection['children'] = dict()
   for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
     const child = asRecord(c) ?? {}
     children[name] = { localTs: asList(child['local-ts']), remoteTs: asList(child['remote-ts']), dpdAction: action(asString(child.dpd_action)) }
@@ -443,24 +452,35 @@ export function compactListed(l: ListedConn, lists?: ListInterner): ListedConn {
   const auth = (prefix: string): Record<string, unknown> => {
     const key = Object.keys(l).find((k) => k.startsWith(`${prefix}-`) && asRecord(l[k]))
     const id = key ? asRecord(l[key])!.id : undefined
-    return id === undefined ? {} : { id }
+    return id === undefined ? {} : { id: keptString(id, lists) }
   }
-  const children: Record<string, unknown> = {}
+  const children: Record<string, unknown> = dict()
   for (const [name, c] of Object.entries(asRecord(l.children) ?? {})) {
     const child = asRecord(c) ?? {}
-    children[name] = { 'local-ts': keptList(child['local-ts'], lists), 'remote-ts': keptList(child['remote-ts'], lists), dpd_action: child.dpd_action }
+    children[name] = { 'local-ts': keptList(child['local-ts'], lists), 'remote-ts': keptList(child['remote-ts'], lists), dpd_action: keptString(child.dpd_action, lists) }
   }
   const out: ListedConn = { 'local-1': auth('local'), 'remote-1': auth('remote'), children }
   if (l.remote_addrs !== undefined) out.remote_addrs = keptList(l.remote_addrs, lists)
-  if (l.dpd_delay !== undefined) out.dpd_delay = l.dpd_delay
+  if (l.dpd_delay !== undefined) out.dpd_delay = keptString(l.dpd_delay, lists)
   return out
 }
 
 /**
- * Equal lists of strings of one listing, kept once (a connector's 10,000 connections list the same local
- * selectors). Made per listing by the port, so it holds nothing once the listing is replaced.
+ * Equal lists of strings and equal strings of one listing, kept once, by their JSON text (a connector's 10,000
+ * connections list the same local selectors, the same local identity and DPD actions). Made per listing by the
+ * port, so it holds nothing once the listing is replaced.
  */
-export type ListInterner = Map<string, unknown[]>
+export type ListInterner = Map<string, unknown>
+
+/** A listed string as it is kept: the listing's equal string (decoded strings are a copy each), else itself. */
+function keptString(v: unknown, lists: ListInterner | undefined): unknown {
+  if (typeof v !== 'string' || !lists) return v
+  const key = JSON.stringify(v)
+  const kept = lists.get(key)
+  if (kept !== undefined) return kept
+  lists.set(key, v)
+  return v
+}
 
 /**
  * A listed list as it is kept: a copy of exactly its length (the decoder's lists are grown element by element and
@@ -471,7 +491,7 @@ function keptList(v: unknown, lists: ListInterner | undefined): unknown {
   if (!Array.isArray(v)) return v
   if (lists && v.every((x) => typeof x === 'string')) {
     const key = JSON.stringify(v)
-    const kept = lists.get(key)
+    const kept = lists.get(key) as unknown[] | undefined
     if (kept && kept.length === v.length) return kept
     const copy = v.slice()
     lists.set(key, copy)
@@ -482,7 +502,7 @@ function keptList(v: unknown, lists: ListInterner | undefined): unknown {
 
 /** What `list-conns` will show for a section we just loaded (the projection's fields), for the cached listing. */
 export function listedFromSection(section: ViciSection): ListedConn {
-  const children: Record<string, unknown> = {}
+  const children: Record<string, unknown> = dict()
   for (const [name, c] of Object.entries((section.children ?? {}) as Record<string, ViciSection>)) {
     children[name] = { 'local-ts': c.local_ts, 'remote-ts': c.remote_ts, dpd_action: c.dpd_action }
   }

@@ -3,6 +3,7 @@
 // "Packet layer" and "Message format"; the limits charon enforces beyond the README are cited where checked.
 // Every malformed, truncated or oversized input becomes a ViciError ('malformed' or 'frame-too-large'); nothing
 // here allocates more than the frame it was given. The encoder refuses ('invalid') what charon would not parse.
+import { dict } from '../dict.js'
 import { ViciError } from './errors.js'
 
 /** A decoded message value: a string (or Buffer in binary mode), a list, or a nested section. */
@@ -255,7 +256,9 @@ function setKey(obj: ViciMessage, key: string, v: ViciValue): void {
 export function decodeMessage(buf: Buffer, opts: DecodeOptions = {}): ViciMessage {
   const maxDepth = opts.maxDepth ?? DEFAULT_MAX_DEPTH
   const asBuffer = opts.buffers === true
-  const root: ViciMessage = {}
+  // The message's own keys are names in events and listings (a connection, an IKE_SA), as are those of the
+  // `children` and `child-sas` sections: those are records in dictionary mode (src/dict.ts), the rest plain objects.
+  const root: ViciMessage = dict()
   const stack: ViciMessage[] = [root]
   let list: Array<string | Buffer> | null = null
   let pos = 0
@@ -288,7 +291,7 @@ export function decodeMessage(buf: Buffer, opts: DecodeOptions = {}): ViciMessag
       case ELEMENT_TYPES.SECTION_START: {
         const name = readName()
         if (stack.length > maxDepth) throw malformed(`sections nested deeper than ${maxDepth}`, at)
-        const sec: ViciMessage = {}
+        const sec: ViciMessage = name === 'children' || name === 'child-sas' ? dict() : {}
         setKey(current, name, sec)
         stack.push(sec)
         break

@@ -5,6 +5,7 @@
 import type { ViciInput, ViciMessage, ViciValue } from './codec.js'
 import { ViciClient, type ViciClientOptions } from './client.js'
 import { ViciError } from './errors.js'
+import { dict } from '../dict.js'
 
 export interface ViciVersion {
   daemon: string
@@ -246,7 +247,11 @@ export class Vici {
 
   /** `swanctl --load-conns` for one connection: loads or replaces `name` with its swanctl.conf-shaped section. */
   async loadConn(name: string, conn: ViciInput): Promise<void> {
-    await this.client.call('load-conn', { [name]: conn })
+    // A record keyed by the name (src/dict.ts): a literal with a computed key is a plain object, which would add
+    // a hidden-class transition per connection name.
+    const msg = dict<ViciInput>()
+    msg[name] = conn
+    await this.client.call('load-conn', msg)
   }
 
   /** `swanctl --unload-conn`-like (swanctl unloads implicitly): `unload-conn { name }`. */
@@ -337,7 +342,9 @@ export class Vici {
 
   /** `swanctl --load-authorities` for one authority section (e.g. `{ cacert: <PEM> }`). */
   async loadAuthority(name: string, authority: ViciInput): Promise<void> {
-    await this.client.call('load-authority', { [name]: authority })
+    const msg = dict<ViciInput>()
+    msg[name] = authority
+    await this.client.call('load-authority', msg)
   }
 
   async unloadAuthority(name: string): Promise<void> {

@@ -72,3 +72,44 @@ t.test('RTT stats and loss ratio cover the last WINDOW probes', async (t) => {
   t.equal(p.rtt()!.samples, WINDOW)
   t.equal(p.rtt()!.max, 0.002)
 })
+
+t.test('loss ratio and losses in a row over a random walk equal those of the list of the last WINDOW results', async (t) => {
+  let seed = 11
+  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n)
+  const q = new PeerProbe(5, 0)
+  // The model: every result in order (true: answered, false: lost).
+  const list: boolean[] = []
+  let outstanding = false
+  const seen = new Set<string>()
+  for (let step = 0; step < 2000; step++) {
+    // Runs of mostly answers and of mostly losses, so the window is all losses, all answers and mixed.
+    const answer = step % 400 < 150 ? rnd(30) !== 0 : step % 400 < 300 ? rnd(2) === 0 : false
+    if (rnd(25) === 0) {
+      // Not sent: an outstanding probe is lost, and so is this one.
+      if (outstanding) list.push(false)
+      list.push(false)
+      outstanding = false
+      q.onSendFailed(step)
+    } else {
+      if (outstanding) list.push(false)
+      q.onSent(step + 1, step)
+      outstanding = true
+      if (answer) {
+        q.onReply(step + 1, step + 0.5)
+        list.push(true)
+        outstanding = false
+      }
+    }
+    const window = list.slice(-WINDOW)
+    const want = window.length ? window.filter((x) => !x).length / window.length : null
+    let run = 0
+    for (let i = list.length - 1; i >= 0 && !list[i]; i--) run++
+    if (q.lossRatio() !== want || q.consecutiveLosses !== run) {
+      t.fail(`step ${step}: loss ratio ${q.lossRatio()} (want ${want}), losses in a row ${q.consecutiveLosses} (want ${run})`)
+      return
+    }
+    if (window.length === WINDOW) seen.add(want === 1 ? 'all lost' : want === 0 ? 'none lost' : 'mixed')
+  }
+  t.same([...seen].sort(), ['all lost', 'mixed', 'none lost'], 'the window was all losses, all answers and mixed')
+  t.pass('2,000 steps: the same loss ratio and losses in a row as the list of the last WINDOW results')
+})

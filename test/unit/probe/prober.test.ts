@@ -261,3 +261,22 @@ t.test('membership: a removed peer loses its series; a changed pair starts afres
   t.same(r.prober.status().peers.map((p) => p.name), ['a'])
   t.throws(() => new Prober({ intervalMs: 1000, downAfter: 0, maxRate: 1, repair: true }, { port: r.port, log: createLogger('silent'), metrics: { rtt: () => undefined, repaired: () => undefined }, now: () => 0, repairs: { reestablish: async () => 0 } }), RangeError)
 })
+
+t.test('gauge rows: refilled in place on every read, following the peers and their state', async (t) => {
+  const r = rig()
+  r.prober.update(targets({ a: ['10.81.2.1'], b: ['10.81.3.1'], c: ['10.81.4.1'] }), tun({ a: UP_INIT, b: UP_INIT, c: UP_INIT }))
+  const first = r.prober.gaugeRows()
+  t.same(first.map((x) => [x.name, x.datapath, x.rttLast, x.lossRatio]), [['a', 'unknown', null, null], ['b', 'unknown', null, null], ['c', 'unknown', null, null]])
+  const rowA = first[0]
+  await r.run(2_000, new Set(['10.81.2.1', '10.81.4.1']))
+  const second = r.prober.gaugeRows()
+  t.equal(second, first, 'the same array')
+  t.equal(second[0], rowA, 'the same row objects')
+  t.same(second.map((x) => [x.name, x.datapath, x.rttLast]), [['a', 'up', 0.002], ['b', 'unknown', null], ['c', 'up', 0.002]])
+  t.equal(second[1]!.lossRatio, 1, 'b: every probe lost')
+  t.equal(second[0]!.lossRatio, 0)
+  r.prober.update(targets({ c: ['10.81.4.1'] }), tun({ c: UP_INIT }))
+  t.same(r.prober.gaugeRows().map((x) => [x.name, x.datapath]), [['c', 'up']], 'peers removed: the rows shrink to the peers left')
+  r.prober.update(targets({ c: ['10.81.4.1'], d: ['10.81.5.1'] }), tun({ c: UP_INIT, d: UP_INIT }))
+  t.same(r.prober.gaugeRows().map((x) => [x.name, x.datapath, x.lossRatio]), [['c', 'up', 0], ['d', 'unknown', null]], 'and grow again')
+})

@@ -5,7 +5,7 @@ import type { Desired, DesiredRoute, DesiredRule } from '../../../src/desired/ty
 import type { Family } from '../../../src/fabedge.js'
 import { createLogger } from '../../../src/log.js'
 import { NetlinkError, type Route, type RouteOp, type RouteResult, type Rule, type RuleResult, type RuleSpec } from '../../../src/netlink/index.js'
-import { RoutesSubsystem, type RoutesPort } from '../../../src/reconcile/routes.js'
+import { RouteMirror, RoutesSubsystem, type RoutesPort } from '../../../src/reconcile/routes.js'
 import { passContext } from '../../../src/reconcile/subsystem.js'
 
 const CTX = passContext(['verify'])
@@ -264,4 +264,60 @@ t.test('cloud: a new connector address moves every route of its family (replace,
   t.same(moved.describe().filter((l) => l.startsWith('ip route')), ['ip route replace 10.1.0.0/16 via 192.0.2.10 table 220 proto 220'])
   await s.apply(moved)
   t.same(port.routes.map((r) => [r.dst, r.via]), [['10.1.0.0/16', '192.0.2.10']])
+})
+
+t.test('RouteMirror: one route per destination held as it is, several metrics in first-set order, the same as a map of slots', (t) => {
+  const r = (dst: string, metric?: number, via = '10.0.0.1'): Route =>
+    ({ family: family(dst), dst, via, table: 220, protocol: 220, scope: 0, type: 1, ...(metric === undefined ? {} : { metric }) }) as Route
+  const m = new RouteMirror()
+  t.same(m.routes('10.1.0.0/24'), [], 'nothing for an unknown destination')
+  m.set(r('10.1.0.0/24'))
+  m.set(r('10.1.0.0/24', 0, '10.0.0.2'))
+  t.same(m.routes('10.1.0.0/24').map((x) => x.via), ['10.0.0.2'], 'metric 0 and no metric are one slot: replaced')
+  m.set(r('10.1.0.0/24', 5))
+  m.set(r('10.1.0.0/24', 7))
+  m.set(r('10.1.0.0/24', 5, '10.0.0.9'))
+  t.same(m.routes('10.1.0.0/24').map((x) => [x.metric ?? 0, x.via]), [[0, '10.0.0.2'], [5, '10.0.0.9'], [7, '10.0.0.1']], 'a replaced slot keeps its place')
+  m.delete({ dst: '10.1.0.0/24' })
+  t.same(m.routes('10.1.0.0/24').map((x) => x.metric), [5, 7])
+  m.delete({ dst: '10.1.0.0/24', metric: 7 })
+  t.same(m.routes('10.1.0.0/24').map((x) => x.metric), [5], 'back to one route')
+  m.delete({ dst: '10.1.0.0/24', metric: 9 })
+  t.same(m.routes('10.1.0.0/24').map((x) => x.metric), [5], 'deleting an absent slot changes nothing')
+  m.set(r('fd00::/64'))
+  t.same([...m.all()].map((x) => x.dst), ['10.1.0.0/24', 'fd00::/64'])
+  m.delete({ dst: '10.1.0.0/24', metric: 5 })
+  m.delete({ dst: 'fd00::/64', metric: 3 })
+  t.same([...m.all()].map((x) => x.dst), ['fd00::/64'], 'a route of another metric is not deleted')
+  m.delete({ dst: 'fd00::/64' })
+  t.same([...m.all()], [], 'empty')
+
+  // A random walk against the map of slots it replaces.
+  let seed = 7
+  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n)
+  const ref = new Map<string, Map<number, Route>>()
+  const mm = new RouteMirror()
+  for (let i = 0; i < 3000; i++) {
+    const dst = `10.${rnd(3)}.0.0/24`
+    const metric = rnd(3) === 0 ? undefined : rnd(3)
+    if (rnd(2) === 0) {
+      const x = r(dst, metric, `10.0.0.${i % 250}`)
+      mm.set(x)
+      let at = ref.get(dst)
+      if (!at) ref.set(dst, (at = new Map()))
+      at.set(metric ?? 0, x)
+    } else {
+      mm.delete({ dst, ...(metric === undefined ? {} : { metric }) })
+      ref.get(dst)?.delete(metric ?? 0)
+      if (ref.get(dst)?.size === 0) ref.delete(dst)
+    }
+    for (const d of ['10.0.0.0/24', '10.1.0.0/24', '10.2.0.0/24']) {
+      if (mm.routes(d).length !== (ref.get(d)?.size ?? 0) || mm.routes(d).some((x, k) => x !== [...(ref.get(d)?.values() ?? [])][k])) {
+        t.fail(`step ${i}: ${d} differs`)
+        return t.end()
+      }
+    }
+  }
+  t.pass('3,000 random sets and deletes: the same routes in the same order as the map of slots')
+  t.end()
 })

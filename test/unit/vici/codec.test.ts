@@ -108,9 +108,15 @@ t.test('round trip of a swanctl-shaped connection', async (t) => {
 
 t.test('a key named __proto__ is data, not a prototype', async (t) => {
   const m = decodeMessage(encodeMessage(JSON.parse('{"__proto__": {"polluted": "yes"}}')))
-  t.equal(Object.getPrototypeOf(m), Object.prototype)
+  // The message is a record keyed by names (src/dict.ts): no prototype at all, so none to replace.
+  t.equal(Object.getPrototypeOf(m), null)
   t.equal(({} as Record<string, unknown>).polluted, undefined)
   t.same(Object.keys(m), ['__proto__'])
+  t.same(m.__proto__, { polluted: 'yes' }, 'the key holds the data')
+  const s = decodeMessage(encodeMessage({ conn: { 'children': JSON.parse('{"__proto__": {"x": "1"}}'), 'local-1': JSON.parse('{"__proto__": {"y": "2"}}') } })).conn as Record<string, Record<string, unknown>>
+  t.same(Object.keys(s.children!), ['__proto__'], 'a children section (a record)')
+  t.equal(Object.getPrototypeOf(s['local-1']), Object.prototype, 'a plain section keeps its prototype')
+  t.same(Object.keys(s['local-1']!), ['__proto__'], 'and the key as data')
 })
 
 t.test('encoder refuses what the wire cannot carry', async (t) => {
