@@ -14,6 +14,7 @@
 // +0.9 MiB RSS for the daemon's modules). So the executable's bundle is compiled under the default flags (its own
 // code cache is made under them at build time), the daemon's modules are loaded, the built-in modules Node itself
 // loads later on first use are loaded ahead (daemonBuiltins), and only then are the flags set.
+import { createRequire } from 'node:module'
 import { setFlagsFromString } from 'node:v8'
 
 export const YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1'
@@ -27,8 +28,13 @@ export const YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1'
  */
 export const DAEMON_LATE_BUILTINS: readonly string[] = ['node:cluster', 'node:dns', 'node:dgram', 'node:perf_hooks', 'node:child_process', 'node:net', 'node:http', 'node:process']
 
+/** A built-in module by name: `process.getBuiltinModule` from Node 20.16, `require` before it (engines: >=20). */
+function builtin(id: string): unknown {
+  return typeof process.getBuiltinModule === 'function' ? process.getBuiltinModule(id) : createRequire(import.meta.url)(id)
+}
+
 /** Loads the built-in modules named (see DAEMON_LATE_BUILTINS); returns how many it loaded. */
-export function preloadBuiltins(names: readonly string[] = DAEMON_LATE_BUILTINS, load: (id: string) => unknown = (id) => process.getBuiltinModule(id)): number {
+export function preloadBuiltins(names: readonly string[] = DAEMON_LATE_BUILTINS, load: (id: string) => unknown = builtin): number {
   let n = 0
   for (const id of names) if (load(id) !== undefined) n++
   return n

@@ -19,6 +19,12 @@ t.test('the built-in modules a daemon loads late are loaded ahead, each once', a
   t.same(loaded, ['node:a', 'node:b'])
   t.equal(preloadBuiltins(['node:none'], () => undefined), 0, 'a module Node does not have is not counted')
   t.equal(preloadBuiltins(), DAEMON_LATE_BUILTINS.length, 'this Node has every one of them')
+  // Node before 20.16 has no process.getBuiltinModule: require instead.
+  const own = process.getBuiltinModule
+  t.teardown(() => { process.getBuiltinModule = own })
+  ;(process as { getBuiltinModule?: unknown }).getBuiltinModule = undefined
+  t.equal(preloadBuiltins(['node:dgram', 'node:dns']), 2, 'without process.getBuiltinModule')
+  process.getBuiltinModule = own
 })
 
 // The real thing: set at run time (as the executable does, after V8 set its heap up), the flag keeps the new space
