@@ -13,7 +13,7 @@
 // V8 rejects it and each built-in module loaded later is compiled from its source (measured: +21 ms of CPU and
 // +0.9 MiB RSS for the daemon's modules). So the executable's bundle is compiled under the default flags (its own
 // code cache is made under them at build time), the daemon's modules are loaded, the built-in modules Node itself
-// loads later on first use are loaded ahead (daemonBuiltins), and only then are the flags set.
+// loads later on first use are loaded ahead (DAEMON_LATE_BUILTINS), and only then are the flags set.
 import { createRequire } from 'node:module'
 import { setFlagsFromString } from 'node:v8'
 
