@@ -11,6 +11,8 @@
 // Measured per run: CPU (utime+stime of every thread, /proc/<pid>/stat, 10 ms ticks) when the agent logs its first
 // error-free "pass done", then confirmed by GET /status saying ready; VmRSS and VmHWM at that moment; VmRSS again
 // after SETTLE_MS idle. charon is restarted between runs so every run is a cold start (nothing to adopt).
+// FT_FOOTPRINT_SMAPS=1: resident memory by kind of mapping after the settle; FT_FOOTPRINT_PAGES=1: the node binary's
+// resident pages by section and symbol, over an idle `node` (scripts/bench/binary-pages.ts).
 // FT_FOOTPRINT_HEAPSNAPSHOT=DIR: after the settle, the first run of each size also writes a heap snapshot there
 // (NODE_OPTIONS --heapsnapshot-signal, only in this mode) and prints what it holds (scripts/bench/heap-summary.ts).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -22,6 +24,7 @@ import { fileURLToPath } from 'node:url'
 import { Charon } from '../../test/harness/charon.js'
 import { Netns, teardownOnSignals } from '../../test/harness/netns.js'
 import { TestPki } from '../../test/harness/pki.js'
+import { binaryPages, formatDiff } from './binary-pages.js'
 import { summarise } from './heap-summary.js'
 
 // The package's bin (dist/cli.cjs). FT_FOOTPRINT_CLI: another build's executable (e.g. an older commit's
@@ -36,6 +39,7 @@ const VIA_NODE = process.env.FT_FOOTPRINT_VIA_NODE === '1'
 const SETTLE_MS = Number(process.env.FT_FOOTPRINT_SETTLE_MS ?? 3000)
 const HEAP_DIR = process.env.FT_FOOTPRINT_HEAPSNAPSHOT
 const SMAPS = process.env.FT_FOOTPRINT_SMAPS === '1'
+const PAGES = process.env.FT_FOOTPRINT_PAGES === '1'
 
 const edgeYaml = [
   'id: C=CN, O=fabedge.io, CN=bench.edge1', 'name: bench.edge1', 'publicAddresses:', '    - 172.21.0.2',
@@ -124,10 +128,22 @@ async function runOnce(args: string[], port: number, timeoutMs: number, heapLabe
     await new Promise((r) => setTimeout(r, SETTLE_MS))
     const settledRssMiB = kib(readFileSync(`/proc/${pid}/status`, 'utf8'), 'VmRSS') / 1024
     if (SMAPS) console.log(`smaps after ${SETTLE_MS / 1000} s (${heapLabel ?? 'run'}): ${smapsSummary(pid)}`)
+    if (PAGES) console.log(await binaryPagesVsIdleNode(pid))
     if (HEAP_DIR && heapLabel) await heapSnapshot(pid, HEAP_DIR, heapLabel)
     return { ...first, settledRssMiB }
   } finally {
     await stop(child)
+  }
+}
+
+/** FT_FOOTPRINT_PAGES=1: the node binary's resident pages in the agent, by section and symbol, over an idle `node`. */
+async function binaryPagesVsIdleNode(pid: number): Promise<string> {
+  const idle = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore', env: {} })
+  try {
+    await new Promise((r) => setTimeout(r, 1000))
+    return formatDiff(binaryPages(pid), binaryPages(idle.pid!))
+  } finally {
+    idle.kill('SIGKILL')
   }
 }
 
