@@ -1,6 +1,7 @@
 // Structured logging: pino JSON lines, one event per line, stable keys (`peer`, `conn`, `op`, `durationMs`, `err`).
 // Key material never reaches a log: anything under a key/secret/PEM-carrying path is redacted.
 import { pino, type Logger, type LevelWithSilent } from 'pino'
+import { isoTime } from './iso-time.js'
 
 export type { Logger }
 
@@ -22,7 +23,8 @@ export function createLogger(level: LevelWithSilent = 'info', fd = 2): Logger {
       level,
       base: { name: 'fabtunnel' },
       redact: { paths: REDACT, censor: '[redacted]' },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      // pino.stdTimeFunctions.isoTime's string, without Date's time zone set-up (src/iso-time.ts says why).
+      timestamp: () => `,"time":"${isoTime(Date.now())}"`,
     },
     pino.destination({ fd, sync: true }),
   )

@@ -19,6 +19,7 @@ import { PassEngine, type PassRecord } from '../reconcile/engine.js'
 import { PassScheduler } from '../reconcile/scheduler.js'
 import { passContext, type PassContext, type PassScope, type Subsystem, type SubsystemName, type SubsystemPlan } from '../reconcile/subsystem.js'
 import type { Metrics } from './metrics.js'
+import { isoTime } from '../iso-time.js'
 
 export interface AgentOptions {
   configPath: string
@@ -160,7 +161,7 @@ export class Agent {
       const missing = (err as NodeJS.ErrnoException).code === 'ENOENT'
       if (missing && this.config === null) {
         if (this.configState.rejected?.message !== 'config file does not exist yet') log.warn({ file: path }, 'config file does not exist yet; waiting for it')
-        this.configState.rejected = { at: new Date(this.now()).toISOString(), errors: [], message: 'config file does not exist yet' }
+        this.configState.rejected = { at: isoTime(this.now()), errors: [], message: 'config file does not exist yet' }
         return 'missing'
       }
       return this.reject(err instanceof ConfigError ? err : new ConfigError(missing ? 'ENOENT' : 'EREAD', path, [{ severity: 'error', path: '', line: null, column: null, message: `cannot read: ${(err as Error).message}` }], { cause: err }))
@@ -183,7 +184,7 @@ export class Agent {
       this.acceptedBytes = bytes
       this.hashLater(bytes)
       this.configState.generation++
-      this.configState.loadedAt = new Date(this.now()).toISOString()
+      this.configState.loadedAt = isoTime(this.now())
       this.configState.rejected = null
       this.configState.warnings = warnings
       metrics.configGeneration.set(this.configState.generation)
@@ -216,7 +217,7 @@ export class Agent {
     const { log, metrics } = this.opts
     metrics.configReloadErrors.inc()
     metrics.configValid.set(0)
-    this.configState.rejected = { at: new Date(this.now()).toISOString(), errors: err.errors, message: err.message }
+    this.configState.rejected = { at: isoTime(this.now()), errors: err.errors, message: err.message }
     log.error({ file: err.file, code: err.code, errors: err.errors.map((e) => `${e.line ?? '-'}:${e.path}: ${e.message}`) }, this.config ? 'config rejected; keeping the last good config' : 'config rejected; no good config yet')
     return 'rejected'
   }
@@ -390,7 +391,7 @@ export class Agent {
     if (scope) ctx = { ...ctx, scope }
     this.lastScope = scope ?? null
     if (!desired) {
-      this.lastPass = { startedAt: new Date(started).toISOString(), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
+      this.lastPass = { startedAt: isoTime(started), durationMs: 0, reasons, writes: {}, errors: {}, unsettled: [], timings: {}, converged: false }
       metrics.ready.set(0)
       // A config in force whose desired state could not be computed (a failing read of the default gateways, the
       // certificate): retried with the same backoff as a failed subsystem. Without a config the watch wakes us.

@@ -3,6 +3,7 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
+import { httpDate } from '../iso-time.js'
 
 export interface HttpHandlers {
   healthy(): boolean
@@ -33,8 +34,10 @@ export async function startHttp(addr: ListenAddress, h: HttpHandlers): Promise<{
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0]
     const send = (code: number, body: string, type = 'text/plain; charset=utf-8') => {
-      // RFC 9110 §15.5.6: a 405 must say which methods are allowed.
-      res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store', ...(code === 405 ? { allow: 'GET, HEAD' } : {}) })
+      // RFC 9110 §15.5.6: a 405 must say which methods are allowed. The Date header is ours: Node's is written
+      // with Date's toUTCString, which loads ICU's time zone data for good (src/iso-time.ts).
+      res.sendDate = false
+      res.writeHead(code, { date: httpDate(Date.now()), 'content-type': type, 'cache-control': 'no-store', ...(code === 405 ? { allow: 'GET, HEAD' } : {}) })
       res.end(req.method === 'HEAD' ? undefined : body)
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed\n')

@@ -10,6 +10,7 @@
 // standby's warm state plus initiators and routes) and, on demotion, terminates our own SAs.
 import type { Addr } from '../netlink/addr.js'
 import { ipToString, parseIp } from '../netlink/ip.js'
+import { isoTime } from '../iso-time.js'
 
 export type LeaderElectionMode = 'none' | 'vip' | 'lease'
 export const LEADER_ELECTION_MODES: readonly LeaderElectionMode[] = ['none', 'vip', 'lease']
@@ -70,7 +71,7 @@ export abstract class LeadershipBase implements Leadership {
   }
 
   protected baseStatus(): LeadershipStatus {
-    return { mode: this.mode, leader: this.leader, since: new Date(this.sinceMs).toISOString(), transitions: this.transitions }
+    return { mode: this.mode, leader: this.leader, since: isoTime(this.sinceMs), transitions: this.transitions }
   }
 
   status(): LeadershipStatus {

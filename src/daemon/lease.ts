@@ -19,6 +19,7 @@
 // proven against a real API server (none can run on the build machines); see README.
 import type { Logger } from '../log.js'
 import { LeadershipBase, type LeadershipStatus } from './leader.js'
+import { isoTime } from '../iso-time.js'
 
 /** The fields of a Lease's spec that leader election uses (client-go's LeaderElectionRecord). */
 export interface LeaseRecord {
@@ -300,7 +301,7 @@ export class LeaseLeadership extends LeadershipBase {
         name: this.opts.name,
         identity: this.opts.identity,
         holder: this.observed ? this.observed.spec.holderIdentity || null : null,
-        lastRenew: this.lastRenew === null ? null : new Date(this.lastRenew).toISOString(),
+        lastRenew: this.lastRenew === null ? null : isoTime(this.lastRenew),
       },
     }
   }

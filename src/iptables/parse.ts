@@ -118,7 +118,7 @@ function optValueNormalize(name: string, values: string[]): string[] {
       const i = CTSTATE_ORDER.indexOf(s)
       return i < 0 ? CTSTATE_ORDER.length : i
     }
-    return [[...new Set(states)].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)).join(',')]
+    return [[...new Set(states)].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0)).join(',')]
   }
   return values
 }

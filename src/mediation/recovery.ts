@@ -32,6 +32,8 @@
 //    the peer's takeover still comes first). Nothing is restarted while the tunnel is up: the orphan only costs
 //    something when the tunnel is down again.
 
+import { isoTime } from '../iso-time.js'
+
 export interface MediationPolicy {
   /** Down this long with our mediation SA up, the non-designated side initiates too; 0: never. */
   takeoverMs: number
@@ -181,7 +183,7 @@ export class MediationRecovery {
         const why = orphan !== null
           ? `our IKE_SA #${orphan} still waits for a mediation request that was never answered (it outlived the tunnel's last up period) and charon queues every later request behind it`
           : `its mediation request was made under an earlier mediation IKE_SA (#${ep.requestedUnder}, now #${obs.mediatorId}) and charon keeps it queued`
-        out.restart = `mediated ${peer.conn}: down since ${new Date(ep.downSince).toISOString()}, ${why}`
+        out.restart = `mediated ${peer.conn}: down since ${isoTime(ep.downSince)}, ${why}`
         state('stale', 'self', 'restarting charon to clear the queued mediation request')
         continue
       }

@@ -8,6 +8,7 @@ import type { ProbePort, ProbeReply } from './port.js'
 import { DEFAULT_REPAIR_POLICY, repairDecision, type RepairMemory, type RepairPolicy, type RepairScope } from './repair.js'
 import { ProbeSchedule } from './schedule.js'
 import type { ProbePair, TargetChoice } from './targets.js'
+import { isoTime } from '../iso-time.js'
 
 export interface ProberOptions {
   intervalMs: number
@@ -320,11 +321,11 @@ export class Prober {
         return
       }
       e.repairs++
-      e.lastRepair = { at: new Date(wall).toISOString(), scope: d.scope, attempt: d.attempt, error: null }
+      e.lastRepair = { at: isoTime(wall), scope: d.scope, attempt: d.attempt, error: null }
       this.d.metrics.repaired(name)
       this.d.log.warn({ ...evidence, terminated: n }, `datapath to ${name} down while IKE says ${e.tunnel.ike}: re-establishing its ${d.scope === 'ike' ? 'IKE_SA' : 'CHILD_SAs'}`)
     }, (err: unknown) => {
-      e.lastRepair = { at: new Date(wall).toISOString(), scope: d.scope, attempt: d.attempt, error: (err as Error).message }
+      e.lastRepair = { at: isoTime(wall), scope: d.scope, attempt: d.attempt, error: (err as Error).message }
       this.d.log.error({ ...evidence, err: (err as Error).message }, `datapath to ${name} down: repair failed`)
     }).finally(() => {
       e.repairing = false
@@ -371,7 +372,7 @@ export class Prober {
         name,
         datapath: e.probe.state,
         reason: e.reason,
-        since: new Date(wall - (now - e.probe.since)).toISOString(),
+        since: isoTime(wall - (now - e.probe.since)),
         probe: e.pair,
         candidates: e.pairs.length,
         rtt: e.probe.rtt(),

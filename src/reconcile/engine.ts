@@ -8,6 +8,7 @@
 import type { Desired } from '../desired/types.js'
 import type { Logger } from '../log.js'
 import type { PassContext, Subsystem, SubsystemName } from './subsystem.js'
+import { isoTime } from '../iso-time.js'
 
 export interface PassRecord {
   startedAt: string
@@ -59,7 +60,7 @@ export class PassEngine {
   async run(desired: Desired, ctx: PassContext): Promise<PassRecord> {
     const { log } = this.opts
     const t0 = process.hrtime.bigint()
-    const record: PassRecord = { startedAt: new Date(this.now()).toISOString(), durationMs: 0, reasons: [...ctx.reasons], writes: {}, errors: {}, unsettled: [], timings: {}, converged: true }
+    const record: PassRecord = { startedAt: isoTime(this.now()), durationMs: 0, reasons: [...ctx.reasons], writes: {}, errors: {}, unsettled: [], timings: {}, converged: true }
     for (const s of this.opts.subsystems) {
       const ts = process.hrtime.bigint()
       const sctx: PassContext = this.dirty.has(s.name) && !ctx.deep ? { ...ctx, deep: true, credentials: true } : ctx

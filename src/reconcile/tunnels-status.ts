@@ -4,6 +4,7 @@
 import type { Desired } from '../desired/types.js'
 import type { MediatedPeerState } from '../mediation/recovery.js'
 import { connUp, type ListedConn, type ObservedIkeSa } from './tunnels.js'
+import { isoTime } from '../iso-time.js'
 
 /** What charon was last seen holding: every listed connection, and the IKE_SAs of a connection by name. */
 export interface ObservedView {
@@ -191,7 +192,7 @@ export class TunnelsStatus {
         childrenDesired: kids.length,
         childrenUp: upKids.length,
         state,
-        since: new Date(since?.at ?? this.now()).toISOString(),
+        since: isoTime(since?.at ?? this.now()),
         lastError: this.lastError.get(name) ?? null,
         waiting: this.waiting.get(name) ?? null,
         path: state === 'up' || state === 'partial' ? (section.mediated_by !== undefined ? 'mediated' : 'direct') : 'none',

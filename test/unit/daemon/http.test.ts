@@ -72,6 +72,12 @@ t.test('endpoints answer with the status codes and bodies probes and operators r
   const { get } = await serve(t, fake)
   t.match(await get('/healthz'), { status: 200, body: 'ok\n', type: 'text/plain; charset=utf-8' })
   t.equal((await get('/healthz')).headers.get('cache-control'), 'no-store', 'a proxy must never answer a probe from cache')
+  // RFC 9110 §6.6.1: an origin server with a clock sends Date, once, as an IMF-fixdate of now.
+  const before = Math.floor(Date.now() / 1000) * 1000
+  const date = (await get('/healthz')).headers.get('date')
+  t.match(date, /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$/, 'one Date header, IMF-fixdate')
+  const at = Date.parse(date!)
+  t.ok(at >= before && at <= Date.now(), `Date is now: ${date}`)
   t.match(await get('/readyz'), { status: 503, body: 'not ready\n' })
   fake.ready = true
   t.match(await get('/readyz?verbose=1'), { status: 200, body: 'ready\n' }, 'a query string does not change the endpoint')
