@@ -10,9 +10,11 @@ function rig(o: { quietMs?: number; costFactor?: number; gcMs?: number } = {}) {
   let id = 0
   const calls: string[] = []
   const released: Array<{ ms: number }> = []
+  const flushes: boolean[] = []
   const r = new MemoryRelease({
-    gc: () => {
+    gc: (flushCode) => {
       calls.push(`gc@${now}`)
+      flushes.push(flushCode)
       now += o.gcMs ?? 0
     },
     trim: () => calls.push(`trim@${now}`),
@@ -38,7 +40,7 @@ function rig(o: { quietMs?: number; costFactor?: number; gcMs?: number } = {}) {
     }
     now = Math.max(now, end)
   }
-  return { r, calls, released, advance, pending: () => timers.size, at: () => now }
+  return { r, calls, flushes, released, advance, pending: () => timers.size, at: () => now }
 }
 
 const FULL = {}
@@ -55,6 +57,15 @@ t.test('a full pass arms one release once quiet: full GC, then malloc_trim', asy
   t.equal(released.length, 1)
   advance(10_000)
   t.same(calls.length, 2, 'once: nothing more without another full pass')
+})
+
+t.test('only the first release drops bytecode (start-up\'s), later ones keep it', async (t) => {
+  const { r, flushes, advance } = rig({ quietMs: 500 })
+  for (let i = 0; i < 3; i++) {
+    r.afterPass(FULL)
+    advance(10_000)
+  }
+  t.same(flushes, [true, false, false])
 })
 
 t.test('scoped passes never arm a release, but postpone an armed one', async (t) => {
@@ -130,6 +141,35 @@ t.test('fullGc: a compacting full collection without node flags gives the heap b
   t.ok(x.after < 3 * x.used && x.after < 40 * MB, `after the release: ${(x.after / MB).toFixed(0)} MB committed for ${(x.used / MB).toFixed(0)} MB used`)
   t.equal(x.globalGc, 'undefined', 'no global gc in the main context')
   t.equal(x.laterContext, 'undefined', 'nor in contexts made afterwards')
+})
+
+// The real thing: functions compiled and run once keep their bytecode through a full collection; the flushing one
+// drops it, and they still run (recompiled) with the same results.
+t.test('fullGc(true) drops the bytecode of functions not running; they run again after', async (t) => {
+  const memory = fileURLToPath(new URL('../../../src/daemon/memory.ts', import.meta.url))
+  const script = `
+    const { fullGc } = await import(${JSON.stringify(memory)})
+    const v8 = await import('node:v8')
+    const fns = []
+    for (let i = 0; i < 2000; i++) fns.push(new Function('a', 'b', \`let s = 0; for (let k = 0; k < a; k++) { s += (k * \${i} + b) % 7; if (s > 1e9) s = 0 } return s + \${i}\`))
+    const run = () => fns.reduce((acc, f, i) => acc + f(3, i), 0)
+    const first = run()
+    const gc = fullGc()
+    const bytecode = () => v8.getHeapCodeStatistics().bytecode_and_metadata_size
+    gc(false)
+    const kept = bytecode()
+    gc(true)
+    const flushed = bytecode()
+    const again = run()
+    console.log(JSON.stringify({ kept, flushed, same: first === again, recompiled: bytecode() }))
+  `
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } })
+  t.equal(r.status, 0, r.stderr)
+  const x = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { kept: number; flushed: number; same: boolean; recompiled: number }
+  t.ok(x.kept > 400_000, `bytecode kept by a plain full collection: ${x.kept} bytes`)
+  t.ok(x.flushed < x.kept - 300_000, `after the flushing one: ${x.flushed} bytes (2,000 functions' worth less)`)
+  t.ok(x.same, 'every function gives the same result after')
+  t.ok(x.recompiled > x.flushed + 300_000, `their bytecode is back once they ran: ${x.recompiled} bytes`)
 })
 
 t.test('the old generation\'s growing factor is set unless node\'s own flags set it', async (t) => {
