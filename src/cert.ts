@@ -1,6 +1,6 @@
 // Reading the local certificate for `local.certs`. Only CERTIFICATE blocks ever leave this module: a PEM file that
 // also holds a private key (a common operator mistake) never has the key sent to charon inline or logged.
-import { readFile } from './fs-async.js'
+import { readFile } from 'node:fs/promises'
 
 export class CertError extends Error {
   override readonly name = 'CertError'

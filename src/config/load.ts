@@ -18,7 +18,7 @@
 //   every peer of an edge node except edge peers reached through a mediator, a remote connector of a connector,
 //   and the mediator of an edge node.
 import { isAscii } from 'node:buffer'
-import { readFile, stat } from '../fs-async.js'
+import { readFile, stat } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import jsyaml from 'js-yaml'
 import type { Node } from 'yaml'

@@ -4,7 +4,7 @@
 // without its key, as VICI cannot unload one certificate alone); our iptables jumps and chains (both families);
 // then our ipsets (a set referenced by a rule cannot be destroyed); routes carrying our protocol in table 220;
 // rules carrying our protocol. On a cloud node (no tunnels subsystem) only the kernel objects.
-import { readFile } from '../fs-async.js'
+import { readFile } from 'node:fs/promises'
 import { certificateBlocks } from '../cert.js'
 import { certSubject, isOwnAuthority, ownKeyIds, pemToDer } from '../reconcile/credentials.js'
 import type { TunnelsPort } from '../reconcile/tunnels-port.js'

@@ -10,9 +10,8 @@
 // tunnels subsystem did not fail, and only when the file on disk differs from the wanted content (so never on an
 // unrelated config change, never on restart), atomically (temp file in the same directory, fsync, rename).
 import { randomBytes } from 'node:crypto'
-import { close, fchmod, fsync, mkdir, openFd, readFile, rename, unlink, writeFd } from '../fs-async.js'
+import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { isoTime } from '../iso-time.js'
 
 export interface CniOptions {
   /** Directory of the conflist; empty: the conflist is not managed. */
@@ -106,17 +105,17 @@ export const realCniFs: CniFs = {
     await mkdir(dir, { recursive: true, mode: 0o755 })
     // A dot-name without the .conflist/.conf/.json suffix: the container runtime never loads a half-written temp.
     const tmp = join(dir, `.${randomBytes(6).toString('hex')}.fabtunnel-tmp`)
-    const fd = await openFd(tmp, 'wx', mode)
+    const fh = await open(tmp, 'wx', mode)
     try {
-      await writeFd(fd, content)
-      await fchmod(fd, mode) // the umask must not narrow 0644
-      await fsync(fd)
+      await fh.writeFile(content)
+      await fh.chmod(mode) // the umask must not narrow 0644
+      await fh.sync()
     } catch (err) {
-      await close(fd).catch(() => undefined)
+      await fh.close().catch(() => undefined)
       await unlink(tmp).catch(() => undefined)
       throw err
     }
-    await close(fd)
+    await fh.close()
     try {
       await rename(tmp, path)
     } catch (err) {
@@ -124,11 +123,11 @@ export const realCniFs: CniFs = {
       throw err
     }
     // The rename itself survives a crash only once the directory is synced.
-    const d = await openFd(dir, 'r')
+    const d = await open(dir, 'r')
     try {
-      await fsync(d)
+      await d.sync()
     } finally {
-      await close(d)
+      await d.close()
     }
   },
 }
@@ -171,7 +170,7 @@ export class CniConflist {
     } catch (err) {
       throw this.fail(new CniError('EREAD', path, `cannot read ${path}: ${(err as Error).message}`, { cause: err }))
     }
-    const at = isoTime(this.now())
+    const at = new Date(this.now()).toISOString()
     if (onDisk === content) {
       this.state.inSyncAt = at
       this.state.error = null

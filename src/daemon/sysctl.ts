@@ -2,7 +2,7 @@
 // (pkg/agent/manager.go `ensureSysctlParameters` → pkg/agent/utils.go `ensureSysctl("net/ipv4/ip_forward", 1)`,
 // which writes only when the value differs). /proc/sys/net is per network namespace: this is the agent's own
 // namespace (the host's, for a hostNetwork pod).
-import { readFile, writeFile } from '../fs-async.js'
+import { readFile, writeFile } from 'node:fs/promises'
 
 export const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward'
 

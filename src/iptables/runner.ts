@@ -2,7 +2,7 @@
 // iptables-wrapper decides), `iptables-save -t <table>` reads and `iptables-restore -w 5 --noflush` writes, for
 // both families. Argument arrays only, never a shell; the exec function is injectable so unit tests use a fake.
 // Counts every read and write so the daemon and tests can assert that a converged pass writes nothing.
-import { readFile } from '../fs-async.js'
+import { readFile } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'

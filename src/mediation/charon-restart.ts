@@ -5,7 +5,7 @@
 // `shareProcessNamespace: true` in the pod so the pid in charon's pid file is a pid the agent can see.
 // The pid is checked to be a process named `charon` before the signal: in a pod without a shared process
 // namespace the number in the file belongs to another namespace and may name one of ours (pid 1: the agent).
-import { readFile } from '../fs-async.js'
+import { readFile } from 'node:fs/promises'
 
 export class CharonRestartError extends Error {
   override readonly name = 'CharonRestartError'

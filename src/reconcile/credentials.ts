@@ -13,7 +13,7 @@
 // alone: without its key it is inert, and it also marks the keys we loaded in earlier agent runs (a key whose
 // certificate has our subject is ours).
 import { createHash, createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto'
-import { readFile } from '../fs-async.js'
+import { readFile } from 'node:fs/promises'
 import { certificateBlocks } from '../cert.js'
 import type { TunnelsPort } from './tunnels-port.js'
 
