@@ -11,6 +11,7 @@
 // unrelated config change, never on restart), atomically (temp file in the same directory, fsync, rename).
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
+import { isoTime } from '../iso-time.js'
 import { dirname, join } from 'node:path'
 
 export interface CniOptions {
@@ -170,7 +171,7 @@ export class CniConflist {
     } catch (err) {
       throw this.fail(new CniError('EREAD', path, `cannot read ${path}: ${(err as Error).message}`, { cause: err }))
     }
-    const at = new Date(this.now()).toISOString()
+    const at = isoTime(this.now())
     if (onDisk === content) {
       this.state.inSyncAt = at
       this.state.error = null
