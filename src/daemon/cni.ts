@@ -11,8 +11,8 @@
 // unrelated config change, never on restart), atomically (temp file in the same directory, fsync, rename).
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
-import { isoTime } from '../iso-time.js'
 import { dirname, join } from 'node:path'
+import { isoTime } from '../iso-time.js'
 
 export interface CniOptions {
   /** Directory of the conflist; empty: the conflist is not managed. */
