@@ -15,18 +15,20 @@
 // code cache is made under them at build time), the daemon's modules are loaded, the built-in modules Node itself
 // loads later on first use are loaded ahead (DAEMON_LATE_BUILTINS), and only then are the flags set.
 import { createRequire } from 'node:module'
-import { setFlagsFromString } from 'node:v8'
+import { daemonFlags } from './v8-flags.js'
 
 export const YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1'
 
 /**
  * Built-in modules the daemon uses that Node loads only on first use, after start-up: `cluster` at the first
- * `listen`, the `performance` global's modules at its first use, `dns` and `dgram` through `net` and
- * `child_process`, `process` at the first /metrics scrape (prom-client). Loaded before the flags change, they keep
- * Node's code cache (see above); test/integration/daemon/shutdown.test.ts checks that Node rejects its cache for no
- * module a daemon loads (lease mode's Kubernetes client, loaded later, is compiled from source).
+ * `listen`, `dns` and `dgram` through `net` and `child_process`. Loaded before the flags change, they keep Node's
+ * code cache (see above); test/integration/daemon/shutdown.test.ts checks that Node rejects its cache for no module
+ * a daemon loads (lease mode's Kubernetes client, loaded later, is compiled from source). Not here: what only the
+ * first /metrics scrape needs (prom-client's process metrics: `perf_hooks`, `process`), 0.85 MiB of RSS an unscraped
+ * edge does not pay; the scrape loads them under V8's default flags (src/v8-flags.ts), so with Node's cache too.
+ * Nor does the daemon use the `performance` global (src/clock.ts): its first use loads perf_hooks' modules.
  */
-export const DAEMON_LATE_BUILTINS: readonly string[] = ['node:cluster', 'node:dns', 'node:dgram', 'node:perf_hooks', 'node:child_process', 'node:net', 'node:http', 'node:process']
+export const DAEMON_LATE_BUILTINS: readonly string[] = ['node:cluster', 'node:dns', 'node:dgram', 'node:child_process', 'node:net', 'node:http']
 
 /** A built-in module by name: `process.getBuiltinModule` from Node 20.16, `require` before it (engines: >=20). */
 function builtin(id: string): unknown {
@@ -60,7 +62,7 @@ export class OptimizingCompiler {
   private readonly userChose: boolean
 
   constructor(
-    private readonly set: (flag: string) => void = setFlagsFromString,
+    private readonly set: (flag: string) => void = (f) => daemonFlags.set(f),
     nodeFlags = `${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`,
     private readonly smallPeers = SMALL_CONFIG_PEERS,
   ) {
@@ -79,7 +81,7 @@ export class OptimizingCompiler {
 }
 
 /** Applies the young-generation setting unless node's own flags already size it; returns whether it did. */
-export function tuneHeap(nodeOptions = process.env.NODE_OPTIONS ?? '', execArgv: readonly string[] = process.execArgv, set: (flag: string) => void = setFlagsFromString): boolean {
+export function tuneHeap(nodeOptions = process.env.NODE_OPTIONS ?? '', execArgv: readonly string[] = process.execArgv, set: (flag: string) => void = (f) => daemonFlags.set(f)): boolean {
   if (/semi[-_]space/.test(`${nodeOptions} ${execArgv.join(' ')}`)) return false
   set(YOUNG_GENERATION_FLAG)
   return true

@@ -8,6 +8,7 @@
 // still converge.
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { monotonicMs } from '../clock.js'
 import { ConfigError, type ConfigIssue } from '../config/errors.js'
 import { ConfigParser, MAX_CONFIG_BYTES } from '../config/load.js'
 import type { TunnelConfig } from '../config/schema.js'
@@ -151,7 +152,7 @@ export class Agent {
     const { log, metrics } = this.opts
     const path = this.opts.configPath
     let bytes: Buffer
-    const t0 = performance.now()
+    const t0 = monotonicMs()
     try {
       // One synchronous read (the file is a ConfigMap on tmpfs or a local file): the asynchronous reader takes a
       // thread-pool round trip per 512 KiB, each waiting for the event loop, which a 2 MB file at 10,000 peers felt.
@@ -166,7 +167,7 @@ export class Agent {
       }
       return this.reject(err instanceof ConfigError ? err : new ConfigError(missing ? 'ENOENT' : 'EREAD', path, [{ severity: 'error', path: '', line: null, column: null, message: `cannot read: ${(err as Error).message}` }], { cause: err }))
     }
-    const t1 = performance.now()
+    const t1 = monotonicMs()
     // Unchanged content costs a memcmp with the bytes in force (no parse, no hash).
     if (this.config !== null && this.acceptedBytes !== null && bytes.equals(this.acceptedBytes)) {
       if (this.configState.rejected) {
@@ -178,7 +179,7 @@ export class Agent {
     }
     try {
       const { config, warnings } = this.parser.parseBytes(bytes, path)
-      const t2 = performance.now()
+      const t2 = monotonicMs()
       this.config = config
       this.configChange = this.parser.change
       this.acceptedBytes = bytes
@@ -375,14 +376,14 @@ export class Agent {
       if (outcome === 'missing') this.scheduler.triggerAt(this.now() + 1000, 'config-wait')
     }
     let desiredError: string | null = null
-    const tDesired = performance.now()
+    const tDesired = monotonicMs()
     const desired = await this.desired(ctx).catch((err: unknown) => {
       desiredError = (err as Error).message
       log.error({ err }, 'cannot compute the desired state')
       return null
     })
     this.desiredError = desiredError
-    const desiredMs = ms(performance.now() - tDesired)
+    const desiredMs = ms(monotonicMs() - tDesired)
     const delta = this.pendingDelta
     // Why the desired state may differ anywhere (a full build since the last pass), for the log line.
     const desiredFull = delta === null ? this.fullBuildWhy : null

@@ -20,6 +20,8 @@
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { loadAddon } from '../netlink/native.js'
+import { monotonicMs } from '../clock.js'
+import { daemonFlags } from '../v8-flags.js'
 import type { PassRecord } from '../reconcile/engine.js'
 
 export interface MemoryReleaseOptions {
@@ -58,7 +60,7 @@ export class MemoryRelease {
   constructor(private readonly o: MemoryReleaseOptions) {
     this.quietMs = o.quietMs ?? 500
     this.costFactor = o.costFactor ?? 10
-    this.now = o.now ?? (() => performance.now())
+    this.now = o.now ?? monotonicMs
     this.setTimer = o.setTimer ?? ((fn, ms) => setTimeout(fn, ms).unref())
     this.clearTimer = o.clearTimer ?? ((t) => clearTimeout(t as NodeJS.Timeout))
     this.rss = o.rss ?? (() => process.memoryUsage.rss())
@@ -152,7 +154,7 @@ export const HEAP_GROWTH_FLAG = '--heap-growing-percent=50'
  * it goes (peak RSS ~310 MB instead of ~450 MB over three deep passes) for a few more full collections. V8 reads the
  * flag at each full collection, so setting it at run time works; a `--heap-growing-percent` in node's own flags wins.
  */
-export function boundHeapGrowth(nodeOptions = process.env.NODE_OPTIONS ?? '', execArgv: readonly string[] = process.execArgv, set: (flag: string) => void = setFlagsFromString): boolean {
+export function boundHeapGrowth(nodeOptions = process.env.NODE_OPTIONS ?? '', execArgv: readonly string[] = process.execArgv, set: (flag: string) => void = (f) => daemonFlags.set(f)): boolean {
   if (/heap[-_]growing[-_]percent/.test(`${nodeOptions} ${execArgv.join(' ')}`)) return false
   set(HEAP_GROWTH_FLAG)
   return true

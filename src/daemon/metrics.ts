@@ -1,5 +1,6 @@
 // Prometheus metrics of the agent (prom-client, own registry so library users never see globals).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { daemonFlags } from '../v8-flags.js'
 
 /**
  * A registry that registers Node's process metrics (prom-client's collectDefaultMetrics: CPU, memory, file
@@ -89,8 +90,10 @@ export class Metrics {
 /** prom-client's default metrics with our prefix, on the first scrape (AgentRegistry). */
 function registerProcessMetrics(registry: Registry): void {
   const before = process.cpuUsage()
-  // Event-loop lag sampled once a second: the default 10 ms timer alone costs ~0.3 % CPU on an idle agent.
-  collectDefaultMetrics({ register: registry, prefix: 'fabtunnel_', eventLoopMonitoringPrecision: 1000 })
+  // Event-loop lag sampled once a second: the default 10 ms timer alone costs ~0.3 % CPU on an idle agent. In the
+  // executable's bundle prom-client's default metrics are loaded by this call (scripts/bundle.mjs), and with them the
+  // built-in modules they use (perf_hooks, process): under V8's default flags, so from Node's code cache.
+  daemonFlags.withV8Defaults(() => collectDefaultMetrics({ register: registry, prefix: 'fabtunnel_', eventLoopMonitoringPrecision: 1000 }))
   // prom-client counts process CPU from its registration on; the counters say CPU since the process started, so
   // they get what was used before the first scrape once.
   const add: Array<[string, number]> = [['user', before.user], ['system', before.system], ['', before.user + before.system]]

@@ -28,7 +28,5 @@ export interface ProbePort {
   close(): void
 }
 
-/** Monotonic ms (libuv's hrtime): the prober's clock for schedules and ages. */
-export function monotonicMs(): number {
-  return Number(process.hrtime.bigint()) / 1e6
-}
+/** Monotonic ms (src/clock.ts): the prober's clock for schedules and ages. */
+export { monotonicMs } from '../clock.js'
