@@ -1,9 +1,7 @@
 // HTTP endpoints on --listen (127.0.0.1:30306 by default, FabEdge's port): /healthz, /readyz, /is-leader
 // (keepalived polls it and expects the body `true` on the active connector), /metrics (Prometheus), /status (JSON).
-import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
-import { httpDate } from '../iso-time.js'
+import { listenHttp, type HttpHandler, type HttpResponse, type SmallHttpServer } from './http-server.js'
 
 export interface HttpHandlers {
   healthy(): boolean
@@ -30,56 +28,40 @@ export function parseListen(text: string): ListenAddress {
   return { host, port }
 }
 
-export async function startHttp(addr: ListenAddress, h: HttpHandlers): Promise<{ server: http.Server; address: AddressInfo; close(): Promise<void> }> {
-  const server = http.createServer((req, res) => {
-    const url = (req.url ?? '/').split('?')[0]
-    const send = (code: number, body: string, type = 'text/plain; charset=utf-8') => {
-      // RFC 9110 §15.5.6: a 405 must say which methods are allowed. The Date header is ours: Node's is written
-      // with Date's toUTCString, which loads ICU's time zone data for good (src/iso-time.ts).
-      res.sendDate = false
-      res.writeHead(code, { date: httpDate(Date.now()), 'content-type': type, 'cache-control': 'no-store', ...(code === 405 ? { allow: 'GET, HEAD' } : {}) })
-      res.end(req.method === 'HEAD' ? undefined : body)
-    }
-    if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed\n')
+/** The endpoints' answers (a handler that throws is a 500 with its reason; the server keeps serving). */
+export function route(h: HttpHandlers): HttpHandler {
+  const text = (status: number, body: string, type = 'text/plain; charset=utf-8'): HttpResponse => ({
+    // RFC 9110 §15.5.6: a 405 must say which methods are allowed.
+    status, body, headers: { 'content-type': type, 'cache-control': 'no-store', ...(status === 405 ? { allow: 'GET, HEAD' } : {}) },
+  })
+  return (req) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'method not allowed\n')
     try {
-      switch (url) {
+      switch (req.target.split('?')[0]) {
         case '/healthz':
-          if (h.draining?.()) return send(503, 'draining\n')
-          return h.healthy() ? send(200, 'ok\n') : send(503, 'unhealthy\n')
+          if (h.draining?.()) return text(503, 'draining\n')
+          return h.healthy() ? text(200, 'ok\n') : text(503, 'unhealthy\n')
         case '/readyz':
-          return h.ready() ? send(200, 'ready\n') : send(503, 'not ready\n')
+          return h.ready() ? text(200, 'ready\n') : text(503, 'not ready\n')
         case '/is-leader':
-          return send(200, h.leader() ? 'true' : 'false')
+          return text(200, h.leader() ? 'true' : 'false')
         case '/status':
-          return send(200, `${JSON.stringify(h.status(), null, 2)}\n`, 'application/json')
+          return text(200, `${JSON.stringify(h.status(), null, 2)}\n`, 'application/json')
         case '/metrics':
-          h.registry.metrics().then(
-            (text) => send(200, text, h.registry.contentType),
-            (err: unknown) => send(500, `metrics failed: ${(err as Error).message}\n`),
+          return h.registry.metrics().then(
+            (body) => text(200, body, h.registry.contentType),
+            (err: unknown) => text(500, `metrics failed: ${(err as Error).message}\n`),
           )
-          return
         default:
-          return send(404, 'not found: try /healthz /readyz /is-leader /metrics /status\n')
+          return text(404, 'not found: try /healthz /readyz /is-leader /metrics /status\n')
       }
     } catch (err) {
-      return send(500, `internal error: ${(err as Error).message}\n`)
+      return text(500, `internal error: ${(err as Error).message}\n`)
     }
-  })
-  server.keepAliveTimeout = 5_000
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(addr.port, addr.host, () => {
-      server.off('error', reject)
-      resolve()
-    })
-  })
-  return {
-    server,
-    address: server.address() as AddressInfo,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections()
-        server.close(() => resolve())
-      }),
   }
+}
+
+/** The endpoints on `addr` (src/daemon/http-server.ts: a small HTTP/1.1 server, not node:http; it says why). */
+export async function startHttp(addr: ListenAddress, h: HttpHandlers): Promise<SmallHttpServer> {
+  return listenHttp(addr.host, addr.port, route(h))
 }
