@@ -43,20 +43,23 @@ export function preloadBuiltins(names: readonly string[] = DAEMON_LATE_BUILTINS,
   return n
 }
 
-/** Configs with at most this many peers run without V8's optimizing compiler (see OptimizingCompiler). */
+/** Configs with at most this many peers run without V8's optimizing and baseline compilers (see OptimizingCompiler). */
 export const SMALL_CONFIG_PEERS = 32
 
 /**
- * V8's optimizing compiler (TurboFan) off while the config in force is small, on again once it is not.
+ * V8's optimizing compiler (TurboFan) and baseline compiler (Sparkplug) off while the config in force is small, on
+ * again once it is not.
  *
- * On an edge (one connector, a few community peers) nothing runs long enough to need optimized code: a pass is a
- * few milliseconds in V8's interpreter and baseline compiler. But over minutes of probes, log lines and passes some
- * function (on an edge: Node's own argument validators) gets hot, TurboFan compiles it (~30 ms of CPU) and its own
- * code, ~3.4 MiB of the node binary, becomes resident: an idle edge measured 50.3 MiB after 30 s with it off, 54 MiB
- * with it on (docs/footprint.md). A connector with thousands of peers needs it: its passes walk every peer. V8
- * reads the flag each time it decides to optimize, so setting it at run time works both ways
- * (test/unit/heap-tuning.test.ts); functions already optimized stay so. Node flags that choose compilers
- * (`--turbofan`, `--no-opt`, `--max-opt`, `--jitless`, `--lite-mode`) win: the daemon then never sets it.
+ * On an edge (one connector, a few community peers) nothing runs long enough to need compiled code: a pass is a few
+ * milliseconds in V8's interpreter. But over minutes of probes, log lines and passes some function (on an edge:
+ * Node's own argument validators) gets hot, TurboFan compiles it (~30 ms of CPU) and its own code, ~3.4 MiB of the
+ * node binary, becomes resident: an idle edge measured 50.3 MiB after 30 s with it off, 54 MiB with it on
+ * (docs/footprint.md). Sparkplug's machine code for the functions that ran a few times, and the compiler's own
+ * pages, are ~0.3 MiB more of private memory on an edge 30 s after ready (docs/footprint.md, 2026-12-02). A
+ * connector with thousands of peers needs both: its passes walk every peer. V8 reads the flags each time it decides
+ * to compile, so setting them at run time works both ways (test/unit/heap-tuning.test.ts); functions already
+ * compiled stay so until their code is flushed. Node flags that choose compilers (`--turbofan`, `--no-opt`,
+ * `--max-opt`, `--sparkplug`, `--jitless`, `--lite-mode`) win: the daemon then sets neither.
  */
 export class OptimizingCompiler {
   private on = true
@@ -67,15 +70,16 @@ export class OptimizingCompiler {
     nodeFlags = `${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`,
     private readonly smallPeers = SMALL_CONFIG_PEERS,
   ) {
-    this.userChose = /--(no[-_])?(turbofan|opt)\b|--max[-_]opt\b|--jitless\b|--lite[-_]mode\b/.test(nodeFlags)
+    this.userChose = /--(no[-_])?(turbofan|opt|sparkplug)\b|--max[-_]opt\b|--jitless\b|--lite[-_]mode\b/.test(nodeFlags)
   }
 
-  /** Sets the compiler for a config of `peers` peers; returns the change made, or null when there was none. */
+  /** Sets the compilers for a config of `peers` peers; returns the change made, or null when there was none. */
   forPeers(peers: number): 'on' | 'off' | null {
     if (this.userChose) return null
     const on = peers > this.smallPeers
     if (on === this.on) return null
     this.set(on ? '--turbofan' : '--no-turbofan')
+    this.set(on ? '--sparkplug' : '--no-sparkplug')
     this.on = on
     return on ? 'on' : 'off'
   }

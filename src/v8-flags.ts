@@ -15,6 +15,7 @@ export const V8_DEFAULTS: Readonly<Record<string, string>> = {
   'semi-space-growth-factor': '--semi-space-growth-factor=2',
   'heap-growing-percent': '--heap-growing-percent=0',
   turbofan: '--turbofan',
+  sparkplug: '--sparkplug',
 }
 
 /** A flag's name: `--no-turbofan` and `--turbofan` are both `turbofan`; `--a_b=1` is `a-b`. */

@@ -88,7 +88,7 @@ export interface DaemonDeps {
   probeIo?: { port(): ProbePort; addresses(): Promise<string[]> }
   /** Memory given back once quiet after a full pass (src/daemon/memory.ts); absent: none (unit tests). */
   releaseMemory?: () => Pick<MemoryReleaseOptions, 'gc' | 'trim'>
-  /** V8's optimizing compiler set by the size of each config accepted (src/heap-tuning.ts); absent: left alone. */
+  /** V8's optimizing and baseline compilers set by the size of each config accepted (src/heap-tuning.ts); absent: left alone. */
   optimizingCompiler?: () => Pick<OptimizingCompiler, 'forPeers'>
 }
 
@@ -158,7 +158,7 @@ export async function startDaemon(o: RunOptions, deps: DaemonDeps = REAL_DEPS): 
   const compiler = deps.optimizingCompiler?.() ?? null
   const onConfig = (config: { peers: readonly unknown[] }): void => {
     const change = compiler?.forPeers(config.peers.length)
-    if (change) log.info({ op: 'v8', turbofan: change === 'on', peers: config.peers.length }, change === 'on' ? 'optimizing compiler on: the config is not small' : 'optimizing compiler off: the config is small')
+    if (change) log.info({ op: 'v8', sparkplug: change === 'on', turbofan: change === 'on', peers: config.peers.length }, change === 'on' ? 'optimizing compiler on: the config is not small' : 'optimizing compiler off: the config is small')
   }
   const node = await deps.buildNode({
     ...o, credentials: true, onConfig, leader: () => leadership.isLeader(), ...(deps.cniFs ? { cniFs: deps.cniFs } : {}), afterPass: () => probes?.refresh(),

@@ -58,8 +58,8 @@ t.test('the optimizing compiler: off for a small config, on again for a larger o
   t.equal(c.forPeers(SMALL_CONFIG_PEERS + 1), 'on')
   t.equal(c.forPeers(10_000), null)
   t.equal(c.forPeers(0), 'off', 'an empty config is small')
-  t.same(set, ['--no-turbofan', '--turbofan', '--no-turbofan'])
-  for (const flags of ['--no-opt', '--turbofan', '--no_turbofan', '--max-opt=2', '--jitless', '--lite-mode']) {
+  t.same(set, ['--no-turbofan', '--no-sparkplug', '--turbofan', '--sparkplug', '--no-turbofan', '--no-sparkplug'])
+  for (const flags of ['--no-opt', '--turbofan', '--no_turbofan', '--max-opt=2', '--jitless', '--lite-mode', '--sparkplug', '--no-sparkplug']) {
     const mine: string[] = []
     t.equal(new OptimizingCompiler((f) => mine.push(f), `--max-old-space-size=192 ${flags}`).forPeers(1), null, `node flags ${flags}: left alone`)
     t.same(mine, [])
@@ -78,10 +78,11 @@ t.test('set at run time, V8 honours the optimizing compiler setting both ways', 
     const arr = Array.from({ length: 1000 }, (_, i) => i)
     const run = (ms) => { const t0 = Date.now(); let x = 0; while (Date.now() - t0 < ms) x += hot(arr); return x }
     const optimized = () => (status(hot) & 16) !== 0
-    const out = [c.forPeers(1)]; run(400); out.push(optimized())
+    const baseline = () => (status(hot) & 32768) !== 0
+    const out = [c.forPeers(1)]; run(400); out.push(optimized(), baseline())
     out.push(c.forPeers(1000)); run(400); out.push(optimized())
     console.log(JSON.stringify(out))`
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '', FT_MODULE: new URL('../../dist/heap-tuning.js', import.meta.url).pathname } })
   t.equal(r.status, 0, r.stderr)
-  t.same(JSON.parse(r.stdout), ['off', false, 'on', true], 'not optimized while off (after 400 ms hot), optimized once on')
+  t.same(JSON.parse(r.stdout), ['off', false, false, 'on', true], 'neither optimized nor baseline-compiled while off (after 400 ms hot), optimized once on')
 })
