@@ -1,7 +1,6 @@
 import t from 'tap'
-import { readdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { httpDate, isoTime } from '../../src/iso-time.js'
+import { offendingLines, scanSrc } from '../harness/source-scan.js'
 
 const MAX = 8.64e15
 
@@ -64,20 +63,11 @@ t.test('a RangeError for what Date rejects', async (t) => {
 // comparison, Intl.
 const ICU_CALL = /new Date\([^)]*\)\s*\.(?!getTime\(|valueOf\()\w+\(|\.(toISOString|toUTCString|toLocale\w*|getTimezoneOffset|localeCompare)\(|\bIntl\.|\bsendDate\s*=\s*true/
 
-function offending(source: string): string[] {
-  const out: string[] = []
-  for (const [i, raw] of source.split('\n').entries()) {
-    const code = raw.replace(/\/\/.*$/, '').replace(/^\s*\*.*$/, '')
-    if (ICU_CALL.test(code)) out.push(`${i + 1}: ${raw.trim()}`)
-  }
-  return out
-}
+const offending = (source: string): string[] => offendingLines(source, ICU_CALL)
 
 t.test('src/ calls nothing that loads ICU time zone or collation data', async (t) => {
-  const root = new URL('../../src/', import.meta.url).pathname
-  const files = (readdirSync(root, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts') && f !== 'iso-time.ts')
-  t.ok(files.length > 50, `scanned ${files.length} source files`)
-  const found = files.flatMap((f) => offending(readFileSync(join(root, f), 'utf8')).map((l) => `src/${f}:${l}`))
+  const { files, found } = scanSrc(ICU_CALL, ['iso-time.ts'])
+  t.ok(files > 50, `scanned ${files} source files`)
   t.same(found, [], 'no Date formatting, localeCompare or Intl in src/ (isoTime and plain comparisons instead)')
   // The check finds what it looks for, and lets through what is harmless.
   const sample = ['x = new Date(ms).toISOString()', 'y = a.localeCompare(b)', 'z = Intl.DateTimeFormat()', 'w = d.toLocaleString()',

@@ -1,9 +1,8 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { DaemonFlags, flagName, V8_DEFAULTS } from '../../src/v8-flags.js'
 import { monotonicMs } from '../../src/clock.js'
+import { offendingLines, scanSrc } from '../harness/source-scan.js'
 
 t.test('flag names', async (t) => {
   t.equal(flagName('--turbofan'), 'turbofan')
@@ -67,24 +66,15 @@ t.test('a built-in module loaded after the flags are set keeps Node\'s code cach
 // The `performance` global loads Node's perf_hooks modules on first use (src/clock.ts): the daemon does not use it.
 const PERFORMANCE = /\bperformance\s*\.|\bperf_hooks\b/
 
-function offending(source: string): string[] {
-  const out: string[] = []
-  for (const [i, raw] of source.split('\n').entries()) {
-    const code = raw.replace(/\/\/.*$/, '').replace(/^\s*\*.*$/, '')
-    if (PERFORMANCE.test(code)) out.push(`${i + 1}: ${raw.trim()}`)
-  }
-  return out
-}
+const offending = (source: string): string[] => offendingLines(source, PERFORMANCE)
 
 t.test('src/ uses monotonicMs, not the performance global', async (t) => {
   const a = monotonicMs()
   await new Promise((r) => setTimeout(r, 20))
   const b = monotonicMs()
   t.ok(b - a >= 15 && b - a < 5000, `monotonic ms: ${(b - a).toFixed(1)} ms over a 20 ms timer`)
-  const root = new URL('../../src/', import.meta.url).pathname
-  const files = (readdirSync(root, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'))
-  t.ok(files.length > 50, `scanned ${files.length} source files`)
-  const found = files.flatMap((f) => offending(readFileSync(join(root, f), 'utf8')).map((l) => `src/${f}:${l}`))
+  const { files, found } = scanSrc(PERFORMANCE)
+  t.ok(files > 50, `scanned ${files} source files`)
   t.same(found, [], 'no performance.* or perf_hooks in src/')
   const sample = ['const t0 = performance.now()', "import { monitorEventLoopDelay } from 'node:perf_hooks'", '// performance.now() in a comment', 'const performanceNow = 1']
   t.same(offending(sample.join('\n')).map((l) => l.split(':')[0]), ['1', '2'], 'the check finds what it looks for')
