@@ -174,10 +174,10 @@ class Connection {
     if (this.sock.destroyed) return
     const bytes = renderResponse(res, { head, close })
     if (close) this.sock.end(bytes)
-    else {
-      this.sock.write(bytes)
-      this.next()
-    }
+    // A client that pipelines requests without reading the answers waits: the next request is answered once this
+    // answer has left (`drain`), so what a connection holds in memory is one answer, not one per request.
+    else if (this.sock.write(bytes)) this.next()
+    else this.sock.once('drain', () => this.next())
   }
 
   private fail(status: 400 | 408 | 431 | 505, reason: string): void {

@@ -108,6 +108,24 @@ t.test('pipelined requests are answered in order on one connection; Connection: 
   t.match(r.text, /connection: close\r\n\r\nGET \/3\n$/, 'the last answer says close')
 })
 
+t.test('a client pipelining without reading gets no more answers than the socket takes; reading resumes them', async (t) => {
+  let answered = 0
+  const big = 'x'.repeat(1 << 20)
+  const s = await serve(t, () => (answered++, { status: 200, body: big }))
+  const sock = connect(s.address.port, '127.0.0.1')
+  t.teardown(() => sock.destroy())
+  await new Promise((r) => sock.once('connect', r))
+  sock.pause()
+  sock.write('GET / HTTP/1.1\r\nHost: a\r\n\r\n'.repeat(50))
+  await new Promise((r) => setTimeout(r, 300))
+  t.ok(answered >= 1 && answered < 20, `${answered} of 50 answered while the client reads nothing (1 MiB each)`)
+  let bytes = 0
+  const all = new Promise<void>((resolve) => sock.on('data', (b: Buffer) => { bytes += b.length; if (answered === 50 && bytes >= 50 * (1 << 20)) resolve() }))
+  sock.resume()
+  await all
+  t.equal(answered, 50, 'all answered once the client reads')
+})
+
 t.test('a request split over many writes is answered once whole; HTTP/1.0 closes', async (t) => {
   const s = await serve(t)
   const r = await raw(s.address.port, ['GE', 'T /sp', 'lit HTTP/1.0\r', '\n\r', '\n'])
