@@ -158,20 +158,20 @@ t.test('a kubelet-style ..data swap of the config or the credentials starts a pa
   t.ok(await until(() => since(beforeSecrets).includes('credentials')), 'credentials trigger')
 })
 
-t.test('the optimizing compiler follows the size of each config accepted, with a log line when it changes', async (t) => {
+t.test('the optimizing and baseline compilers follow the size of each config accepted, with a log line when they change', async (t) => {
   const flags: string[] = []
   // Small means at most 2 peers here: the edge fixture has 2 (its connector and a community peer), the connector fixture 3.
   const r = await rig(t, { compiler: new OptimizingCompiler((f) => flags.push(f), '', 2) })
   t.ok(await until(() => r.fake.parts.agent.ready))
-  t.same(flags, ['--no-turbofan'], 'an edge: off before its first pass')
-  t.ok(r.lines.some((l) => l.msg === 'optimizing compiler off: the config is small' && l.peers === 2 && l.turbofan === false))
+  t.same(flags, ['--no-turbofan', '--no-sparkplug'], 'an edge: off before its first pass')
+  t.ok(r.lines.some((l) => l.msg === 'optimizing compiler off: the config is small' && l.peers === 2 && l.turbofan === false && l.sparkplug === false))
   await r.config.update({ 'tunnels.yaml': CONNECTOR })
-  t.ok(await until(() => flags.length === 2), 'a config with more peers')
-  t.same(flags, ['--no-turbofan', '--turbofan'], 'turns it on again')
-  t.ok(r.lines.some((l) => l.msg === 'optimizing compiler on: the config is not small' && l.peers === 3 && l.turbofan === true))
+  t.ok(await until(() => flags.length === 4), 'a config with more peers')
+  t.same(flags, ['--no-turbofan', '--no-sparkplug', '--turbofan', '--sparkplug'], 'turns them on again')
+  t.ok(r.lines.some((l) => l.msg === 'optimizing compiler on: the config is not small' && l.peers === 3 && l.turbofan === true && l.sparkplug === true))
   await r.config.update({ 'tunnels.yaml': CONNECTOR.replace('fabedge.io', 'fabedge.org') })
   t.ok(await until(() => r.fake.parts.agent.configState.generation === 3), 'another config of the same size')
-  t.same(flags, ['--no-turbofan', '--turbofan'], 'no flag set when nothing changes')
+  t.same(flags, ['--no-turbofan', '--no-sparkplug', '--turbofan', '--sparkplug'], 'no flag set when nothing changes')
 })
 
 t.test('SIGHUP runs a deep pass', async (t) => {
