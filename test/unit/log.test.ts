@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger, logWriteFailures, REDACT_PATHS, type LevelWithSilent, type Logger } from '../../src/log.js'
 import { isoTime } from '../../src/iso-time.js'
+import { Metrics } from '../../src/daemon/metrics.js'
 
 const NOW = Date.UTC(2026, 11, 2, 21, 6, 37, 123)
 
@@ -264,6 +265,9 @@ t.test('EPIPE (the reader gone) and a closed fd: nothing thrown, the lines count
   t.doesNotThrow(() => closed.info('to a closed fd'))
   t.equal(logWriteFailures.lastCode, 'EBADF')
   t.equal(logWriteFailures.lines - before, 3)
+  const metrics = await new Metrics({ processMetrics: false }).registry.metrics()
+  t.match(metrics, new RegExp(`^fabtunnel_log_lines_dropped_total ${logWriteFailures.lines}$`, 'm'), 'counted in /metrics')
+  t.ok(logWriteFailures.lines >= 3)
 })
 
 t.test('a full pipe nobody drains (EAGAIN): bounded wait, the line dropped, nothing thrown', async (t) => {
