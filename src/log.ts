@@ -285,29 +285,27 @@ function serializeErr(e: unknown, inProgress: Set<object> = new Set()): unknown 
 
 /**
  * Synchronous writes to a file descriptor that never throw into the caller. A full non-blocking pipe (EAGAIN)
- * is retried, sleeping, for up to ~100 ms without progress, then the rest of the line is dropped; a reader gone (EPIPE) stops
- * writing for good; anything else drops the line. Failures are counted in `logWriteFailures`.
+ * is retried, sleeping, for up to ~100 ms without progress, then the rest of the line is dropped (the next line
+ * starts on a new line); a reader gone (EPIPE) stops writing for good; anything else drops the line. Failures
+ * are counted in `logWriteFailures`.
  */
 function fdWriter(fd: number): (line: string) => void {
   let closed = false
+  let cut = false // a line was dropped after part of it was written: the next one starts on a new line
   let sleeper: Int32Array | undefined
   return (line) => {
     if (closed) {
       logWriteFailures.lines++
       return
     }
-    let buf: Buffer | undefined
+    const buf = Buffer.from(cut ? `\n${line}` : line)
     let waitedMs = 0
-    for (let off = 0; ;) {
+    let off = 0
+    while (off < buf.length) {
       try {
-        off += buf ? writeSync(fd, buf, off) : writeSync(fd, line)
+        // A partial write (a pipe with less room than the line) goes on with the rest.
+        off += writeSync(fd, buf, off)
         waitedMs = 0
-        if (!buf) {
-          // A partial write of a string: the rest as bytes.
-          if (off === Buffer.byteLength(line)) return
-          buf = Buffer.from(line)
-        }
-        if (off >= buf.length) return
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? 'unknown'
         if (code === 'EAGAIN' && waitedMs < 100) {
@@ -317,10 +315,12 @@ function fdWriter(fd: number): (line: string) => void {
           continue
         }
         if (code === 'EPIPE') closed = true
+        if (off > 0) cut = true
         logWriteFailures.lines++
         logWriteFailures.lastCode = code
         return
       }
     }
+    cut = false
   }
 }

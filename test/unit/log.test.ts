@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap'
 import { pino } from 'pino'
 import { execFileSync, spawn } from 'node:child_process'
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger, logWriteFailures, REDACT_PATHS, type LevelWithSilent, type Logger } from '../../src/log.js'
@@ -287,6 +287,46 @@ t.test('a full pipe nobody drains (EAGAIN): bounded wait, the line dropped, noth
   t.ok(ms < 2000, `returned after ${ms.toFixed(0)} ms (bounded)`)
   t.equal(logWriteFailures.lines - before, 1)
   t.equal(logWriteFailures.lastCode, 'EAGAIN')
+})
+
+t.test('a line cut by a full pipe: the next line still starts on its own line', async (t) => {
+  const f = fifo(t)
+  const chunk = Buffer.alloc(4096, 'x')
+  for (;;) {
+    try { writeSync(f.wr, chunk) } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') break
+      throw err
+    }
+  }
+  const drain = (): Buffer => {
+    const parts: Buffer[] = []
+    const b = Buffer.alloc(65536)
+    for (;;) {
+      try {
+        const n = readSync(f.rd, b)
+        if (n === 0) break
+        parts.push(Buffer.from(b.subarray(0, n)))
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EAGAIN') break
+        throw err
+      }
+    }
+    return Buffer.concat(parts)
+  }
+  readSync(f.rd, Buffer.alloc(4096)) // room for part of the next line only
+  const log = createLogger('info', f.wr, { now: () => NOW })
+  const before = logWriteFailures.lines
+  log.info({ blob: 'z'.repeat(20_000) }, 'cut')
+  t.equal(logWriteFailures.lines - before, 1, 'the cut line counted')
+  const fragment = drain().toString('latin1').replace(/^x+/, '')
+  t.ok(fragment.length > 0 && fragment.startsWith('{"level":30'), `part of the line was written (${fragment.length} bytes)`)
+  log.info('after')
+  const next = drain().toString()
+  const expected: string[] = []
+  ours('info', expected).info('after')
+  t.equal(next, `\n${expected[0]}`, 'a newline ends the fragment, then the whole next line')
+  log.info('and then')
+  t.equal(drain().toString().split('\n').length, 2, 'no extra newline once a line went through whole')
 })
 
 t.test('a slow reader: a line larger than the pipe arrives whole (partial writes and EAGAIN retried)', async (t) => {
