@@ -35,11 +35,6 @@ for (const f of readdirSync(DIST)) if (/^cli-.*\.(js|cjs|v8cache)$/.test(f)) rmS
  * - prom-client's index loads its Pushgateway (http, https, zlib, tls) and cluster aggregator: the bundle takes the
  *   classes the agent uses from their own files, and the default metrics only when called (src/daemon/metrics.ts
  *   collects them from the first scrape on).
- * - pino requires thread-stream (worker_threads) for transports, which fabtunnel does not use (src/log.ts writes
- *   synchronously to a file descriptor): a stand-in that refuses to be used.
- * - sonic-boom (pino's destination) loads node:assert for argument checks: loaded only when a check fails.
- * - pino's tools read worker_threads.isMainThread, only to register an exit flush for asynchronous destinations;
- *   src/log.ts's is synchronous, and the bundle is only ever run on the main thread (dist/cli.js).
  */
 const SHIMS = [
   {
@@ -51,17 +46,6 @@ exports.Histogram = require('prom-client/lib/histogram')
 Object.defineProperty(exports, 'collectDefaultMetrics', { enumerable: true, get: () => require('prom-client/lib/defaultMetrics') })
 `,
   },
-  {
-    name: 'thread-stream', importer: /[\\/]node_modules[\\/]pino[\\/]lib[\\/]transport\.js$/, contents: `
-module.exports = class ThreadStream { constructor() { throw new Error('pino transports are not part of the fabtunnel bundle') } }
-`,
-  },
-  {
-    name: 'assert', importer: /[\\/]node_modules[\\/]sonic-boom[\\/]index\.js$/, contents: `
-module.exports = function assert(value, message) { if (!value) require('node:assert')(value, message) }
-`,
-  },
-  { name: 'worker_threads', importer: /[\\/]node_modules[\\/]pino[\\/]lib[\\/]tools\.js$/, contents: 'exports.isMainThread = true\n' },
 ]
 const shims = {
   name: 'fabtunnel-shims',

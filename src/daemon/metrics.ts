@@ -1,5 +1,6 @@
 // Prometheus metrics of the agent (prom-client, own registry so library users never see globals).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { logWriteFailures } from '../log.js'
 import { daemonFlags } from '../v8-flags.js'
 
 /**
@@ -62,6 +63,14 @@ export class Metrics {
   readonly leader = new Gauge({ name: 'fabtunnel_leader', help: '1 while this agent is the active connector (always 1 with --leader-election none)', registers: [this.registry] })
   readonly leaderTransitions = new Counter({ name: 'fabtunnel_leader_transitions_total', help: 'Leadership changes (promotions and demotions) since start', registers: [this.registry] })
   readonly viciReconnects = new Counter({ name: 'fabtunnel_vici_reconnects_total', help: 'Reconnections to charon (each is followed by a full reload)', registers: [this.registry] })
+  // Counted by src/log.ts's writer (process-wide): a lost log line cannot be reported in the log.
+  readonly logLinesDropped: Counter = new Counter({
+    name: 'fabtunnel_log_lines_dropped_total', help: 'Log lines not written: the reader of stderr gone, or its pipe full for over 100 ms', registers: [this.registry],
+    collect: (): void => {
+      this.logLinesDropped.reset()
+      this.logLinesDropped.inc(logWriteFailures.lines)
+    },
+  })
 
   // Datapath probes (src/probe, docs/probes.md). The per-peer gauges are filled from the prober's state when scraped
   // (`probeSnapshot`), not on every reply: 1,000 label-hashed sets per second cost more than one pass per scrape.

@@ -163,11 +163,11 @@ export function fakeNode(o: FakeNodeOptions): FakeNode {
   return { parts, charon, ipsets, iptables, routes, triggers, cleanupOrder, closed }
 }
 
-/** A pino logger writing into an array (one parsed object per line). */
+/** The daemon's logger writing into an array (one parsed object per line). */
 export async function memoryLogger(): Promise<{ log: Logger; lines: Array<Record<string, unknown>> }> {
-  const { pino } = await import('pino')
+  const { createLogger } = await import('../../src/log.js')
   const lines: Array<Record<string, unknown>> = []
-  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) })
+  const log = createLogger('debug', { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) })
   return { log, lines }
 }
 

@@ -2,7 +2,6 @@
 // metrics and status, repairs (who, when, escalation, backoff, skipped when no longer needed, failing charon),
 // target candidates, address-less peers, socket errors, membership changes and the timer.
 import t from 'tap'
-import pino from 'pino'
 import type { Logger } from '../../../src/log.js'
 import { createLogger } from '../../../src/log.js'
 import { Metrics } from '../../../src/daemon/metrics.js'
@@ -54,7 +53,7 @@ function rig(opts: Partial<ProberOptions> = {}): Rig {
   const clock = { now: 1_000 }
   const port = new FakePort(clock)
   const logs: Array<Record<string, unknown>> = []
-  const log = pino({ level: 'info' }, { write: (line: string) => { logs.push(JSON.parse(line)) } }) as unknown as Logger
+  const log: Logger = createLogger('info', { write: (line: string) => { logs.push(JSON.parse(line)) } })
   const metrics = new Metrics({ processMetrics: false })
   const r: Rig = {
     clock, port, logs, metrics, repairs: [],
