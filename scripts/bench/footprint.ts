@@ -11,7 +11,8 @@
 // Measured per run: CPU (utime+stime of every thread, /proc/<pid>/stat, 10 ms ticks) when the agent logs its first
 // error-free "pass done", then confirmed by GET /status saying ready; VmRSS and VmHWM at that moment; VmRSS again
 // after SETTLE_MS idle. charon is restarted between runs so every run is a cold start (nothing to adopt).
-// FT_FOOTPRINT_SMAPS=1: resident memory by kind of mapping after the settle; FT_FOOTPRINT_PAGES=1: the node binary's
+// FT_FOOTPRINT_SCRAPE=1: one /metrics scrape right after ready (an edge Prometheus scrapes). FT_FOOTPRINT_SMAPS=1:
+// resident memory by kind of mapping after the settle; FT_FOOTPRINT_PAGES=1: the node binary's
 // resident pages by section and symbol, over an idle `node` (scripts/bench/binary-pages.ts).
 // FT_FOOTPRINT_HEAPSNAPSHOT=DIR: after the settle, the first run of each size also writes a heap snapshot there
 // (NODE_OPTIONS --heapsnapshot-signal, only in this mode) and prints what it holds (scripts/bench/heap-summary.ts).
@@ -40,6 +41,7 @@ const SETTLE_MS = Number(process.env.FT_FOOTPRINT_SETTLE_MS ?? 3000)
 const HEAP_DIR = process.env.FT_FOOTPRINT_HEAPSNAPSHOT
 const SMAPS = process.env.FT_FOOTPRINT_SMAPS === '1'
 const PAGES = process.env.FT_FOOTPRINT_PAGES === '1'
+const SCRAPE = process.env.FT_FOOTPRINT_SCRAPE === '1'
 
 const edgeYaml = [
   'id: C=CN, O=fabedge.io, CN=bench.edge1', 'name: bench.edge1', 'publicAddresses:', '    - 172.21.0.2',
@@ -125,6 +127,12 @@ async function runOnce(args: string[], port: number, timeoutMs: number, heapLabe
       st = await status(port)
     }
     if (!st?.ready) throw new Error(`"pass done" without errors, but /status is not ready: ${JSON.stringify(st)}`)
+    // FT_FOOTPRINT_SCRAPE=1: an edge Prometheus scrapes (one /metrics right after ready; its first scrape loads
+    // the process metrics and the built-in modules they use, src/daemon/metrics.ts).
+    if (SCRAPE) {
+      const m = await fetch(`http://127.0.0.1:${port}/metrics`).then(async (r) => ({ status: r.status, text: await r.text() }))
+      if (m.status !== 200 || !/^fabtunnel_process_cpu_seconds_total /m.test(m.text)) throw new Error(`/metrics scrape failed: ${m.status} ${m.text.slice(0, 200)}`)
+    }
     await new Promise((r) => setTimeout(r, SETTLE_MS))
     const settledRssMiB = kib(readFileSync(`/proc/${pid}/status`, 'utf8'), 'VmRSS') / 1024
     if (SMAPS) console.log(`smaps after ${SETTLE_MS / 1000} s (${heapLabel ?? 'run'}): ${smapsSummary(pid)}`)
