@@ -270,15 +270,20 @@ t.test('EPIPE (the reader gone) and a closed fd: nothing thrown, the lines count
   t.ok(logWriteFailures.lines >= 3)
 })
 
-t.test('a full pipe nobody drains (EAGAIN): bounded wait, the line dropped, nothing thrown', async (t) => {
-  const f = fifo(t)
+/** Writes into a non-blocking pipe until it is full (EAGAIN). */
+function fillPipe(fd: number): void {
   const chunk = Buffer.alloc(4096, 'x')
   for (;;) {
-    try { writeSync(f.wr, chunk) } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') break
+    try { writeSync(fd, chunk) } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return
       throw err
     }
   }
+}
+
+t.test('a full pipe nobody drains (EAGAIN): bounded wait, the line dropped, nothing thrown', async (t) => {
+  const f = fifo(t)
+  fillPipe(f.wr)
   const log = createLogger('info', f.wr)
   const before = logWriteFailures.lines
   const start = process.hrtime.bigint()
@@ -291,13 +296,7 @@ t.test('a full pipe nobody drains (EAGAIN): bounded wait, the line dropped, noth
 
 t.test('a line cut by a full pipe: the next line still starts on its own line', async (t) => {
   const f = fifo(t)
-  const chunk = Buffer.alloc(4096, 'x')
-  for (;;) {
-    try { writeSync(f.wr, chunk) } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') break
-      throw err
-    }
-  }
+  fillPipe(f.wr)
   const drain = (): Buffer => {
     const parts: Buffer[] = []
     const b = Buffer.alloc(65536)
