@@ -131,6 +131,9 @@ class Connection {
   private onData(chunk: Buffer): void {
     if (this.closing) return
     this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk
+    // While an answer is pending, what the client sends next is kept, up to one head's worth; then the socket is
+    // not read until the answer has left (next() reads again).
+    if (this.busy && this.buf.length > this.limits.maxHeadBytes) this.sock.pause()
     this.next()
   }
 
@@ -142,6 +145,7 @@ class Connection {
   /** Answers the next complete request in the buffer, if any and none is being answered. */
   private next(): void {
     if (this.busy || this.closing) return
+    if (this.sock.isPaused()) this.sock.resume()
     const p = parseHead(this.buf, this.limits.maxHeadBytes)
     if (p.kind === 'incomplete') {
       if (this.buf.length > 0 && this.headTimer === null) {
@@ -170,14 +174,20 @@ class Connection {
   }
 
   private write(res: HttpResponse, head: boolean, close: boolean): void {
-    this.busy = false
     if (this.sock.destroyed) return
     const bytes = renderResponse(res, { head, close })
-    if (close) this.sock.end(bytes)
-    // A client that pipelines requests without reading the answers waits: the next request is answered once this
-    // answer has left (`drain`), so what a connection holds in memory is one answer, not one per request.
-    else if (this.sock.write(bytes)) this.next()
-    else this.sock.once('drain', () => this.next())
+    if (close) {
+      this.sock.end(bytes)
+      return
+    }
+    // A client that pipelines requests without reading the answers waits: the connection stays busy until this
+    // answer has left (`drain`), so what it holds in memory is one answer, not one per request.
+    const done = (): void => {
+      this.busy = false
+      this.next()
+    }
+    if (this.sock.write(bytes)) done()
+    else this.sock.once('drain', done)
   }
 
   private fail(status: 400 | 408 | 431 | 505, reason: string): void {

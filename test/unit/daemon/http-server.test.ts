@@ -126,6 +126,29 @@ t.test('a client pipelining without reading gets no more answers than the socket
   t.equal(answered, 50, 'all answered once the client reads')
 })
 
+t.test('requests that arrive while an answer waits to drain wait too; a client that keeps writing is not read', async (t) => {
+  let answered = 0
+  const big = 'x'.repeat(1 << 20)
+  const s = await serve(t, () => (answered++, { status: 200, body: big }))
+  const sock = connect(s.address.port, '127.0.0.1')
+  t.teardown(() => sock.destroy())
+  await new Promise((r) => sock.once('connect', r))
+  sock.pause()
+  // One request at a time, each after the server had time to answer the one before.
+  for (let i = 0; i < 30; i++) {
+    sock.write('GET / HTTP/1.1\r\nHost: a\r\n\r\n')
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  const atRequests = answered
+  // Then 32 MiB of further requests, more than the kernel's socket buffers take: the server stops reading
+  // instead of holding them, so most of it stays in the client.
+  sock.write(Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n\r\n'.repeat(1 << 20)))
+  await new Promise((r) => setTimeout(r, 300))
+  t.ok(atRequests >= 1 && atRequests < 20, `${atRequests} of 30 answered while the client reads nothing`)
+  t.ok(sock.writableLength > 16 << 20, `${(sock.writableLength / 2 ** 20).toFixed(1)} MiB of the flood still in the client: the server does not read it`)
+  t.ok(answered < 20, `${answered} answered after the flood`)
+})
+
 t.test('a request split over many writes is answered once whole; HTTP/1.0 closes', async (t) => {
   const s = await serve(t)
   const r = await raw(s.address.port, ['GE', 'T /sp', 'lit HTTP/1.0\r', '\n\r', '\n'])
