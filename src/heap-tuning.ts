@@ -22,12 +22,12 @@ export const YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1'
 /**
  * Built-in modules the daemon uses that Node loads only on first use, after start-up: `cluster` at the first
  * `listen`, `dns` and `dgram` through `net` and `child_process` (the HTTP endpoints do not use `node:http`:
- * src/daemon/http-server.ts). Loaded before the flags change, they keep Node's
- * code cache (see above); test/integration/daemon/shutdown.test.ts checks that Node rejects its cache for no module
- * a daemon loads (lease mode's Kubernetes client, loaded later, is compiled from source). Not here: what only the
- * first /metrics scrape needs (prom-client's process metrics: `perf_hooks`, `process`), 0.85 MiB of RSS an unscraped
- * edge does not pay; the scrape loads them under V8's default flags (src/v8-flags.ts), so with Node's cache too.
- * Nor does the daemon use the `performance` global (src/clock.ts): its first use loads perf_hooks' modules.
+ * src/daemon/http-server.ts). Loaded before the flags change, they keep Node's code cache (see above);
+ * test/integration/daemon/shutdown.test.ts checks that Node rejects its cache for no module a daemon loads (lease
+ * mode's Kubernetes client, loaded later, is compiled from source). Not here: what only the first /metrics scrape
+ * needs (prom-client's process metrics: `perf_hooks`, `process`), which an unscraped edge does not pay for; the
+ * scrape loads them under V8's default flags (src/v8-flags.ts), so with Node's cache too. Nor does the daemon use
+ * the `performance` global (src/clock.ts): its first use loads perf_hooks' modules.
  */
 export const DAEMON_LATE_BUILTINS: readonly string[] = ['node:cluster', 'node:dns', 'node:dgram', 'node:child_process', 'node:net']
 

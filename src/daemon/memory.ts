@@ -19,8 +19,8 @@
 // V8 keeps anyway. On a one-peer edge: 818 KB of bytecode down to 279 KB, 0.3-0.7 MiB of RSS (docs/footprint.md).
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
-import { loadAddon } from '../netlink/native.js'
 import { monotonicMs } from '../clock.js'
+import { loadAddon } from '../netlink/native.js'
 import { daemonFlags } from '../v8-flags.js'
 import type { PassRecord } from '../reconcile/engine.js'
 
